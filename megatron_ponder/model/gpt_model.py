@@ -1,0 +1,122 @@
+"""PonderGPTModel: one pipeline stage of a PonderLM-2 decoder on megatron-core modules.
+
+It owns the pieces (embedding, decoder block with final norm, output layer) and exposes the
+three operations the multi-pass forward needs: ``embed``, ``stack`` and ``output``. The pass
+loop itself lives in ``ponder.py``; this file only wires megatron-core together.
+"""
+
+import math
+from typing import Optional
+
+import torch
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.models.common.embeddings.language_model_embedding import (
+    LanguageModelEmbedding,
+)
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_ponder.config import ModelConfig, PonderConfig
+from megatron_ponder.model.layer_specs import block_submodules
+from megatron_ponder.model.ponder import ponder_forward
+from megatron_ponder.model.rotary import RotaryAngles
+
+
+class PonderGPTModel(MegatronModule):
+    """Decoder-only LM (Llama or GPT-NeoX) with the PonderLM-2 multi-pass forward.
+
+    ``pre_process`` / ``post_process`` mark the first / last pipeline stage (embedding / final
+    norm and output layer), as in megatron-core's GPTModel.
+    """
+
+    def __init__(self, config: TransformerConfig, model_config: ModelConfig,
+                 ponder_config: PonderConfig, pre_process: bool = True,
+                 post_process: bool = True, use_te: Optional[bool] = None,
+                 pp_rank: Optional[int] = None):
+        super().__init__(config=config)
+        self.model_config = model_config
+        self.ponder_config = ponder_config
+        self.pre_process = pre_process
+        self.post_process = post_process
+        self.vocab_size = model_config.vocab_size
+        use_scale = ponder_config.scale_embeds and not ponder_config.vanilla
+        # Unit-RMS token embeddings under the paper's init std sqrt(2/(5H)).
+        self.embedding_scale = math.sqrt(2.5 * config.hidden_size) if use_scale else 1.0
+
+        if pre_process:
+            self.embedding = LanguageModelEmbedding(
+                config, vocab_size=self.vocab_size, max_sequence_length=0,
+                position_embedding_type="rope",
+            )
+        self.rotary = RotaryAngles(config.kv_channels, model_config.rotary_percent,
+                                   model_config.rotary_base)
+        # The block always takes its input as an argument: in the ponder loop the first stage
+        # feeds it from the splice, later stages from the pipeline (see set_input_tensor).
+        self.decoder = TransformerBlock(
+            config, block_submodules(config, model_config.parallel_residual, use_te, pp_rank),
+            pre_process=True, post_process=post_process,
+        )
+        if post_process:
+            self.output_layer = tensor_parallel.ColumnParallelLinear(
+                config.hidden_size, self.vocab_size, config=config,
+                init_method=config.init_method, bias=False, skip_bias_add=False,
+                gather_output=False,
+            )
+
+    # ----------------------------------------------------------------- the three operations
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] token ids -> scaled word embeddings [L, B, H] (this rank's SP shard)."""
+        embeddings = self.embedding(input_ids, position_ids=None)
+        if self.embedding_scale != 1.0:
+            embeddings = embeddings * self.embedding_scale
+        return embeddings
+
+    def stack(self, hidden: torch.Tensor, num_slots: int,
+              token_positions: Optional[torch.Tensor] = None,
+              attention_mask: Optional[torch.Tensor] = None,
+              inference_context=None) -> torch.Tensor:
+        """This stage's decoder layers (+ final norm on the last stage) over one pass.
+
+        ``hidden`` is [rows, B, H] with ``num_slots`` slots per token; every slot of a token
+        gets that token's position (``token_positions`` [L] or [B, L], default 0..L-1).
+        """
+        total_rows = hidden.shape[0]
+        if self.config.sequence_parallel:
+            total_rows *= parallel_state.get_tensor_model_parallel_world_size()
+        if token_positions is None:
+            token_positions = torch.arange(total_rows // num_slots, device=hidden.device)
+        slot_positions = token_positions.repeat_interleave(num_slots, dim=-1)
+        return self.decoder(
+            hidden_states=hidden,
+            attention_mask=attention_mask,
+            rotary_pos_emb=self.rotary(slot_positions),
+            inference_context=inference_context,
+        )
+
+    def output(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[L, B, H] final-normed states -> vocab-parallel logits [L, B, V / TP]."""
+        logits, _ = self.output_layer(hidden)
+        return logits
+
+    # ----------------------------------------------------------------- single-stage forward
+    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                jacobi_iterations: Optional[int] = None, **stack_kwargs) -> torch.Tensor:
+        """All passes on one stage (PP=1). [B, L] ids -> per-token losses [B, L] when
+        ``labels`` ([B, L], already shifted targets) is given, else logits [B, L, V / TP]."""
+        if jacobi_iterations is None:
+            jacobi_iterations = self.ponder_config.jacobi_iterations
+        final = ponder_forward(self, input_ids, self.ponder_config.thoughts, jacobi_iterations,
+                               **stack_kwargs)
+        logits = self.output(final)
+        if labels is None:
+            return logits.transpose(0, 1).contiguous()
+        losses = tensor_parallel.vocab_parallel_cross_entropy(
+            logits.float(), labels.transpose(0, 1).contiguous())
+        return losses.transpose(0, 1).contiguous()
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Pipeline hook (megatron schedules call it); wired up by the pipeline driver."""
+        if isinstance(input_tensor, (list, tuple)):
+            input_tensor = input_tensor[0]
+        self.input_tensor = input_tensor

@@ -136,6 +136,9 @@ class GPTNeoXAdapter:
             yield from self.renames(i)
 
     def to_megatron(self, hf: StateDict) -> StateDict:
+        # transformers 5 names the output layer lm_head in memory (embed_out in files).
+        if "embed_out.weight" not in hf and "lm_head.weight" in hf:
+            hf["embed_out.weight"] = hf.pop("lm_head.weight")
         if "embed_out.weight" not in hf and "gpt_neox.embed_in.weight" in hf:
             hf["embed_out.weight"] = hf["gpt_neox.embed_in.weight"].clone()
         out = {}

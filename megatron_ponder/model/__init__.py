@@ -1,6 +1,7 @@
 """The PonderLM-2 model on megatron-core: layer specs, the multi-pass forward, the module."""
 
 from megatron_ponder.model.gpt_model import PonderGPTModel
+from megatron_ponder.model.build import build_model
 from megatron_ponder.model.ponder import draw_jacobi_iterations, pass_schedule, ponder_forward
 
-__all__ = ["PonderGPTModel", "draw_jacobi_iterations", "pass_schedule", "ponder_forward"]
+__all__ = ["PonderGPTModel", "build_model", "draw_jacobi_iterations", "pass_schedule", "ponder_forward"]

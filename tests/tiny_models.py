@@ -1,0 +1,64 @@
+"""Tiny random Hugging Face models saved to folders, for import/parity tests."""
+
+import json
+import os
+
+import torch
+
+VOCAB = 97
+
+
+def hf_config(arch: str, **overrides):
+    import transformers
+
+    if arch == "llama":
+        kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, rope_theta=1000.0,
+                      rms_norm_eps=1e-5, tie_word_embeddings=False)
+        kwargs.update(overrides)
+        return transformers.LlamaConfig(**kwargs)
+    kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, rotary_pct=0.25, use_parallel_residual=True,
+                  tie_word_embeddings=False)
+    kwargs.update(overrides)
+    return transformers.GPTNeoXConfig(**kwargs)
+
+
+def save_tiny_hf(folder, arch: str, seed: int = 0, ponder_fields=None, std: float = 0.1,
+                 **config_overrides):
+    """Random tiny HF model -> ``folder``; returns the transformers model (eval, fp32)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = hf_config(arch, **config_overrides)
+    config._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, std)
+        for name, param in model.named_parameters():  # norms around 1, like trained models
+            if "norm" in name and name.endswith("weight"):
+                param.add_(1.0)
+    model.save_pretrained(str(folder))
+    if ponder_fields:
+        path = os.path.join(str(folder), "config.json")
+        with open(path) as f:
+            data = json.load(f)
+        data.update(ponder_fields)
+        with open(path, "w") as f:
+            json.dump(data, f)
+    return model
+
+
+def edit_config(folder, **changes):
+    """Rewrite config.json keys (a value of None deletes the key)."""
+    path = os.path.join(str(folder), "config.json")
+    with open(path) as f:
+        data = json.load(f)
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    with open(path, "w") as f:
+        json.dump(data, f)

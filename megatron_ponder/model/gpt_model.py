@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.enums import ModelType
 from megatron.core.models.common.embeddings.language_model_embedding import (
     LanguageModelEmbedding,
 )
@@ -39,6 +40,7 @@ class PonderGPTModel(MegatronModule):
         self.ponder_config = ponder_config
         self.pre_process = pre_process
         self.post_process = post_process
+        self.model_type = ModelType.encoder_or_decoder  # read by megatron's schedules
         self.vocab_size = model_config.vocab_size
         use_scale = ponder_config.scale_embeds and not ponder_config.vanilla
         # Unit-RMS token embeddings under the paper's init std sqrt(2/(5H)).

@@ -19,21 +19,25 @@ ARCHITECTURES = ("llama", "gpt_neox")
 RANDOM_JACOBI_RECIPES = {"llama": (2, 3), "gpt_neox": (2, 3, 4)}
 
 
+def _opt(default, help: str, **metadata):
+    """A dataclass field with its command-line help (see training/cli.py)."""
+    return field(default=default, metadata=dict(metadata, help=help))
+
+
 @dataclass
 class PonderConfig:
     """How many latent thoughts and Jacobi passes the forward runs."""
 
-    num_latent_thoughts: int = 1
-    """K: latent-thought slots per token (0 = no thoughts, a single pass)."""
-    jacobi_iterations: int = 3
-    """J: Jacobi passes between the growth passes and the final pass (fixed J, used for
-    evaluation and whenever ``random_jacobi_iterations`` is empty)."""
-    random_jacobi_iterations: Tuple[int, ...] = ()
-    """Training: draw J per micro-batch uniformly from this set, e.g. (2, 3). Empty = fixed J."""
-    scale_embeds: bool = True
-    """Multiply word embeddings by sqrt(2.5 * hidden_size) (the paper's setting)."""
-    vanilla: bool = False
-    """Plain causal LM baseline: one pass, no thoughts, no embedding scaling."""
+    num_latent_thoughts: int = _opt(1, "K: latent-thought slots per token (0 = one pass)")
+    jacobi_iterations: int = _opt(
+        3, "J: Jacobi passes between the growth passes and the final pass; used for evaluation "
+        "and in training when --random-jacobi-iterations is not given")
+    random_jacobi_iterations: Tuple[int, ...] = _opt(
+        (), "training: draw J per micro-batch uniformly from these values (paper: 2 3 for "
+        "llama, 2 3 4 for gpt_neox; --random-jacobi-iterations with no values picks the "
+        "architecture's recipe)")
+    scale_embeds: bool = _opt(True, "multiply word embeddings by sqrt(2.5 * hidden size)")
+    vanilla: bool = _opt(False, "plain causal-LM baseline: one pass, no thoughts, no scaling")
 
     def __post_init__(self):
         self.random_jacobi_iterations = tuple(int(j) for j in self.random_jacobi_iterations)
@@ -55,28 +59,26 @@ class PonderConfig:
 class ModelConfig:
     """Transformer shape and architecture (Llama or GPT-NeoX/Pythia)."""
 
-    arch: str = "llama"
-    num_layers: int = 2
-    hidden_size: int = 64
-    num_attention_heads: int = 4
-    num_query_groups: Optional[int] = None
-    """Key/value heads for grouped-query attention (None = num_attention_heads)."""
-    ffn_hidden_size: Optional[int] = None
-    """None: 4*H for gpt_neox; the Llama rule 2/3*4*H rounded up to a multiple of 256."""
-    kv_channels: Optional[int] = None
-    """Head dimension (None = hidden_size / num_attention_heads)."""
-    vocab_size: int = 50304
-    """Rows of the embedding and output layer (already padded)."""
-    rotary_percent: Optional[float] = None
-    """Fraction of each head's channels that get rotary (None: 1.0 llama, 0.25 gpt_neox)."""
-    rotary_base: float = 10000.0
-    norm_epsilon: float = 1e-5
-    parallel_residual: Optional[bool] = None
-    """GPT-NeoX parallel residual (None: True for gpt_neox; always False for llama)."""
-    init_method_std: Optional[float] = None
-    """None: the paper's sqrt(2 / (5 H))."""
-    params_dtype: torch.dtype = torch.float32
-    bf16: bool = False
+    arch: str = _opt("llama", "model architecture", flag="--model-arch", choices=ARCHITECTURES)
+    num_layers: int = _opt(2, "decoder layers")
+    hidden_size: int = _opt(64, "hidden size H")
+    num_attention_heads: int = _opt(4, "attention heads")
+    num_query_groups: Optional[int] = _opt(
+        None, "key/value heads for grouped-query attention (default: one per attention head)")
+    ffn_hidden_size: Optional[int] = _opt(
+        None, "MLP hidden size (default: 4H for gpt_neox, the Llama 8H/3 rule rounded up to 256)")
+    kv_channels: Optional[int] = _opt(None, "head dimension (default: H / heads)")
+    vocab_size: int = _opt(50304, "rows of the embedding and output layer (already padded)",
+                           cli=False)
+    rotary_percent: Optional[float] = _opt(
+        None, "fraction of each head's channels with rotary (default: 1.0 llama, 0.25 gpt_neox)")
+    rotary_base: float = _opt(10000.0, "rotary base (theta)")
+    norm_epsilon: float = _opt(1e-5, "RMSNorm / LayerNorm epsilon")
+    parallel_residual: Optional[bool] = _opt(
+        None, "GPT-NeoX parallel residual (default on for gpt_neox)", cli=False)
+    init_method_std: Optional[float] = _opt(None, "init std (default: the paper's sqrt(2/(5H)))")
+    params_dtype: torch.dtype = _opt(torch.float32, "parameter dtype", cli=False)
+    bf16: bool = _opt(False, "bfloat16 parameters and compute (fp32 master weights)")
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -111,9 +113,9 @@ class ModelConfig:
 class ParallelConfig:
     """Model-parallel sizes (data parallel is whatever is left of the world)."""
 
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    sequence_parallel: bool = False
+    tensor_model_parallel_size: int = _opt(1, "tensor-parallel size")
+    pipeline_model_parallel_size: int = _opt(1, "pipeline-parallel size")
+    sequence_parallel: bool = _opt(False, "sequence parallelism (needs tensor parallel > 1)")
 
 
 def _normal_init(std: float):

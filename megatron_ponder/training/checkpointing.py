@@ -1,0 +1,171 @@
+"""Checkpoints through megatron-core dist_checkpointing, in Megatron-LM's directory layout.
+
+    <root>/latest_checkpointed_iteration.txt   (written atomically, after the save completed)
+    <root>/iter_0000100/                        (a dist_checkpointing directory)
+
+A checkpoint holds the model, optimizer, LR scheduler, RNG states, iteration and consumed
+samples, plus the run's config (so tools can rebuild the model). Any tensor/pipeline layout can
+load any other (dist_checkpointing reshards); RNG states are restored only on the same layout.
+"""
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+CHECKPOINT_VERSION = 1
+# The distributed optimizer's bucket-space format: fully parallel, reshardable over DP, and the
+# one that saves with the plain torch AdamW fallback (no TE/apex).
+_DIST_OPT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def checkpoint_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def read_latest_iteration(root: str) -> Optional[int]:
+    path = os.path.join(root, TRACKER_FILE)
+    if not os.path.isfile(path):
+        return None
+    text = open(path).read().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"{path} should hold an iteration number, found {text!r}")
+    return int(text)
+
+
+def _write_tracker_atomically(root: str, iteration: int) -> None:
+    tmp = os.path.join(root, TRACKER_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(str(iteration))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(root, TRACKER_FILE))
+
+
+def _rng_state() -> Dict[str, Any]:
+    state = {"random": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state(),
+             "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_sharded_object(state) -> ShardedObject:
+    # One object per (pipeline, tensor) rank; data-parallel ranks are replicas (as Megatron-LM).
+    return ShardedObject(
+        "rng_state", state,
+        (parallel_state.get_pipeline_model_parallel_world_size(),
+         parallel_state.get_tensor_model_parallel_world_size()),
+        (parallel_state.get_pipeline_model_parallel_rank(),
+         parallel_state.get_tensor_model_parallel_rank()),
+        replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True),
+    )
+
+
+def _optimizer_metadata(optimizer) -> Optional[dict]:
+    uses_dist_opt = any(getattr(opt, "ddp_config", None) is not None and
+                        opt.ddp_config.use_distributed_optimizer
+                        for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
+    return dict(_DIST_OPT_METADATA) if uses_dist_opt else None
+
+
+def config_to_json(config) -> str:
+    def encode(value):
+        if isinstance(value, torch.dtype):
+            return str(value).replace("torch.", "")
+        raise TypeError(f"cannot serialise {type(value)}")
+    return json.dumps(dataclasses.asdict(config), default=encode, sort_keys=True)
+
+
+def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
+                    consumed_samples: int, config) -> str:
+    """Save and, only once every rank has finished, point the tracker file at it."""
+    path = checkpoint_dir(root, iteration)
+    if dist.get_rank() == 0:
+        # A directory here that the tracker does not name is an interrupted save: replace it.
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.makedirs(path)
+    dist.barrier()
+    model_state = model.sharded_state_dict()
+    state = {
+        "model": model_state,
+        "optimizer": optimizer.sharded_state_dict(model_state,
+                                                  metadata=_optimizer_metadata(optimizer)),
+        "opt_param_scheduler": scheduler.state_dict(),
+        "rng_state": _rng_sharded_object(_rng_state()),
+        "iteration": iteration,
+        "consumed_samples": consumed_samples,
+        "config": config_to_json(config),
+        "parallel_layout": _layout(),
+        "checkpoint_version": CHECKPOINT_VERSION,
+    }
+    dist_checkpointing.save(state, path)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        _write_tracker_atomically(root, iteration)
+    dist.barrier()
+    return path
+
+
+def _layout() -> Dict[str, int]:
+    return {"tp": parallel_state.get_tensor_model_parallel_world_size(),
+            "pp": parallel_state.get_pipeline_model_parallel_world_size()}
+
+
+def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: bool = True,
+                    iteration: Optional[int] = None) -> Optional[Dict[str, Any]]:
+    """Load the latest (or the given) checkpoint under ``root`` into the objects passed.
+
+    Returns ``{"iteration", "consumed_samples", "config"}`` or None when ``root`` holds no
+    checkpoint yet (a fresh run with --load == --save).
+    """
+    if iteration is None:
+        iteration = read_latest_iteration(root)
+        if iteration is None:
+            return None
+    path = checkpoint_dir(root, iteration)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} named by {TRACKER_FILE} does not exist")
+    common = dist_checkpointing.load_common_state_dict(path)
+    model_state = model.sharded_state_dict()
+    request = {"model": model_state}
+    if optimizer is not None:
+        request["optimizer"] = optimizer.sharded_state_dict(
+            model_state, is_loading=True, metadata=_optimizer_metadata(optimizer))
+    same_layout = common.get("parallel_layout") == _layout()
+    if load_rng and same_layout:
+        request["rng_state"] = _rng_sharded_object(_rng_state())
+    loaded = dist_checkpointing.load(request, path)
+    model.load_state_dict(loaded["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(common["opt_param_scheduler"])
+    if "rng_state" in loaded:
+        _set_rng_state(loaded["rng_state"])
+    return {"iteration": common["iteration"], "consumed_samples": common["consumed_samples"],
+            "config": json.loads(common["config"])}

@@ -1,0 +1,100 @@
+"""Training-side config dataclasses (optimizer, schedule, batch, checkpoints, logging).
+
+Field names are Megatron-LM's flag names (``micro_batch_size`` -> ``--micro-batch-size``); the
+flags are generated from these fields by ``training/cli.py``.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from megatron_ponder.config import ModelConfig, ParallelConfig, PonderConfig, _opt
+from megatron_ponder.data.config import DataConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule (paper: betas 0.9/0.95, wd 0.1, cosine to 10%,
+    2% warmup)."""
+
+    lr: float = _opt(3e-4, "peak learning rate")
+    min_lr: Optional[float] = _opt(None, "final learning rate (default: 10% of --lr)")
+    lr_decay_style: str = _opt("cosine", "decay after warmup",
+                               choices=("constant", "linear", "cosine"))
+    lr_warmup_fraction: Optional[float] = _opt(
+        0.02, "warmup as a fraction of --lr-decay-iters (ignored with --lr-warmup-iters)")
+    lr_warmup_iters: int = _opt(0, "warmup iterations (overrides --lr-warmup-fraction)")
+    lr_decay_iters: Optional[int] = _opt(None, "iterations to decay over (default: train iters)")
+    weight_decay: float = _opt(0.1, "AdamW weight decay")
+    adam_beta1: float = _opt(0.9, "Adam beta1")
+    adam_beta2: float = _opt(0.95, "Adam beta2")
+    adam_eps: float = _opt(1e-8, "Adam epsilon")
+    clip_grad: float = _opt(1.0, "clip the global gradient norm to this (0 = off)")
+
+
+@dataclass
+class TrainConfig:
+    """Batching, length of the run, seeds and memory/parallel training options."""
+
+    micro_batch_size: int = _opt(4, "samples per micro-batch per data-parallel rank")
+    global_batch_size: Optional[int] = _opt(
+        None, "samples per optimizer step (default: micro batch x data-parallel size); the "
+        "rest is gradient accumulation")
+    train_iters: int = _opt(100, "optimizer steps to train for")
+    seed: int = _opt(1234, "seed for initialisation, data order and the J draws")
+    use_distributed_optimizer: bool = _opt(False, "shard optimizer state over data parallel")
+    recompute_granularity: Optional[str] = _opt(
+        None, "activation recomputation per pass", choices=("full", "selective"))
+    model_preset: Optional[str] = _opt(None, "fill model sizes from a named preset "
+                                       "(see megatron_ponder/training/presets.py)")
+
+
+@dataclass
+class CheckpointConfig:
+    """megatron-core dist_checkpointing save/load, Megatron-LM's flags."""
+
+    save: Optional[str] = _opt(None, "directory to save checkpoints to")
+    load: Optional[str] = _opt(None, "directory to resume from (its latest checkpoint)")
+    save_interval: Optional[int] = _opt(None, "save every N iterations (and at the end)")
+    no_load_optim: bool = _opt(False, "do not load optimizer state when resuming")
+    no_load_rng: bool = _opt(False, "do not load RNG states when resuming")
+    finetune: bool = _opt(False, "load model weights only and start at iteration 0")
+
+
+@dataclass
+class LoggingConfig:
+    """What is printed and recorded."""
+
+    log_interval: int = _opt(10, "print a training log line every N iterations")
+    eval_interval: Optional[int] = _opt(None, "validation every N iterations (default: "
+                                        "only at the end)")
+    eval_iters: int = _opt(10, "validation batches (of the global batch size) per evaluation")
+    tensorboard_dir: Optional[str] = _opt(None, "write TensorBoard scalars here")
+
+
+@dataclass
+class TokenizerConfig:
+    """Which tokenizer (Megatron-LM's flags); it fixes the padded vocabulary size."""
+
+    tokenizer_type: str = _opt(
+        "HuggingFaceTokenizer", "tokenizer kind",
+        choices=("HuggingFaceTokenizer", "GPT2BPETokenizer", "NullTokenizer"))
+    tokenizer_model: Optional[str] = _opt(
+        None, "tokenizer.json path or hub name (default: the bundled GPT-NeoX-20B tokenizer)")
+    vocab_size: Optional[int] = _opt(None, "vocabulary size for NullTokenizer")
+    make_vocab_size_divisible_by: int = _opt(128, "pad the vocabulary to a multiple of this "
+                                             "times the tensor-parallel size")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything one pretraining run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ponder: PonderConfig = field(default_factory=PonderConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(mock_data=True))
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

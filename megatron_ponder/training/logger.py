@@ -1,0 +1,120 @@
+"""Megatron-LM-format log lines (so existing log parsers and tools/plot_loss.py work),
+optional TensorBoard scalars."""
+
+import math
+import os
+import time
+from typing import List, Optional
+
+import torch
+
+from megatron_ponder.training.flops import device_peak_tflops
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def memory_megabytes() -> float:
+    """Peak GPU memory allocated by torch, or this process's resident set size on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import psutil
+    return psutil.Process(os.getpid()).memory_info().rss / 2**20
+
+
+class TrainingLogger:
+    """Accumulates per-step metrics and prints one line every ``log_interval`` steps."""
+
+    def __init__(self, train_iters: int, log_interval: int, world_size: int,
+                 global_batch_size: int, seq_length: int, enabled: bool,
+                 tensorboard_dir: Optional[str] = None):
+        self.train_iters = train_iters
+        self.log_interval = log_interval
+        self.world_size = world_size
+        self.global_batch_size = global_batch_size
+        self.seq_length = seq_length
+        self.enabled = enabled
+        self.peak_tflops = device_peak_tflops()
+        self.writer = None
+        if enabled and tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=tensorboard_dir)
+        self._reset()
+
+    def _reset(self):
+        self.seconds = 0.0
+        self.flops = 0.0
+        self.losses: List[float] = []
+        self.jacobi: List[int] = []
+        self.skipped = 0
+        self.nan = 0
+        self.steps = 0
+
+    def record_step(self, seconds: float, flops: float, loss: Optional[float],
+                    jacobi: List[int], skipped: bool) -> None:
+        self.steps += 1
+        self.seconds += seconds
+        self.flops += flops
+        self.jacobi.extend(jacobi)
+        self.skipped += int(skipped)
+        if loss is not None:
+            if math.isfinite(loss):
+                self.losses.append(loss)
+            else:
+                self.nan += 1
+
+    def maybe_log(self, iteration: int, consumed_samples: int, lr: float,
+                  grad_norm: Optional[float]) -> None:
+        if iteration % self.log_interval and iteration != self.train_iters:
+            return
+        if self.enabled and self.steps:
+            seconds = self.seconds / self.steps
+            tflops = self.flops / self.steps / seconds / self.world_size / 1e12
+            tokens_per_second = self.global_batch_size * self.seq_length / seconds
+            loss = sum(self.losses) / len(self.losses) if self.losses else float("nan")
+            parts = [
+                f" [{_timestamp()}] iteration {iteration:8d}/{self.train_iters:8d}",
+                f"consumed samples: {consumed_samples:12d}",
+                f"consumed tokens: {consumed_samples * self.seq_length:14d}",
+                f"elapsed time per iteration (ms): {seconds * 1000:.1f}",
+                f"throughput per GPU (TFLOP/s/GPU): {tflops:.3f}",
+                f"tokens per second per GPU: {tokens_per_second / self.world_size:.1f}",
+            ]
+            if self.peak_tflops:
+                parts.append(f"MFU: {100 * tflops / self.peak_tflops:.2f}%")
+            parts += [
+                f"learning rate: {lr:.6E}",
+                f"global batch size: {self.global_batch_size:5d}",
+                f"lm loss: {loss:.6E}",
+                f"grad norm: {grad_norm:.3f}" if grad_norm is not None else "grad norm: nan",
+                f"jacobi iterations: {sum(self.jacobi) / max(len(self.jacobi), 1):.2f}",
+                f"number of skipped iterations: {self.skipped:3d}",
+                f"number of nan iterations: {self.nan:3d}",
+                f"mem (MB): {memory_megabytes():.0f}",
+            ]
+            print(" | ".join(parts) + " |", flush=True)
+            if self.writer:
+                for name, value in (("lm loss", loss), ("learning-rate", lr),
+                                    ("grad-norm", grad_norm), ("tflops-per-gpu", tflops),
+                                    ("tokens-per-second", tokens_per_second)):
+                    if value is not None:
+                        self.writer.add_scalar(name, value, iteration)
+                self.writer.flush()
+        self._reset()
+
+    def log_validation(self, iteration: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        ppl = math.exp(min(20.0, loss))
+        line = (f" validation loss at iteration {iteration} | lm loss value: {loss:.6E} | "
+                f"lm loss PPL: {ppl:.6E} | ")
+        bar = "-" * (len(line) + 1)
+        print(f"{bar}\n{line}\n{bar}", flush=True)
+        if self.writer:
+            self.writer.add_scalar("lm loss validation", loss, iteration)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()

@@ -1,0 +1,286 @@
+"""The pretraining loop: model + megatron DDP + megatron optimizer/scheduler + schedules.
+
+    pretrain(config):
+        start processes; build tokenizer, model (DDP), optimizer, LR schedule
+        resume from --load if a checkpoint is there
+        for each iteration: forward/backward over all micro-batches (every ponder pass),
+            optimizer step, log, validate, save
+"""
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from megatron_ponder.config import build_transformer_config
+from megatron_ponder.data.datasets import build_datasets
+from megatron_ponder.data.iterators import build_iterators
+from megatron_ponder.model.gpt_model import PonderGPTModel
+from megatron_ponder.parallel.state import default_device
+from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
+from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
+from megatron_ponder.training.config import PretrainConfig
+from megatron_ponder.training.flops import step_flops
+from megatron_ponder.training.initialize import initialize_distributed, shutdown
+from megatron_ponder.training.logger import TrainingLogger
+from megatron_ponder.training.step import PonderForwardStep, reduce_reported_loss
+from megatron_ponder.training.validation import validate_config
+
+
+@dataclass
+class TrainingResult:
+    """What a run produced, on every rank (losses are only known on the logging rank)."""
+
+    train_losses: List[Optional[float]] = field(default_factory=list)
+    """Token-mean training loss of every iteration run in this process."""
+    grad_norms: List[Optional[float]] = field(default_factory=list)
+    validation: List[Tuple[int, float]] = field(default_factory=list)
+    """(iteration, validation loss) of every evaluation."""
+
+
+def print_rank_0(message: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(message, flush=True)
+
+
+class Trainer:
+    """Owns the objects of one run; ``pretrain`` below is the entry point."""
+
+    def __init__(self, config: PretrainConfig):
+        from megatron.core import parallel_state
+
+        self.config = config
+        train = config.train
+        self.tokenizer = build_tokenizer(TokenizerSpec(
+            tokenizer_type=config.tokenizer.tokenizer_type,
+            tokenizer_model=config.tokenizer.tokenizer_model,
+            vocab_size=config.tokenizer.vocab_size))
+        vocab = self.tokenizer.padded_vocab_size(
+            tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
+            make_vocab_size_divisible_by=config.tokenizer.make_vocab_size_divisible_by)
+        config.model = replace(config.model, vocab_size=vocab)
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        self.num_microbatches = train.global_batch_size // (train.micro_batch_size * self.dp_size)
+        self.model = self._build_model()
+        self.optimizer, self.scheduler = self._build_optimizer()
+        self.forward_step = PonderForwardStep(config.ponder, train.seed)
+        self.iteration = 0
+        self.consumed_samples = 0
+        self.result = TrainingResult()
+        self.logger = TrainingLogger(
+            train.train_iters, config.logging.log_interval, dist.get_world_size(),
+            train.global_batch_size, config.data.seq_length,
+            enabled=_is_logging_rank(), tensorboard_dir=config.logging.tensorboard_dir)
+
+    # ------------------------------------------------------------------------------ building
+    def _build_model(self):
+        from megatron.core import parallel_state
+        from megatron.core.distributed import DistributedDataParallel, \
+            DistributedDataParallelConfig, finalize_model_grads
+
+        cfg = self.config
+        overrides = dict(calculate_per_token_loss=True)
+        if cfg.train.recompute_granularity == "full":
+            overrides.update(recompute_granularity="full", recompute_method="uniform",
+                             recompute_num_layers=1)
+        elif cfg.train.recompute_granularity == "selective":
+            overrides.update(recompute_granularity="selective", recompute_modules=["core_attn"])
+        transformer_config = build_transformer_config(cfg.model, cfg.ponder, cfg.parallel,
+                                                      **overrides)
+        module = PonderGPTModel(
+            transformer_config, cfg.model, cfg.ponder,
+            pre_process=parallel_state.is_pipeline_first_stage(),
+            post_process=parallel_state.is_pipeline_last_stage(),
+            pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        ).to(default_device())
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=torch.cuda.is_available(),
+            use_distributed_optimizer=cfg.train.use_distributed_optimizer,
+            average_in_collective=False,
+        )
+        model = DistributedDataParallel(transformer_config, ddp_config, module)
+        transformer_config.no_sync_func = model.no_sync
+        transformer_config.finalize_model_grads_func = finalize_model_grads
+        return model
+
+    def _build_optimizer(self):
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        cfg, optim = self.config, self.config.optim
+        optimizer_config = OptimizerConfig(
+            optimizer="adam", lr=optim.lr, min_lr=optim.min_lr, weight_decay=optim.weight_decay,
+            adam_beta1=optim.adam_beta1, adam_beta2=optim.adam_beta2, adam_eps=optim.adam_eps,
+            clip_grad=optim.clip_grad, bf16=cfg.model.bf16,
+            params_dtype=cfg.model.params_dtype,
+            use_distributed_optimizer=cfg.train.use_distributed_optimizer,
+        )
+        optimizer = get_megatron_optimizer(optimizer_config, [self.model])
+        self.model.config.grad_scale_func = optimizer.scale_loss
+        decay_iters = optim.lr_decay_iters or cfg.train.train_iters
+        warmup = optim.lr_warmup_iters or int(round((optim.lr_warmup_fraction or 0) * decay_iters))
+        scheduler = OptimizerParamScheduler(
+            optimizer, init_lr=0.0, max_lr=optim.lr, min_lr=optim.min_lr,
+            lr_warmup_steps=warmup, lr_decay_steps=decay_iters,
+            lr_decay_style=optim.lr_decay_style, start_wd=optim.weight_decay,
+            end_wd=optim.weight_decay, wd_incr_steps=decay_iters, wd_incr_style="constant")
+        return optimizer, scheduler
+
+    # ------------------------------------------------------------------------------ running
+    def resume(self) -> None:
+        ckpt = self.config.checkpoint
+        if not ckpt.load:
+            return
+        finetune = ckpt.finetune
+        state = load_checkpoint(
+            ckpt.load, self.model.module,
+            optimizer=None if (finetune or ckpt.no_load_optim) else self.optimizer,
+            scheduler=None if finetune else self.scheduler,
+            load_rng=not (finetune or ckpt.no_load_rng))
+        if state is None:
+            print_rank_0(f"no checkpoint in {ckpt.load}: starting from scratch")
+            return
+        if not finetune:
+            self.iteration = state["iteration"]
+            self.consumed_samples = state["consumed_samples"]
+        print_rank_0(f"loaded checkpoint from {ckpt.load} at iteration {state['iteration']}"
+                     + (" (finetune: starting at iteration 0)" if finetune else ""))
+
+    def _data(self):
+        from megatron.core import parallel_state
+
+        train, data = self.config.train, self.config.data
+        eval_runs = (train.train_iters // self.config.logging.eval_interval
+                     if self.config.logging.eval_interval else 0) + 1
+        datasets = build_datasets(
+            data, self.tokenizer, train_samples=train.train_iters * train.global_batch_size,
+            valid_samples=self.config.logging.eval_iters * train.global_batch_size * eval_runs)
+        self.valid_dataset = datasets[1]
+        train_iter, _, _ = build_iterators(
+            datasets, data, train.micro_batch_size,
+            data_parallel_rank=parallel_state.get_data_parallel_rank(),
+            data_parallel_size=self.dp_size, consumed_train_samples=self.consumed_samples)
+        return train_iter
+
+    def _forward_backward(self, data_iterator, forward_only: bool):
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        train, data = self.config.train, self.config.data
+        return get_forward_backward_func()(
+            forward_step_func=self.forward_step, data_iterator=data_iterator,
+            model=[self.model], num_microbatches=self.num_microbatches,
+            seq_length=data.seq_length, micro_batch_size=train.micro_batch_size,
+            forward_only=forward_only)
+
+    def train_step(self, data_iterator):
+        self.forward_step.begin(self.iteration, training=True)
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        reports = self._forward_backward(data_iterator, forward_only=False)
+        update_successful, grad_norm, _ = self.optimizer.step()
+        if update_successful:
+            self.scheduler.step(increment=1)
+        return reduce_reported_loss(reports), grad_norm, not update_successful
+
+    def evaluate(self) -> Optional[float]:
+        """Mean validation loss over ``eval_iters`` global batches, always the same batches
+        (the start of the validation split) so that evaluations are comparable."""
+        from megatron.core import parallel_state
+
+        if self.valid_dataset is None:
+            return None
+        _, valid_iter, _ = build_iterators(
+            (None, self.valid_dataset, None), self.config.data, self.config.train.micro_batch_size,
+            data_parallel_rank=parallel_state.get_data_parallel_rank(),
+            data_parallel_size=self.dp_size)
+        self.model.eval()
+        totals = torch.zeros(2, dtype=torch.float64)
+        with torch.no_grad():
+            for _ in range(self.config.logging.eval_iters):
+                self.forward_step.begin(self.iteration, training=False)
+                for report in self._forward_backward(valid_iter, forward_only=True):
+                    totals += report["lm loss"].double().cpu()
+        self.model.train()
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        return (totals[0] / totals[1].clamp(min=1)).item()
+
+    def save(self) -> None:
+        ckpt = self.config.checkpoint
+        path = save_checkpoint(ckpt.save, self.iteration, self.model.module, self.optimizer,
+                               self.scheduler, self.consumed_samples, self.config)
+        print_rank_0(f"saved checkpoint at iteration {self.iteration} to {path}")
+
+    def _validate_and_log(self) -> None:
+        loss = self.evaluate()
+        if loss is not None:
+            self.result.validation.append((self.iteration, loss))
+            self.logger.log_validation(self.iteration, loss)
+
+    def train(self) -> TrainingResult:
+        cfg = self.config
+        train, logging, ckpt = cfg.train, cfg.logging, cfg.checkpoint
+        train_iter = self._data()
+        self.model.train()
+        if self.iteration == 0 and logging.eval_interval:
+            self._validate_and_log()
+        while self.iteration < train.train_iters:
+            start = time.time()
+            loss, grad_norm, skipped = self.train_step(train_iter)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            seconds = time.time() - start
+            jacobi = self._gather_jacobi()
+            self.result.train_losses.append(loss)
+            self.result.grad_norms.append(grad_norm)
+            self.iteration += 1
+            self.consumed_samples += train.global_batch_size
+            flops = step_flops(cfg.model, cfg.ponder.thoughts, cfg.data.seq_length,
+                               train.micro_batch_size, jacobi)
+            self.logger.record_step(seconds, flops, loss, jacobi, skipped)
+            self.logger.maybe_log(self.iteration, self.consumed_samples,
+                                  self.optimizer.param_groups[0]["lr"], grad_norm)
+            done = self.iteration == train.train_iters
+            if logging.eval_interval and (self.iteration % logging.eval_interval == 0 or done):
+                self._validate_and_log()
+            if ckpt.save and ((ckpt.save_interval and self.iteration % ckpt.save_interval == 0)
+                              or done):
+                self.save()
+        if not logging.eval_interval:
+            self._validate_and_log()
+        self.logger.close()
+        return self.result
+
+    def _gather_jacobi(self):
+        """Every data-parallel rank's J draws of this step (for FLOP counting and logging)."""
+        from megatron.core import parallel_state
+
+        local = torch.tensor(self.forward_step.jacobi_used, dtype=torch.int64)
+        gathered = [torch.empty_like(local) for _ in range(self.dp_size)]
+        dist.all_gather(gathered, local, group=parallel_state.get_data_parallel_group())
+        return torch.cat(gathered).tolist()
+
+
+def _is_logging_rank() -> bool:
+    """The rank that holds the loss: last pipeline stage, first tensor/data-parallel rank."""
+    from megatron.core import parallel_state
+
+    return (parallel_state.is_pipeline_last_stage()
+            and parallel_state.get_tensor_model_parallel_rank() == 0
+            and parallel_state.get_data_parallel_rank() == 0)
+
+
+def pretrain(config: PretrainConfig) -> TrainingResult:
+    """Run a whole pretraining job (in every process of the torchrun world)."""
+    # Before any process group or model exists: a bad flag costs nothing.
+    validate_config(config, int(os.environ.get("WORLD_SIZE", "1")))
+    initialize_distributed(config.parallel, config.train.seed)
+    try:
+        trainer = Trainer(config)
+        trainer.resume()
+        return trainer.train()
+    finally:
+        shutdown()

@@ -1,0 +1,93 @@
+"""Reject inconsistent run configurations before any work starts, saying what to change."""
+
+import importlib.util
+import warnings
+
+from megatron_ponder.training.config import PretrainConfig
+
+
+class ConfigError(ValueError):
+    """An inconsistent combination of flags; the message names the flags to change."""
+
+
+def validate_config(config: PretrainConfig, world_size: int) -> None:
+    """Checks that need the whole config (each dataclass already checked its own fields).
+    Fills derived defaults (global batch size, min lr) in place."""
+    model, parallel, train = config.model, config.parallel, config.train
+    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
+    errors = []
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            errors.append(message)
+
+    need(tp >= 1 and pp >= 1, "--tensor-model-parallel-size and "
+         "--pipeline-model-parallel-size must be >= 1")
+    if tp >= 1 and pp >= 1:
+        need(world_size % (tp * pp) == 0,
+             f"world size {world_size} (torchrun --nproc-per-node x --nnodes) is not divisible "
+             f"by tensor x pipeline parallel = {tp} x {pp}; change the process count or sizes")
+    dp = max(world_size // max(tp * pp, 1), 1)
+    need(pp == 1, "--pipeline-model-parallel-size > 1 is not available yet (the ponder "
+         "pipeline schedule is tracked in the 3D-parallelism issue); use tensor and data "
+         "parallelism")
+    need(model.num_layers % max(pp, 1) == 0,
+         f"--num-layers {model.num_layers} is not divisible by --pipeline-model-parallel-size "
+         f"{pp}")
+    need(model.num_attention_heads % max(tp, 1) == 0,
+         f"--num-attention-heads {model.num_attention_heads} is not divisible by "
+         f"--tensor-model-parallel-size {tp}")
+    need(model.num_query_groups % max(tp, 1) == 0,
+         f"--num-query-groups {model.num_query_groups} is not divisible by "
+         f"--tensor-model-parallel-size {tp}")
+    need(model.ffn_hidden_size % max(tp, 1) == 0,
+         f"--ffn-hidden-size {model.ffn_hidden_size} is not divisible by "
+         f"--tensor-model-parallel-size {tp}")
+    if parallel.sequence_parallel and tp == 1:
+        warnings.warn("--sequence-parallel has no effect with tensor parallel size 1; "
+                      "turning it off (as Megatron-LM does)")
+        parallel.sequence_parallel = False
+    if parallel.sequence_parallel:
+        need(config.data.seq_length % tp == 0,
+             f"--seq-length {config.data.seq_length} must be divisible by "
+             f"--tensor-model-parallel-size {tp} with --sequence-parallel (each rank holds "
+             f"whole tokens' slots)")
+
+    need(train.micro_batch_size >= 1, "--micro-batch-size must be >= 1")
+    need(train.train_iters >= 1, "--train-iters must be >= 1")
+    if train.global_batch_size is None:
+        train.global_batch_size = train.micro_batch_size * dp
+    need(train.global_batch_size % (train.micro_batch_size * dp) == 0,
+         f"--global-batch-size {train.global_batch_size} is not divisible by --micro-batch-size "
+         f"x data-parallel size = {train.micro_batch_size} x {dp}; pick a multiple of "
+         f"{train.micro_batch_size * dp}")
+
+    optim = config.optim
+    if optim.min_lr is None:
+        optim.min_lr = 0.1 * optim.lr
+    need(optim.lr > 0, "--lr must be positive")
+    need(0 <= optim.min_lr <= optim.lr, f"--min-lr {optim.min_lr} must be in [0, --lr {optim.lr}]")
+    need(optim.lr_warmup_fraction is None or 0 <= optim.lr_warmup_fraction < 1,
+         "--lr-warmup-fraction must be in [0, 1)")
+    need(optim.clip_grad >= 0, "--clip-grad must be >= 0")
+
+    ckpt, logging = config.checkpoint, config.logging
+    need(not (ckpt.save_interval and not ckpt.save), "--save-interval needs --save DIR")
+    need(ckpt.save_interval is None or ckpt.save_interval >= 1, "--save-interval must be >= 1")
+    need(not (ckpt.finetune and not ckpt.load), "--finetune needs --load DIR")
+    need(logging.log_interval >= 1, "--log-interval must be >= 1")
+    need(logging.eval_interval is None or logging.eval_interval >= 1,
+         "--eval-interval must be >= 1")
+    need(logging.eval_iters >= 1, "--eval-iters must be >= 1")
+    if logging.tensorboard_dir:
+        need(importlib.util.find_spec("tensorboard") is not None,
+             "--tensorboard-dir needs the tensorboard package: pip install tensorboard")
+
+    tokenizer = config.tokenizer
+    if tokenizer.tokenizer_type == "NullTokenizer":
+        need(tokenizer.vocab_size is not None and tokenizer.vocab_size > 0,
+             "--tokenizer-type NullTokenizer needs --vocab-size N")
+    elif tokenizer.vocab_size is not None:
+        errors.append("--vocab-size only applies to --tokenizer-type NullTokenizer")
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))

@@ -1,0 +1,19 @@
+"""Pretrain a PonderLM-2 model on megatron-core (the counterpart of Megatron-LM's
+pretrain_gpt.py). Run it with torchrun, e.g.
+
+    torchrun --nproc-per-node 2 pretrain_ponder.py --model-preset tiny --mock-data \
+        --tokenizer-type NullTokenizer --vocab-size 1000 --train-iters 20
+
+See ``python pretrain_ponder.py --help`` and examples/pretrain_ponder.sh.
+"""
+
+import warnings
+
+# megatron-core says this once per import site; the fallbacks are expected without TE/apex.
+warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+
+from megatron_ponder.training.arguments import parse_args
+from megatron_ponder.training.trainer import pretrain
+
+if __name__ == "__main__":  # dist_checkpointing starts helper processes: keep the guard
+    pretrain(parse_args())

@@ -1,0 +1,63 @@
+"""The shared multi-rank test helper: run a function on N gloo ranks in fresh processes.
+
+Each rank is a spawned process with torchrun's environment variables (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR/PORT), so code under test initialises torch.distributed exactly as
+under torchrun. Return values come back per rank; an exception on any rank fails the test
+with that rank's traceback; a hang fails it after ``timeout`` seconds.
+"""
+
+import multiprocessing
+import os
+import socket
+import traceback
+from typing import Any, Callable, List
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(fn, rank, world_size, port, args, queue):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    try:
+        queue.put((rank, True, fn(*args)))
+    except BaseException:  # report everything, including SystemExit from argparse
+        queue.put((rank, False, traceback.format_exc()))
+
+
+def run_ranks(fn: Callable, world_size: int, *args, timeout: float = 300) -> List[Any]:
+    """``fn(*args)`` on ``world_size`` ranks; returns the results ordered by rank.
+
+    ``fn`` must be importable (a module-level function) and its result picklable.
+    """
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    port = _free_port()
+    processes = [context.Process(target=_worker, args=(fn, rank, world_size, port, args, queue))
+                 for rank in range(world_size)]
+    for process in processes:
+        process.start()
+    results, failures = {}, []
+    try:
+        for _ in range(world_size):
+            rank, ok, value = queue.get(timeout=timeout)
+            if ok:
+                results[rank] = value
+            else:
+                failures.append(f"rank {rank} failed:\n{value}")
+                break
+    except Exception as exc:  # queue.Empty on timeout
+        failures.append(f"timed out after {timeout}s waiting for ranks "
+                        f"{sorted(set(range(world_size)) - set(results))} ({exc!r})")
+    finally:
+        for process in processes:
+            process.join(timeout=30 if not failures else 1)
+            if process.is_alive():
+                process.kill()
+    if failures:
+        raise AssertionError("\n".join(failures))
+    return [results[rank] for rank in range(world_size)]

@@ -8,7 +8,9 @@ with that rank's traceback; a hang fails it after ``timeout`` seconds.
 
 import multiprocessing
 import os
+import queue as queue_module
 import socket
+import time
 import traceback
 from typing import Any, Callable, List
 
@@ -42,17 +44,25 @@ def run_ranks(fn: Callable, world_size: int, *args, timeout: float = 300) -> Lis
     for process in processes:
         process.start()
     results, failures = {}, []
+    deadline = time.monotonic() + timeout
     try:
-        for _ in range(world_size):
-            rank, ok, value = queue.get(timeout=timeout)
+        while len(results) < world_size and not failures:
+            try:
+                rank, ok, value = queue.get(timeout=1.0)
+            except queue_module.Empty:
+                dead = [r for r, p in enumerate(processes)
+                        if p.exitcode not in (None, 0) and r not in results]
+                if dead:
+                    failures.append(f"ranks {dead} died (exit codes "
+                                    f"{[processes[r].exitcode for r in dead]}) without a result")
+                elif time.monotonic() > deadline:
+                    failures.append(f"timed out after {timeout}s waiting for ranks "
+                                    f"{sorted(set(range(world_size)) - set(results))}")
+                continue
             if ok:
                 results[rank] = value
             else:
                 failures.append(f"rank {rank} failed:\n{value}")
-                break
-    except Exception as exc:  # queue.Empty on timeout
-        failures.append(f"timed out after {timeout}s waiting for ranks "
-                        f"{sorted(set(range(world_size)) - set(results))} ({exc!r})")
     finally:
         for process in processes:
             process.join(timeout=30 if not failures else 1)

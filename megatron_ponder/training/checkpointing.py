@@ -92,6 +92,47 @@ def _optimizer_metadata(optimizer) -> Optional[dict]:
     return dict(_DIST_OPT_METADATA) if uses_dist_opt else None
 
 
+def _prime_distributed_optimizer(optimizer, model) -> None:
+    """Give a fresh distributed optimizer its Adam state before loading into it.
+
+    With the plain torch AdamW fallback (no TE/apex, e.g. on CPU), megatron's distributed
+    optimizer can only build its loading template from existing state (it reads the Adam step
+    counters). One step at learning rate 0 on zero gradients creates that state without moving
+    any weight; loading then overwrites every value, step counters included.
+    """
+    if _optimizer_metadata(optimizer) is None:
+        return
+    inner = [getattr(opt, "optimizer", None) for opt in
+             getattr(optimizer, "chained_optimizers", [optimizer])]
+    if all(opt is None or len(opt.state) > 0 for opt in inner):
+        return
+    model.zero_grad_buffer()
+    optimizer.zero_grad()
+    saved_lrs = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, saved_lrs):
+        group["lr"] = lr
+
+
+def _restore_adam_steps(optimizer, loaded_state) -> None:
+    """After priming, megatron's distributed optimizer keeps the primed Adam step counters
+    (it only writes the saved counter into freshly allocated state): write the saved one."""
+    if _optimizer_metadata(optimizer) is None:
+        return
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    for index, opt in enumerate(chained):
+        state = loaded_state if len(chained) == 1 else loaded_state[index]
+        steps = {group["step"] for group in state["optimizer"]["param_groups"] if "step" in group}
+        if len(steps) != 1:
+            continue  # TE/apex optimizers keep their own step; nothing to restore
+        step = float(steps.pop())
+        for param_state in opt.optimizer.state.values():
+            if "step" in param_state:
+                param_state["step"] = torch.tensor(step, dtype=param_state["step"].dtype)
+
+
 def config_to_json(config) -> str:
     def encode(value):
         if isinstance(value, torch.dtype):
@@ -137,8 +178,12 @@ def _layout() -> Dict[str, int]:
 
 
 def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: bool = True,
-                    iteration: Optional[int] = None) -> Optional[Dict[str, Any]]:
+                    iteration: Optional[int] = None,
+                    ddp_model=None) -> Optional[Dict[str, Any]]:
     """Load the latest (or the given) checkpoint under ``root`` into the objects passed.
+
+    ``model`` is the bare module; ``ddp_model`` its megatron DDP wrapper (needed to prime a
+    distributed optimizer).
 
     Returns ``{"iteration", "consumed_samples", "config"}`` or None when ``root`` holds no
     checkpoint yet (a fresh run with --load == --save).
@@ -154,15 +199,19 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
     model_state = model.sharded_state_dict()
     request = {"model": model_state}
     if optimizer is not None:
+        _prime_distributed_optimizer(optimizer, ddp_model)
         request["optimizer"] = optimizer.sharded_state_dict(
             model_state, is_loading=True, metadata=_optimizer_metadata(optimizer))
     same_layout = common.get("parallel_layout") == _layout()
     if load_rng and same_layout:
         request["rng_state"] = _rng_sharded_object(_rng_state())
     loaded = dist_checkpointing.load(request, path)
-    model.load_state_dict(loaded["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+    # Copies into parameters (and the distributed optimizer's views of them) are not training.
+    with torch.no_grad():
+        model.load_state_dict(loaded["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(loaded["optimizer"])
+            _restore_adam_steps(optimizer, loaded["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(common["opt_param_scheduler"])
     if "rng_state" in loaded:

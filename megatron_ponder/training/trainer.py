@@ -140,7 +140,7 @@ class Trainer:
             ckpt.load, self.model.module,
             optimizer=None if (finetune or ckpt.no_load_optim) else self.optimizer,
             scheduler=None if finetune else self.scheduler,
-            load_rng=not (finetune or ckpt.no_load_rng))
+            load_rng=not (finetune or ckpt.no_load_rng), ddp_model=self.model)
         if state is None:
             print_rank_0(f"no checkpoint in {ckpt.load}: starting from scratch")
             return

@@ -1,0 +1,123 @@
+"""Flags -> configs (Megatron names, presets) and every config-validation error."""
+
+import dataclasses
+
+import pytest
+
+from megatron_ponder.training.arguments import parse_args
+from megatron_ponder.training.validation import ConfigError, validate_config
+
+MOCK = ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "100"]
+
+
+def test_megatron_flag_names_reach_the_configs():
+    config = parse_args(MOCK + [
+        "--num-layers", "6", "--hidden-size", "96", "--num-attention-heads", "6",
+        "--num-query-groups", "2", "--seq-length", "64", "--micro-batch-size", "3",
+        "--global-batch-size", "12", "--lr", "1e-3", "--min-lr", "1e-5",
+        "--lr-decay-style", "linear", "--lr-warmup-fraction", "0.1", "--train-iters", "50",
+        "--weight-decay", "0.05", "--clip-grad", "0.5", "--bf16", "--save", "/tmp/x",
+        "--save-interval", "5", "--eval-interval", "10", "--eval-iters", "2",
+        "--log-interval", "1", "--seed", "9", "--tensor-model-parallel-size", "2",
+        "--sequence-parallel", "--use-distributed-optimizer", "--num-latent-thoughts", "2",
+        "--jacobi-iterations", "4", "--random-jacobi-iterations", "2", "3",
+    ])
+    m, t, o = config.model, config.train, config.optim
+    assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups) == \
+        (6, 96, 6, 2)
+    assert m.bf16 and str(m.params_dtype) == "torch.bfloat16"
+    assert config.data.seq_length == 64 and config.data.seed == 9 and t.seed == 9
+    assert (t.micro_batch_size, t.global_batch_size, t.train_iters) == (3, 12, 50)
+    assert t.use_distributed_optimizer
+    assert (o.lr, o.min_lr, o.lr_decay_style, o.lr_warmup_fraction) == (1e-3, 1e-5, "linear",
+                                                                         0.1)
+    assert (o.weight_decay, o.clip_grad) == (0.05, 0.5)
+    assert config.checkpoint.save == "/tmp/x" and config.checkpoint.save_interval == 5
+    assert (config.logging.eval_interval, config.logging.eval_iters) == (10, 2)
+    assert config.parallel.tensor_model_parallel_size == 2 and config.parallel.sequence_parallel
+    p = config.ponder
+    assert (p.num_latent_thoughts, p.jacobi_iterations, p.random_jacobi_iterations) == \
+        (2, 4, (2, 3))
+
+
+def test_preset_fills_sizes_and_explicit_flags_win():
+    config = parse_args(MOCK + ["--model-preset", "pythia-410m", "--num-layers", "4"])
+    m = config.model
+    assert (m.arch, m.hidden_size, m.num_attention_heads, m.ffn_hidden_size) == \
+        ("gpt_neox", 1024, 16, 4096)
+    assert m.num_layers == 4 and m.rotary_percent == 0.25 and m.parallel_residual
+    assert config.data.seq_length == 2048
+    llama = parse_args(MOCK + ["--model-preset", "llama-1.4b", "--seq-length", "512"])
+    assert (llama.model.arch, llama.model.ffn_hidden_size, llama.model.num_attention_heads) == \
+        ("llama", 5504, 32)
+    assert llama.data.seq_length == 512
+
+
+def test_random_jacobi_flag_without_values_uses_the_recipe():
+    neox = parse_args(MOCK + ["--model-arch", "gpt_neox", "--random-jacobi-iterations"])
+    llama = parse_args(MOCK + ["--model-arch", "llama", "--random-jacobi-iterations"])
+    fixed = parse_args(MOCK)
+    assert neox.ponder.random_jacobi_iterations == (2, 3, 4)
+    assert llama.ponder.random_jacobi_iterations == (2, 3)
+    assert fixed.ponder.random_jacobi_iterations == ()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--model-preset", "gpt5"], "unknown --model-preset"),
+    (["--model-arch", "mamba"], "invalid choice"),
+    (["--num-attention-heads", "3", "--hidden-size", "64"], "not divisible by"),
+])
+def test_parse_errors_exit_with_a_message(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(MOCK + flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_is_reported(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--tokenizer-type", "NullTokenizer", "--vocab-size", "10"])
+    assert "--data-path" in capsys.readouterr().err
+
+
+def _config(*flags):
+    return parse_args(MOCK + ["--num-layers", "4", "--hidden-size", "64",
+                              "--num-attention-heads", "4", "--seq-length", "32"] + list(flags))
+
+
+@pytest.mark.parametrize("flags,world,message", [
+    (["--micro-batch-size", "3", "--global-batch-size", "8"], 1, "--global-batch-size 8"),
+    (["--micro-batch-size", "2", "--global-batch-size", "6"], 2, "multiple of 4"),
+    (["--tensor-model-parallel-size", "2"], 3, "world size 3"),
+    (["--pipeline-model-parallel-size", "3"], 3, "--num-layers 4 is not divisible"),
+    (["--pipeline-model-parallel-size", "2"], 2, "not available yet"),
+    (["--tensor-model-parallel-size", "8"], 8, "--num-attention-heads 4"),
+    (["--tensor-model-parallel-size", "2", "--sequence-parallel", "--seq-length", "33"], 2,
+     "--seq-length 33"),
+    (["--save-interval", "5"], 1, "--save-interval needs --save"),
+    (["--finetune"], 1, "--finetune needs --load"),
+    (["--lr", "1e-4", "--min-lr", "1e-3"], 1, "--min-lr"),
+    (["--eval-iters", "0"], 1, "--eval-iters"),
+    (["--log-interval", "0"], 1, "--log-interval"),
+])
+def test_validation_errors_say_what_to_change(flags, world, message):
+    with pytest.raises(ConfigError, match=message.replace("-", r"\-")):
+        validate_config(_config(*flags), world)
+
+
+def test_null_tokenizer_needs_vocab_size():
+    config = _config()
+    config.tokenizer = dataclasses.replace(config.tokenizer, vocab_size=None)
+    with pytest.raises(ConfigError, match="NullTokenizer needs --vocab-size"):
+        validate_config(config, 1)
+
+
+def test_derived_defaults():
+    config = _config("--micro-batch-size", "2", "--lr", "2e-3")
+    validate_config(config, 4)
+    assert config.train.global_batch_size == 8
+    assert config.optim.min_lr == pytest.approx(2e-4)
+    config = _config("--sequence-parallel")
+    with pytest.warns(UserWarning, match="no effect"):
+        validate_config(config, 1)
+    assert not config.parallel.sequence_parallel

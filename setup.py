@@ -1,8 +1,10 @@
 """Build script for megatron_ponder.
 
-The package itself is pure Python. The optional CUDA splice extension in ``csrc/`` is compiled
-only when both a CUDA-enabled torch and ``nvcc`` are present; otherwise it is skipped with a
-printed reason and the Triton / torch backends are used instead.
+The package itself is pure Python. The optional CUDA splice extension in ``csrc/`` (module
+``megatron_ponder._C``) is compiled only when both a CUDA-enabled torch and ``nvcc`` are present;
+otherwise it is skipped with a printed reason (visible with ``pip install -v``) and the Triton /
+torch backends are used instead. pip's default build isolation hides the installed torch from
+this script, so build the extension with ``pip install --no-build-isolation -e .``.
 """
 
 import os
@@ -21,7 +23,8 @@ def _cuda_extensions():
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
     except Exception as exc:  # torch absent while building metadata: nothing to compile
-        print(f"megatron_ponder: skipping CUDA extension (torch not importable: {exc})")
+        print(f"megatron_ponder: skipping CUDA extension (torch not importable: {exc}; "
+              f"pip builds in isolation unless given --no-build-isolation)")
         return [], {}
     if torch.version.cuda is None:
         print("megatron_ponder: skipping CUDA extension (this torch build has no CUDA)")
@@ -36,10 +39,13 @@ def _cuda_extensions():
     if not sources:
         print("megatron_ponder: skipping CUDA extension (no sources in csrc/)")
         return [], {}
+    # One module for every kernel in csrc/; megatron_ponder/ops/splice_cuda.py imports it lazily.
+    # The kernels only copy bytes, so no fast-math flags: nothing here may change a value.
+    # Target GPUs come from TORCH_CUDA_ARCH_LIST (default: the GPUs visible at build time).
     ext = CUDAExtension(
-        name="megatron_ponder_cuda",
+        name="megatron_ponder._C",
         sources=sources,
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]},
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
     )
     return [ext], {"build_ext": BuildExtension}
 

@@ -3,9 +3,11 @@
 from megatron_ponder.ops.splice import (
     BACKEND_ENV,
     available_backends,
+    backend_unavailable_reason,
     resolve_backend,
     splice,
     splice_reference,
 )
 
-__all__ = ["BACKEND_ENV", "available_backends", "resolve_backend", "splice", "splice_reference"]
+__all__ = ["BACKEND_ENV", "available_backends", "backend_unavailable_reason",
+           "resolve_backend", "splice", "splice_reference"]

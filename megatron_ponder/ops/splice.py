@@ -20,27 +20,35 @@ with ``backend=`` or the environment variable ``MEGATRON_PONDER_SPLICE_BACKEND``
 backend that cannot run raises instead of falling back. Both fused backends are copies, bit-exact
 in every dtype, that read and write each byte once.
 
-Why the embedding gather and the sqrt(2.5 H) scale are NOT fused into the kernel. Let
-``X = s * b * h * bytes`` (one slot plane of one micro-batch) and ``S = K + J`` the number of
-splices per micro-batch (every pass after the first):
+Bytes per call (``X = s * b * h * element size``, one slot plane; ``N = num_slots``,
+``P = prev_slots``): forward reads ``X`` of ``emb`` and ``(N - 1) X`` of ``prev`` and writes
+``N X`` (``2 N X``). Backward: ``grad_emb`` is returned as a strided view of ``grad_out``'s slot 0
+(no bytes; the torch reference's autograd does the same), and the kernel reads ``(N - 1) X`` and
+writes ``P X`` for ``grad_prev`` (``(N - 1 + P) X``). Materialising ``grad_emb`` would add a write
+and a read of ``X`` per call for nothing: its only consumer, autograd summing ``emb``'s gradient
+over the passes, reads slot 0 once either way. (The view keeps ``grad_out`` alive until that sum
+is taken, at most for one pass's backward.)
 
-* Forward: a fused gather would read ``X`` of table rows per splice instead of ``X`` of ``emb``:
-  the same bytes. It saves nothing else, because the first pass's input *is* the scaled
-  embedding, so ``emb`` (gather, scale, TP reduction) is materialised once per micro-batch anyway
-  and the scale costs nothing extra when it is applied there.
-* Backward: unfused, each splice writes its slot-0 gradient (``X``) and autograd sums the
-  ``S + 1`` uses of ``emb`` (``3X`` per add): ``4X`` per splice. Fused, each splice would
-  scatter-add into the embedding-table gradient with fp32 atomics (``2 * 4/bytes * X = 4X`` for
-  bf16): no fewer bytes, plus atomic contention on repeated tokens and non-deterministic sums.
-* Tensor parallel: the table is vocab-parallel, so a token's row lives on one rank and the
-  embedding needs an all-reduce (a reduce-scatter with sequence parallelism). Fused, that
-  collective of ``X`` would run in every splice (``S`` per micro-batch, plus the matching
-  backward collectives) instead of once.
+Why the embedding gather and the sqrt(2.5 H) scale are NOT fused into the kernel. With
+``S = K + J`` splices per micro-batch (every pass after the first):
 
-So fusing saves zero HBM bytes and costs ``S - 1`` extra TP collectives of ``X`` per micro-batch
-each way; the kernel takes the precomputed ``emb``. (The one byte saving left on the table is
-accumulating the slot-0 gradient inside the backward kernel, ``3X`` instead of ``4X`` per splice;
-it needs a gradient buffer that outlives the passes, which autograd already manages for us.)
+* Forward: a fused gather reads ``X`` of table rows per splice instead of ``X`` of ``emb``: the
+  same bytes (the token ids add ``8 s b``). Nothing else is saved, because the first pass's input
+  *is* the scaled embedding: ``emb`` (gather, scale, TP reduction) is materialised once per
+  micro-batch anyway, and the scale is free there.
+* Backward: unfused, autograd adds each splice's slot-0 view into ``emb``'s gradient (read
+  ``2X``, write ``X``) and the embedding backward (scale, scatter into the table gradient, TP
+  collective) runs once, on the sum. Fused, every splice would scatter-add into the table's
+  fp32 gradient (``2 * 4 / bytes * X = 4X`` for bf16, more than ``3X``), with atomics on repeated
+  tokens (non-deterministic sums) and the scale's backward each time.
+* Tensor parallel: the table is vocab-parallel, so each rank produces a partial embedding and an
+  all-reduce (a reduce-scatter with sequence parallelism) completes it. Fused, that collective of
+  ``X`` (and its backward) would run in every splice instead of once: ``S - 1`` extra per
+  micro-batch each way.
+
+Example: h=2048, s=4096 local tokens, b=4, bf16 gives ``X`` = 64 MiB; K=1, J=3 gives S=4
+splices, 1 GiB of forward splice traffic per micro-batch either way, +256 MiB of backward traffic
+and 3 + 3 extra 64 MiB TP collectives if fused. So the kernel takes the precomputed ``emb``.
 """
 
 import functools
@@ -93,17 +101,20 @@ def splice_reference(emb: torch.Tensor, prev: torch.Tensor, num_slots: int) -> t
 # --------------------------------------------------------------------------- fused backends
 
 
+def rows_are_dense(x: torch.Tensor) -> bool:
+    """Whether each [b, h] row of an [s, b, h] tensor is one dense run of memory."""
+    _, batch, hidden = x.shape
+    return (hidden <= 1 or x.stride(2) == 1) and (batch <= 1 or x.stride(1) == hidden)
+
+
 def _dense_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` itself if each [b, h] row is one dense run of memory, else a contiguous copy.
+    """``x`` itself if its rows are dense, else a contiguous copy.
 
     The kernels take any stride between rows (so slices along s cost nothing) but copy a row as
     one flat vector; a transposed or strided [b, h] block is rare (autograd's expanded
     gradients, e.g. of ``out.sum()``) and is handled by this one extra copy.
     """
-    _, batch, hidden = x.shape
-    if (hidden <= 1 or x.stride(2) == 1) and (batch <= 1 or x.stride(1) == hidden):
-        return x
-    return x.contiguous()
+    return x if rows_are_dense(x) else x.contiguous()
 
 
 class _FusedSplice(torch.autograd.Function):
@@ -112,6 +123,7 @@ class _FusedSplice(torch.autograd.Function):
     One Function serves both fused backends because they share the exact contract
     (``forward_into`` / ``backward_into`` on preallocated outputs); only the kernels differ.
     Nothing is saved for backward: the op is a copy, its gradient needs only the shapes.
+    The kernels need dense [b, h] rows; other layouts are copied first (``_dense_rows``).
     """
 
     @staticmethod
@@ -126,14 +138,16 @@ class _FusedSplice(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         num_tokens, batch, hidden = ctx.emb_shape
-        grad_out = _dense_rows(grad_out)
-        grad_emb = grad_out.new_empty((num_tokens, batch, hidden))
-        grad_prev = grad_out.new_empty((num_tokens * ctx.prev_slots, batch, hidden))
-        # One launch writes both (including the zeros of a dropped slot), even if only one input
-        # needs a gradient: the other costs 1/num_slots of the traffic and saves a second kernel.
-        ctx.impl.backward_into(grad_out, grad_emb, grad_prev, ctx.num_slots, ctx.prev_slots)
-        return (grad_emb if ctx.needs_input_grad[0] else None,
-                grad_prev if ctx.needs_input_grad[1] else None, None, None, None)
+        grad_emb = grad_prev = None
+        if ctx.needs_input_grad[0]:
+            # A strided view, no copy: the consumer (autograd summing emb's gradient over the
+            # passes) reads slot 0 exactly once either way; see "Bytes per call" above.
+            grad_emb = grad_out.unflatten(0, (num_tokens, ctx.num_slots))[:, 0]
+        if ctx.needs_input_grad[1]:
+            grad_prev = grad_out.new_empty((num_tokens * ctx.prev_slots, batch, hidden))
+            ctx.impl.backward_into(_dense_rows(grad_out), grad_prev, ctx.num_slots,
+                                   ctx.prev_slots)
+        return grad_emb, grad_prev, None, None, None
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,6 +170,15 @@ def _backend_impl(name: str):
     return (None, reason) if reason else (splice_cuda, None)
 
 
+def backend_unavailable_reason(name: str):
+    """None if backend ``name`` can be loaded here, else a sentence saying why not."""
+    if name not in BACKENDS:
+        raise ValueError(f"splice: unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    if name in ("auto", "torch"):
+        return None
+    return _backend_impl(name)[1]
+
+
 def available_backends(device=None) -> list:
     """Backends that can run on ``device`` (default: CUDA if present, else CPU), best first."""
     device = torch.device(device if device is not None else
@@ -172,6 +195,8 @@ def available_backends(device=None) -> list:
 def resolve_backend(emb: torch.Tensor, backend=None) -> str:
     """The backend ``splice`` uses for ``emb`` given ``backend`` or the environment override."""
     name = backend if backend is not None else os.environ.get(BACKEND_ENV) or "auto"
+    if not isinstance(name, str):
+        raise TypeError(f"splice: backend must be a string, got {name!r}")
     name = name.strip().lower()
     if name not in BACKENDS:
         source = "backend" if backend is not None else BACKEND_ENV

@@ -42,6 +42,6 @@ def forward_into(emb: torch.Tensor, prev: torch.Tensor, out: torch.Tensor, num_s
     load().splice_forward(emb, prev, out, num_slots)
 
 
-def backward_into(grad_out: torch.Tensor, grad_emb: torch.Tensor, grad_prev: torch.Tensor,
-                  num_slots: int, prev_slots: int) -> None:
-    load().splice_backward(grad_out, grad_emb, grad_prev, num_slots)
+def backward_into(grad_out: torch.Tensor, grad_prev: torch.Tensor, num_slots: int,
+                  prev_slots: int) -> None:
+    load().splice_backward(grad_out, grad_prev, num_slots)

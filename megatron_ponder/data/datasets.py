@@ -1,0 +1,136 @@
+"""Train/valid/test datasets from megatron-core's BlendedMegatronDatasetBuilder and GPTDataset.
+
+Nothing of the sample logic is re-implemented: megatron-core shuffles documents, packs them
+into ``seq_length + 1`` token windows across document boundaries (EOD stays in the stream),
+blends datasets by weight and caches the indices. Each sample is a dict of 1-D tensors:
+``tokens``, ``labels`` (tokens shifted by one), ``loss_mask``, ``position_ids`` (plus
+``attention_mask`` when asked, and ``dataset_id`` from blends).
+
+megatron-core is imported inside the functions: it costs seconds and hundreds of MB per process,
+and the preprocessing workers import this package.
+"""
+
+import os
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from megatron_ponder.data.config import DataConfig, DataConfigError
+from megatron_ponder.tokenizer import TextTokenizer
+
+Blend = Tuple[List[str], Optional[List[float]]]
+
+
+def parse_blend(tokens: Optional[Sequence[str]]) -> Optional[Blend]:
+    """``--data-path`` tokens -> (prefixes, weights or None), as Megatron-LM reads them.
+
+    ``["a"]`` -> (["a"], None); ``["a", "b"]`` -> (["a", "b"], None), blended by size;
+    ``["30", "a", "70", "b"]`` -> (["a", "b"], [30.0, 70.0]).
+    """
+    if not tokens:
+        return None
+    tokens = list(tokens)
+    if len(tokens) % 2 == 0 and all(_is_number(token) for token in tokens[0::2]):
+        weights = [float(token) for token in tokens[0::2]]
+        if any(weight <= 0 for weight in weights):
+            raise DataConfigError(f"blend weights must be positive: {tokens}")
+        return [prefix.strip() for prefix in tokens[1::2]], weights
+    if any(_is_number(token) for token in tokens):
+        raise DataConfigError(
+            f"cannot read data path {tokens}: give prefixes only, or 'weight prefix' pairs"
+        )
+    return [prefix.strip() for prefix in tokens], None
+
+
+def gpt_dataset_config(config: DataConfig, tokenizer: TextTokenizer):
+    """megatron-core's GPTDatasetConfig for ``config`` (checks that every prefix exists)."""
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
+
+    blend = parse_blend(config.data_path)
+    blend_per_split = None
+    if config.train_data_path:
+        blend_per_split = [parse_blend(config.train_data_path),
+                           parse_blend(config.valid_data_path),
+                           parse_blend(config.test_data_path)]
+    for candidate in [blend] + (blend_per_split or []):
+        if candidate is not None:
+            _check_prefixes_exist(candidate[0])
+    return GPTDatasetConfig(
+        random_seed=config.seed,
+        sequence_length=config.seq_length,
+        blend=blend,
+        blend_per_split=blend_per_split,
+        split=config.split if blend is not None else None,
+        path_to_cache=config.data_cache_path,
+        mmap_bin_files=config.mmap_bin_files,
+        tokenizer=tokenizer,
+        reset_position_ids=config.reset_position_ids,
+        reset_attention_mask=config.reset_attention_mask,
+        eod_mask_loss=config.eod_mask_loss,
+        create_attention_mask=config.create_attention_mask,
+    )
+
+
+def build_datasets(
+    config: DataConfig,
+    tokenizer: TextTokenizer,
+    train_samples: int,
+    valid_samples: int,
+    test_samples: int = 0,
+    is_built_on_rank: Optional[Callable[[], bool]] = None,
+):
+    """(train, valid, test) datasets with at least the requested number of samples each.
+
+    A dataset is None where its split is empty (``--split 99,1,0`` has no test) or where
+    ``is_built_on_rank()`` is False (default: every rank builds; see
+    ``is_dataset_built_on_rank`` for Megatron's rule). Datasets smaller than the request are
+    repeated epoch by epoch, each epoch shuffled anew, as in Megatron-LM. Must be called on
+    every rank when torch.distributed is initialised (rank 0 builds the index cache first).
+    """
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+    from megatron.core.datasets.gpt_dataset import GPTDataset, MockGPTDataset
+
+    for name, count in (("train", train_samples), ("valid", valid_samples),
+                        ("test", test_samples)):
+        if count < 0:
+            raise DataConfigError(f"{name}_samples must be >= 0, got {count}")
+    dataset_class = MockGPTDataset if config.mock_data else GPTDataset
+    builder = BlendedMegatronDatasetBuilder(
+        dataset_class,
+        [train_samples, valid_samples, test_samples],
+        is_built_on_rank or (lambda: True),
+        gpt_dataset_config(config, tokenizer),
+    )
+    train, valid, test = builder.build()
+    return train, valid, test
+
+
+def is_dataset_built_on_rank() -> bool:
+    """Megatron-LM's rule: only tensor-parallel rank 0 of the first and last pipeline stages
+    reads data (the first embeds tokens, the last needs labels); the training loop broadcasts
+    the batch to the other tensor-parallel ranks. True when model parallelism is not set up."""
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return True
+    on_end_stage = (parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+                    or parallel_state.is_pipeline_last_stage(ignore_virtual=True))
+    return on_end_stage and parallel_state.get_tensor_model_parallel_rank() == 0
+
+
+def _check_prefixes_exist(prefixes: Sequence[str]) -> None:
+    for prefix in prefixes:
+        missing = [path for path in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(path)]
+        if missing:
+            raise DataConfigError(
+                f"dataset {prefix!r} is missing {', '.join(missing)}; create it with "
+                "tools/preprocess_data.py (or tools/prepare_default_corpus.py)"
+            )
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,321 @@
+"""The preprocessing run: inputs -> tokenizing workers -> megatron-core .bin/.idx, in input order.
+
+The reading process streams batches of raw records to a pool of worker processes and writes the
+results in input order, so the output is byte-identical for any ``workers``. At most a few
+batches per worker are in flight: memory stays bounded however large the input (``Pool.imap``
+would queue the whole input when the workers fall behind the reader).
+"""
+
+import collections
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+
+from megatron_ponder.data.preprocess import encoder as encoder_module
+from megatron_ponder.data.preprocess.encoder import (
+    DocumentEncoder,
+    EncoderSettings,
+    RecordOutcome,
+    RecordProblem,
+)
+from megatron_ponder.data.preprocess.inputs import (
+    INPUT_FORMATS,
+    JSONL,
+    TEXT_DOCUMENT_PER_FILE,
+    TEXT_DOCUMENT_UNITS,
+    InputError,
+    RecordBatch,
+    expand_inputs,
+    iter_record_batches,
+    total_input_bytes,
+)
+from megatron_ponder.data.preprocess.output import (
+    AtomicDatasetWriter,
+    OutputExistsError,
+    commit,
+    dataset_files,
+    dataset_prefix,
+    token_dtype_for_vocab,
+)
+from megatron_ponder.data.preprocess.progress import ProgressReporter
+from megatron_ponder.tokenizer import TokenizerError, TokenizerSpec, build_tokenizer
+
+_BATCHES_IN_FLIGHT_PER_WORKER = 4
+_INVALID_RECORDS_SHOWN = 10
+
+
+class PreprocessError(Exception):
+    """Bad arguments or bad input. The message is for the user; about a record it starts with
+    ``file:line:``."""
+
+
+@dataclass
+class PreprocessConfig:
+    """One run of ``tools/preprocess_data.py``; field names follow its flags."""
+
+    inputs: Sequence[str]
+    """``--input``: JSONL or text files, or globs."""
+
+    output_prefix: str
+    """``--output-prefix``: outputs are ``<prefix>_<key>_document.bin/.idx``."""
+
+    json_keys: Sequence[str] = ("text",)
+    """``--json-keys``: one output dataset per key (JSONL only)."""
+
+    input_format: str = JSONL
+    """``--input-format``: ``jsonl`` or ``text``."""
+
+    text_document: str = TEXT_DOCUMENT_PER_FILE
+    """``--text-document``: with text input, one document per ``file`` or per blank-line
+    separated ``block``."""
+
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    """``--tokenizer-type`` / ``--tokenizer-model`` / ``--vocab-file`` / ``--merge-file``."""
+
+    append_eod: bool = False
+    """``--append-eod``: end every document with the tokenizer's EOD id."""
+
+    workers: int = 1
+    """``--workers``: tokenizing processes; 1 tokenizes in the reading process."""
+
+    log_interval: int = 100
+    """``--log-interval``: documents between progress reports."""
+
+    skip_invalid: bool = False
+    """``--skip-invalid``: skip and count invalid records instead of stopping."""
+
+    overwrite: bool = False
+    """``--overwrite``: replace existing outputs."""
+
+
+@dataclass
+class PreprocessSummary:
+    """What a run wrote and skipped."""
+
+    documents: int
+    tokens: int
+    skipped: Dict[str, int]
+    input_bytes: int
+    seconds: float
+    """Reading, tokenizing and writing; the rates are per these seconds."""
+    setup_seconds: float
+    """Before the first record: imports, tokenizer loading, output checks."""
+    output_prefixes: List[str]
+
+    def format(self) -> str:
+        seconds = max(self.seconds, 1e-9)
+        skipped_total = sum(self.skipped.values())
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.skipped.items()))
+        lines = [f"wrote {prefix}.bin/.idx" for prefix in self.output_prefixes]
+        lines.append(
+            f"documents: {self.documents} | tokens: {self.tokens} | "
+            f"skipped: {skipped_total}{f' ({reasons})' if reasons else ''} | "
+            f"seconds: {self.seconds:.2f} (+{self.setup_seconds:.2f} setup) | "
+            f"documents/s: {self.documents / seconds:.1f} | "
+            f"tokens/s: {self.tokens / seconds:.0f} | "
+            f"MB/s: {self.input_bytes / seconds / 1e6:.2f}"
+        )
+        return "\n".join(lines)
+
+
+def run_preprocessing(
+    config: PreprocessConfig, log: Optional[TextIO] = None
+) -> PreprocessSummary:
+    """Tokenize ``config.inputs`` into megatron-core indexed datasets.
+
+    Raises PreprocessError for bad arguments or input, after removing everything it wrote;
+    KeyboardInterrupt likewise propagates after the cleanup. Nothing appears under the final
+    output names unless the whole run succeeds. Progress and warnings go to ``log`` (default:
+    the current ``sys.stderr``).
+    """
+    log = log or sys.stderr
+    setup_start = time.monotonic()
+    keys = _validated_keys(config)
+    try:
+        paths = expand_inputs(config.inputs)
+    except InputError as error:
+        raise PreprocessError(str(error)) from error
+    prefixes = [dataset_prefix(config.output_prefix, key) for key in keys]
+    _check_outputs(prefixes, config.overwrite)
+    try:
+        tokenizer = build_tokenizer(config.tokenizer)
+    except TokenizerError as error:
+        raise PreprocessError(str(error)) from error
+    dtype = token_dtype_for_vocab(tokenizer.vocab_size)
+    settings = EncoderSettings(
+        tokenizer=config.tokenizer, input_format=config.input_format, keys=tuple(keys),
+        append_eod=config.append_eod, token_dtype=dtype.name,
+    )
+
+    writers: List[AtomicDatasetWriter] = []
+    progress: Optional[ProgressReporter] = None
+    # Throughput counts from here: the one-off setup (megatron-core import, tokenizer load) is
+    # reported separately.
+    start = time.monotonic()
+    try:
+        # The pool starts before any output file is open or progress thread runs, so forked
+        # workers inherit neither.
+        with _EncodingBackend(settings, config.workers) as encode_in_order:
+            for prefix in prefixes:
+                writers.append(AtomicDatasetWriter(prefix, dtype))
+            progress = ProgressReporter(log, total_input_bytes(paths), config.log_interval)
+            batches = iter_record_batches(paths, config.input_format, config.text_document)
+            counts = _write_documents(encode_in_order(batches), writers, config, progress, log)
+        for writer in writers:
+            writer.finalize()
+        commit(writers, config.overwrite)
+    except BaseException as error:
+        for writer in writers:
+            writer.discard()
+        if isinstance(error, OutputExistsError):
+            raise PreprocessError(
+                f"output {error} appeared while this run was writing; pass --overwrite to "
+                "replace it"
+            ) from error
+        if isinstance(error, OSError):
+            raise PreprocessError(_describe_os_error(error)) from error
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    documents, tokens, skipped, input_bytes = counts
+    return PreprocessSummary(
+        documents=documents, tokens=tokens, skipped=dict(skipped), input_bytes=input_bytes,
+        seconds=time.monotonic() - start, setup_seconds=start - setup_start,
+        output_prefixes=prefixes,
+    )
+
+
+def _write_documents(
+    encoded: Iterator[Tuple[RecordBatch, List[RecordOutcome]]],
+    writers: Sequence[AtomicDatasetWriter],
+    config: PreprocessConfig,
+    progress: ProgressReporter,
+    log: TextIO,
+) -> Tuple[int, int, collections.Counter, int]:
+    documents = tokens = input_bytes = 0
+    skipped: collections.Counter = collections.Counter()
+    invalid_shown = 0
+    try:
+        for batch, outcomes in encoded:
+            for outcome in outcomes:
+                if isinstance(outcome, RecordProblem):
+                    location = f"{batch.source}:{outcome.line}"
+                    if outcome.is_invalid:
+                        if not config.skip_invalid:
+                            raise PreprocessError(
+                                f"{location}: {outcome.detail} (pass --skip-invalid to skip "
+                                "invalid records)"
+                            )
+                        if invalid_shown < _INVALID_RECORDS_SHOWN:
+                            log.write(f"warning: {location}: {outcome.detail}; skipped\n")
+                        invalid_shown += 1
+                    skipped[outcome.reason] += 1
+                    continue
+                for writer, token_ids in zip(writers, outcome):
+                    writer.add_document(token_ids)
+                    tokens += token_ids.size
+                documents += 1
+            input_bytes += batch.num_bytes
+            progress.update(batch.num_bytes, documents, tokens)
+    except InputError as error:
+        raise PreprocessError(str(error)) from error
+    if invalid_shown > _INVALID_RECORDS_SHOWN:
+        log.write(f"warning: {invalid_shown - _INVALID_RECORDS_SHOWN} more invalid records "
+                  "skipped\n")
+    return documents, tokens, skipped, input_bytes
+
+
+def _describe_os_error(error: OSError) -> str:
+    if error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error)
+
+
+def _validated_keys(config: PreprocessConfig) -> List[str]:
+    if config.input_format not in INPUT_FORMATS:
+        raise PreprocessError(
+            f"unknown input format {config.input_format!r}; expected one of {list(INPUT_FORMATS)}"
+        )
+    if config.text_document not in TEXT_DOCUMENT_UNITS:
+        raise PreprocessError(
+            f"unknown text document unit {config.text_document!r}; expected one of "
+            f"{list(TEXT_DOCUMENT_UNITS)}"
+        )
+    if config.workers < 1:
+        raise PreprocessError(f"--workers must be at least 1, got {config.workers}")
+    if config.input_format != JSONL:
+        return ["text"]
+    keys = list(config.json_keys)
+    if not keys:
+        raise PreprocessError("--json-keys needs at least one key")
+    if len(set(keys)) != len(keys):
+        raise PreprocessError(f"--json-keys repeats a key: {keys}")
+    for key in keys:
+        if not key or os.sep in key or "\0" in key:
+            raise PreprocessError(f"--json-keys {key!r} cannot be part of an output file name")
+    return keys
+
+
+def _check_outputs(prefixes: Sequence[str], overwrite: bool) -> None:
+    directory = os.path.dirname(os.path.abspath(prefixes[0]))
+    if not os.path.isdir(directory):
+        raise PreprocessError(f"output directory does not exist: {directory}")
+    if overwrite:
+        return
+    for prefix in prefixes:
+        for path in dataset_files(prefix):
+            if os.path.exists(path):
+                raise PreprocessError(
+                    f"output {path} already exists; pass --overwrite to replace it"
+                )
+
+
+class _EncodingBackend:
+    """Context manager giving ``encode_in_order(batches) -> iterator of (batch, outcomes)``.
+
+    One worker encodes in this process (no pickling, no pool); more run a process pool.
+    """
+
+    def __init__(self, settings: EncoderSettings, workers: int) -> None:
+        self._settings = settings
+        self._workers = workers
+        self._pool = None
+
+    def __enter__(self) -> Callable[[Iterator[RecordBatch]], Iterator]:
+        if self._workers == 1:
+            encoder = DocumentEncoder(self._settings)
+            return lambda batches: ((batch, encoder.encode_batch(batch.records))
+                                    for batch in batches)
+        # The worker side imports neither torch nor megatron, so any start method is cheap.
+        context = multiprocessing.get_context()
+        self._pool = context.Pool(
+            self._workers, initializer=encoder_module.initialize_worker,
+            initargs=(self._settings,),
+        )
+        return self._encode_in_pool
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if self._pool is None:
+            return
+        if exc_type is None:
+            self._pool.close()
+        else:
+            self._pool.terminate()
+        self._pool.join()
+
+    def _encode_in_pool(self, batches: Iterator[RecordBatch]):
+        in_flight = collections.deque()
+        limit = _BATCHES_IN_FLIGHT_PER_WORKER * self._workers
+        for batch in batches:
+            in_flight.append((batch, self._pool.apply_async(
+                encoder_module.encode_batch_in_worker, (batch.records,))))
+            if len(in_flight) >= limit:
+                finished, result = in_flight.popleft()
+                yield finished, result.get()
+        while in_flight:
+            finished, result = in_flight.popleft()
+            yield finished, result.get()

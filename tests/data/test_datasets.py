@@ -1,0 +1,201 @@
+"""build_datasets: megatron-core GPT datasets behind Megatron-LM's data flags.
+
+Documents are written with megatron-core's own IndexedDatasetBuilder and carry recognisable
+ids (document d of dataset s holds ``s * 1000 + d`` repeated, then EOD), so every sample can
+be traced back to the documents it came from.
+"""
+
+import collections
+
+import numpy
+import pytest
+
+from megatron_ponder.data import DataConfig, DataConfigError, build_datasets, parse_blend
+from megatron_ponder.tokenizer import NullTokenizer
+
+EOD = 5000
+TOKENIZER = NullTokenizer(EOD)  # ids 0..4999, EOD 5000
+
+
+def _write_dataset(prefix, dataset_index, num_documents=60, rng_seed=0):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    rng = numpy.random.default_rng(rng_seed + dataset_index)
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=numpy.uint16)
+    for document in range(num_documents):
+        length = int(rng.integers(5, 40))
+        ids = numpy.array([dataset_index * 1000 + document] * length + [EOD], dtype=numpy.uint16)
+        builder.add_document(ids, [ids.size])
+    builder.finalize(f"{prefix}.idx")
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def prefixes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    return [_write_dataset(str(root / f"set{index}"), index + 1) for index in range(2)]
+
+
+def _documents_of(sample):
+    """The document ids a sample's tokens come from (EOD excluded)."""
+    tokens = sample["tokens"].tolist() + sample["labels"].tolist()[-1:]
+    return {token for token in tokens if token != EOD}
+
+
+def test_single_prefix_is_split_by_documents(prefixes):
+    config = DataConfig(data_path=[prefixes[0]], split="80,20,0", seq_length=16, num_workers=0)
+    train, valid, test = build_datasets(config, TOKENIZER, train_samples=50, valid_samples=10)
+    assert test is None
+    assert len(train) >= 50 and len(valid) >= 10
+    train_documents = set().union(*(_documents_of(train[i]) for i in range(len(train))))
+    valid_documents = set().union(*(_documents_of(valid[i]) for i in range(len(valid))))
+    # 60 documents: the first 48 train, the last 12 validate.
+    assert train_documents == {1000 + d for d in range(48)}
+    assert valid_documents <= {1000 + d for d in range(48, 60)}
+
+
+def test_samples_are_shifted_windows_of_the_document_stream(prefixes):
+    config = DataConfig(data_path=[prefixes[0]], split="1,0,0", seq_length=32, num_workers=0)
+    train, _, _ = build_datasets(config, TOKENIZER, train_samples=20, valid_samples=0)
+    for index in range(20):
+        sample = train[index]
+        assert sample["tokens"].shape == sample["labels"].shape == (32,)
+        assert sample["tokens"][1:].tolist() == sample["labels"][:-1].tolist()
+        assert sample["position_ids"].tolist() == list(range(32))
+        assert sample["loss_mask"].tolist() == [1.0] * 32
+        assert "attention_mask" not in sample  # off by default: the model builds its own
+        # A new document starts only right after an EOD (megatron-core keeps EOD in the stream).
+        tokens = sample["tokens"].tolist()
+        for previous, current in zip(tokens, tokens[1:]):
+            assert current == previous or previous == EOD or current == EOD
+
+
+def test_eod_handling_flags_reach_the_samples(prefixes):
+    config = DataConfig(data_path=[prefixes[0]], split="1,0,0", seq_length=64, num_workers=0,
+                        eod_mask_loss=True, reset_position_ids=True, create_attention_mask=True)
+    train, _, _ = build_datasets(config, TOKENIZER, train_samples=5, valid_samples=0)
+    sample = train[0]
+    tokens = sample["tokens"]
+    assert EOD in tokens.tolist()
+    assert (sample["loss_mask"][tokens == EOD] == 0).all()
+    assert (sample["loss_mask"][tokens != EOD] == 1).all()
+    first_eod = tokens.tolist().index(EOD)
+    assert sample["position_ids"][first_eod + 1].item() == 0
+    assert sample["attention_mask"].shape == (1, 64, 64)
+
+
+def test_blending_two_datasets_by_weight(prefixes):
+    config = DataConfig(data_path=["30", prefixes[0], "70", prefixes[1]], split="1,0,0",
+                        seq_length=16, num_workers=0)
+    train, _, _ = build_datasets(config, TOKENIZER, train_samples=1000, valid_samples=0)
+    assert len(train) == 1000
+    counts = collections.Counter(int(train[i]["dataset_id"]) for i in range(1000))
+    assert abs(counts[0] - 300) <= 1 and abs(counts[1] - 700) <= 1
+    for index in range(0, 1000, 37):
+        sample = train[index]
+        owner = int(sample["dataset_id"]) + 1
+        assert all(token // 1000 == owner for token in _documents_of(sample))
+
+
+def test_blending_without_weights_follows_dataset_sizes(tmp_path, prefixes):
+    small = _write_dataset(str(tmp_path / "small"), 3, num_documents=20)
+    config = DataConfig(data_path=[prefixes[0], small], split="1,0,0", seq_length=16,
+                        num_workers=0)
+    train, _, _ = build_datasets(config, TOKENIZER, train_samples=100, valid_samples=0)
+    counts = collections.Counter(int(train[i]["dataset_id"]) for i in range(len(train)))
+    assert counts[0] > 2 * counts[1] > 0
+
+
+def test_separate_train_and_valid_paths(prefixes):
+    config = DataConfig(train_data_path=[prefixes[0]], valid_data_path=[prefixes[1]],
+                        seq_length=16, num_workers=0)
+    train, valid, test = build_datasets(config, TOKENIZER, train_samples=30, valid_samples=30)
+    assert test is None
+    assert {token // 1000 for i in range(30) for token in _documents_of(train[i])} == {1}
+    assert {token // 1000 for i in range(30) for token in _documents_of(valid[i])} == {2}
+
+
+def test_the_seed_decides_the_shuffle(prefixes, tmp_path):
+    def first_tokens(seed):
+        config = DataConfig(data_path=[prefixes[0]], split="1,0,0", seq_length=16, seed=seed,
+                            num_workers=0, data_cache_path=str(tmp_path / "cache"))
+        train, _, _ = build_datasets(config, TOKENIZER, train_samples=10, valid_samples=0)
+        return [train[i]["tokens"].tolist() for i in range(10)]
+
+    assert first_tokens(1) == first_tokens(1)  # the second call loads the cached indices
+    assert first_tokens(1) != first_tokens(2)
+    assert len(list((tmp_path / "cache").glob("*GPTDataset-train-shuffle_index.npy"))) == 2
+
+
+def test_requests_beyond_one_epoch_repeat_the_data(prefixes):
+    config = DataConfig(data_path=[prefixes[0]], split="1,0,0", seq_length=64, num_workers=0)
+    train, _, _ = build_datasets(config, TOKENIZER, train_samples=200, valid_samples=0)
+    assert len(train) >= 200  # 60 short documents hold fewer than 30 samples of 64 tokens
+
+
+def test_mock_data_uses_megatron_mock_dataset():
+    config = DataConfig(mock_data=True, seq_length=32, num_workers=0)
+    train, valid, _ = build_datasets(config, NullTokenizer(100), train_samples=8,
+                                     valid_samples=4)
+    assert type(train).__name__ == "MockGPTDataset"
+    sample = train[0]
+    assert sample["tokens"].shape == (32,)
+    assert int(sample["tokens"].max()) <= 100
+
+
+def test_gpt_neox_tokenizer_is_accepted_by_megatron(prefixes):
+    from megatron_ponder.tokenizer import build_tokenizer
+
+    config = DataConfig(data_path=[prefixes[0]], split="1,0,0", seq_length=16, num_workers=0)
+    train, _, _ = build_datasets(config, build_tokenizer(), train_samples=4, valid_samples=0)
+    assert train[0]["tokens"].shape == (16,)
+
+
+def test_missing_dataset_files_are_named(tmp_path):
+    config = DataConfig(data_path=[str(tmp_path / "nothing_text_document")], seq_length=16)
+    with pytest.raises(DataConfigError, match=r"nothing_text_document.*missing .*\.bin"):
+        build_datasets(config, TOKENIZER, train_samples=1, valid_samples=1)
+
+
+@pytest.mark.parametrize("tokens, expected", [
+    (["a"], (["a"], None)),
+    (["a", "b"], (["a", "b"], None)),
+    (["30", "a", "70", "b"], (["a", "b"], [30.0, 70.0])),
+    (["0.5", " a "], (["a"], [0.5])),
+    (None, None),
+])
+def test_parse_blend_reads_megatron_data_paths(tokens, expected):
+    assert parse_blend(tokens) == expected
+
+
+@pytest.mark.parametrize("tokens", [["30", "a", "b"], ["a", "30", "b", "70"], ["0", "a"]])
+def test_parse_blend_rejects_ambiguous_lists(tokens):
+    with pytest.raises(DataConfigError):
+        parse_blend(tokens)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "no data"),
+    ({"mock_data": True, "data_path": ["a"]}, "--mock-data cannot"),
+    ({"data_path": ["a"], "train_data_path": ["b"]}, "cannot be combined"),
+    ({"valid_data_path": ["b"]}, "need --train-data-path"),
+    ({"data_path": ["a"], "seq_length": 0}, "--seq-length"),
+])
+def test_data_config_rejects_contradictions(kwargs, message):
+    with pytest.raises(DataConfigError, match=message):
+        DataConfig(**kwargs)
+
+
+def test_blend_cached_under_a_process_group(prefixes, tmp_path, single_process):
+    """As in training: torch.distributed is up, Megatron's rank rule decides who builds, and
+    the blend indices are cached under --data-cache-path."""
+    from megatron_ponder.data import is_dataset_built_on_rank
+
+    assert is_dataset_built_on_rank()  # TP rank 0 of a single pipeline stage
+    config = DataConfig(data_path=["1", prefixes[0], "3", prefixes[1]], split="1,0,0",
+                        seq_length=16, num_workers=0, data_cache_path=str(tmp_path))
+    train, _, _ = build_datasets(config, TOKENIZER, train_samples=100, valid_samples=0,
+                                 is_built_on_rank=is_dataset_built_on_rank)
+    counts = collections.Counter(int(train[i]["dataset_id"]) for i in range(100))
+    assert (counts[0], counts[1]) == (25, 75)
+    assert len(list(tmp_path.glob("*-BlendedDataset-train-dataset_index.npy"))) == 1

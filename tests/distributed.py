@@ -8,6 +8,7 @@ with that rank's traceback; a hang fails it after ``timeout`` seconds.
 
 import multiprocessing
 import os
+import pickle
 import queue as queue_module
 import socket
 import time
@@ -26,7 +27,9 @@ def _worker(fn, rank, world_size, port, args, queue):
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     try:
-        queue.put((rank, True, fn(*args)))
+        # Plain pickle bytes: torch's queue reducers would pass tensors through shared memory,
+        # which breaks when this process exits before the parent reads them.
+        queue.put((rank, True, pickle.dumps(fn(*args))))
     except BaseException:  # report everything, including SystemExit from argparse
         queue.put((rank, False, traceback.format_exc()))
 
@@ -60,7 +63,7 @@ def run_ranks(fn: Callable, world_size: int, *args, timeout: float = 300) -> Lis
                                     f"{sorted(set(range(world_size)) - set(results))}")
                 continue
             if ok:
-                results[rank] = value
+                results[rank] = pickle.loads(value)
             else:
                 failures.append(f"rank {rank} failed:\n{value}")
     finally:

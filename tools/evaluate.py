@@ -33,14 +33,17 @@ from megatron_ponder.eval.suite import (
     rows_as_json,
     run_suite,
 )
-from megatron_ponder.inference.loading import DTYPES, load_model, load_tokenizer
+from megatron_ponder.inference.loading import DTYPES, load_model_and_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     model = parser.add_argument_group("model")
-    model.add_argument("--hf", required=True, metavar="FOLDER",
+    model_source = model.add_mutually_exclusive_group(required=True)
+    model_source.add_argument("--hf", metavar="FOLDER",
                        help="Hugging Face model folder (config.json + safetensors)")
+    model_source.add_argument("--load", metavar="DIR",
+                       help="training checkpoint directory (pretrain_ponder.py --save DIR)")
     model.add_argument("--tokenizer", default=None,
                        help="tokenizer.json, a folder holding one, or a hub name "
                             "(default: the folder's tokenizer.json, else GPT-NeoX-20B)")
@@ -80,20 +83,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load(args):
-    """(model, tokenizer) from the command line; training checkpoints will be one more source
-    here (``--load``), next to ``--hf``."""
-    model = load_model(args.hf, device=args.device, dtype=args.dtype)
-    return model, load_tokenizer(args.hf, args.tokenizer)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    model, tokenizer = load(args)
+    model, tokenizer = load_model_and_tokenizer(
+        args.hf or args.load, args.tokenizer, device=args.device, dtype=args.dtype)
     jacobi = dict(jacobi_iterations=args.jacobi_iterations,
                   jacobi_tolerance=args.jacobi_tolerance,
                   max_jacobi_iterations=args.max_jacobi_iterations)
-    rows, report = [], {"model": os.path.abspath(args.hf), "jacobi": jacobi,
+    rows, report = [], {"model": os.path.abspath(args.hf or args.load), "jacobi": jacobi,
                         "limit": args.limit, "data_source": args.data_source}
     start = time.perf_counter()
     if args.tasks:

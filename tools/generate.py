@@ -24,14 +24,17 @@ except ImportError:  # run from a checkout without installing
 import torch
 
 from megatron_ponder.inference.generation import left_pad
-from megatron_ponder.inference.loading import DTYPES, load_model, load_tokenizer
+from megatron_ponder.inference.loading import DTYPES, load_model_and_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     source = parser.add_argument_group("model")
-    source.add_argument("--hf", required=True, metavar="FOLDER",
-                        help="Hugging Face model folder (config.json + safetensors)")
+    where = source.add_mutually_exclusive_group(required=True)
+    where.add_argument("--hf", metavar="FOLDER",
+                       help="Hugging Face model folder (config.json + safetensors)")
+    where.add_argument("--load", metavar="DIR",
+                       help="training checkpoint directory (pretrain_ponder.py --save DIR)")
     source.add_argument("--tokenizer", default=None,
                         help="tokenizer.json, a folder holding one, or a hub name")
     source.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -63,16 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load(args):
-    """(model, tokenizer) from the command line; training checkpoints will be one more source
-    here (``--load``), next to ``--hf``."""
-    model = load_model(args.hf, device=args.device, dtype=args.dtype)
-    return model, load_tokenizer(args.hf, args.tokenizer)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    model, tokenizer = load(args)
+    model, tokenizer = load_model_and_tokenizer(
+        args.hf or args.load, args.tokenizer, device=args.device, dtype=args.dtype)
     device = next(model.parameters()).device
     encoded = [tokenizer.tokenize(p) or [tokenizer.eod] for p in args.prompt]
     ids, mask = left_pad(encoded, tokenizer.eod, device)

@@ -1,8 +1,9 @@
 """Loading a model and its tokenizer for inference tools (generate, evaluate, lm-eval).
 
-Today a model comes from a Hugging Face folder (ours from ``save_pretrained``, an official
-PonderLM-2 release, Pythia, Llama). Training checkpoints will be one more source: add it to
-``load_model`` so every tool picks it up.
+A model comes from a Hugging Face folder (ours from ``save_pretrained``, an official
+PonderLM-2 release, Pythia, Llama) or from a training checkpoint directory (the ``--save``
+directory of pretrain_ponder.py, any parallel layout), told apart by the checkpoint's
+``latest_checkpointed_iteration.txt``.
 """
 
 import os
@@ -16,6 +17,12 @@ from megatron_ponder.hf.loading import from_pretrained
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def is_training_checkpoint(path: str) -> bool:
+    from megatron_ponder.training.checkpointing import TRACKER_FILE
+
+    return os.path.isfile(os.path.join(path, TRACKER_FILE))
+
+
 def resolve_device(device: Optional[str]) -> torch.device:
     if device:
         return torch.device(device)
@@ -27,7 +34,14 @@ def load_model(hf_folder: str, device: Optional[str] = None, dtype: Optional[str
     """``hf_folder`` -> an eval-mode model on ``device`` (default: cuda if present) in ``dtype``
     (``float32`` / ``bfloat16`` / ``float16``; default float32). ``overrides`` are
     ``from_pretrained``'s (num_latent_thoughts, jacobi_iterations, vanilla, scale_embeds)."""
-    model = from_pretrained(hf_folder, **overrides)
+    if is_training_checkpoint(hf_folder):
+        from megatron_ponder.training.conversion import load_checkpoint_for_inference
+
+        if overrides:
+            raise ValueError(f"overrides {sorted(overrides)} apply to Hugging Face folders only")
+        model = load_checkpoint_for_inference(hf_folder)
+    else:
+        model = from_pretrained(hf_folder, **overrides)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
     # Rotary frequencies are not a buffer, so they stay float32 (see model/rotary.py).
@@ -45,8 +59,18 @@ def load_tokenizer(model_folder: Optional[str] = None, tokenizer: Optional[str] 
     """
     from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
 
+    if tokenizer is None and model_folder is not None and is_training_checkpoint(model_folder):
+        from megatron_ponder.training.conversion import checkpoint_tokenizer
+
+        return checkpoint_tokenizer(model_folder)
     if tokenizer is None and model_folder is not None:
         candidate = os.path.join(model_folder, "tokenizer.json")
         if os.path.isfile(candidate):
             tokenizer = candidate
     return build_tokenizer(TokenizerSpec(tokenizer_model=tokenizer))
+
+
+def load_model_and_tokenizer(source: str, tokenizer: Optional[str] = None,
+                             device: Optional[str] = None, dtype: Optional[str] = None):
+    """(model, tokenizer) from a HF folder or a training checkpoint directory."""
+    return load_model(source, device=device, dtype=dtype), load_tokenizer(source, tokenizer)

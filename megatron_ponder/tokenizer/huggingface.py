@@ -43,6 +43,10 @@ class HuggingFaceTokenizer(TextTokenizer):
         self._eod = self._resolve_eod(eod_token)
         self._pad = self._resolve_pad()
 
+    def save(self, path: str) -> None:
+        """Write the tokenizer as a ``tokenizer.json`` (e.g. next to exported weights)."""
+        self._tokenizer.save(path)
+
     @classmethod
     def from_file(
         cls, path: str, name: Optional[str] = None, eod_token: Optional[str] = None

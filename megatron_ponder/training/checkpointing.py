@@ -172,6 +172,26 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
     return path
 
 
+def save_model_only_checkpoint(root: str, model, config, iteration: int = 0) -> str:
+    """A checkpoint with weights and config but no optimizer/scheduler state (for example
+    converted from a Hugging Face folder); continue pretraining from it with --finetune."""
+    path = checkpoint_dir(root, iteration)
+    if dist.get_rank() == 0:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.makedirs(path)
+    dist.barrier()
+    state = {"model": model.sharded_state_dict(), "iteration": iteration, "consumed_samples": 0,
+             "config": config_to_json(config), "parallel_layout": _layout(),
+             "has_optimizer": False, "checkpoint_version": CHECKPOINT_VERSION}
+    dist_checkpointing.save(state, path)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        _write_tracker_atomically(root, iteration)
+    dist.barrier()
+    return path
+
+
 def _layout() -> Dict[str, int]:
     return {"tp": parallel_state.get_tensor_model_parallel_world_size(),
             "pp": parallel_state.get_pipeline_model_parallel_world_size()}
@@ -196,6 +216,10 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} named by {TRACKER_FILE} does not exist")
     common = dist_checkpointing.load_common_state_dict(path)
+    if optimizer is not None and not common.get("has_optimizer", True):
+        raise CheckpointError(
+            f"{path} holds model weights only (converted from Hugging Face?): resume it with "
+            f"--finetune (or --no-load-optim)")
     model_state = model.sharded_state_dict()
     request = {"model": model_state}
     if optimizer is not None:
@@ -212,7 +236,7 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
         if optimizer is not None:
             optimizer.load_state_dict(loaded["optimizer"])
             _restore_adam_steps(optimizer, loaded["optimizer"])
-    if scheduler is not None:
+    if scheduler is not None and "opt_param_scheduler" in common:
         scheduler.load_state_dict(common["opt_param_scheduler"])
     if "rng_state" in loaded:
         _set_rng_state(loaded["rng_state"])

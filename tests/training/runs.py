@@ -11,3 +11,25 @@ def pretrain_from_flags(flags):
     from megatron_ponder.training.trainer import pretrain
 
     return dataclasses.asdict(pretrain(parse_args(flags)))
+
+
+def checkpoint_and_hf_logits(checkpoint_dir, hf_folder, token_ids):
+    """Logits of a training checkpoint loaded for inference and of a HF folder."""
+    import torch
+
+    from megatron_ponder.hf import from_pretrained
+    from megatron_ponder.training.conversion import load_checkpoint_for_inference
+
+    ids = torch.tensor(token_ids)
+    with torch.no_grad():
+        from_checkpoint = load_checkpoint_for_inference(checkpoint_dir)(ids).logits
+        from_hf = from_pretrained(hf_folder)(ids).logits
+    return from_checkpoint, from_hf
+
+
+def convert(direction, source, target):
+    from megatron_ponder.training.conversion import checkpoint_to_hf, hf_to_checkpoint
+
+    if direction == "to-hf":
+        return checkpoint_to_hf(source, target)
+    return hf_to_checkpoint(source, target)

@@ -22,8 +22,10 @@ def _run(world_size, *extra):
     return run_ranks(pretrain_from_flags, world_size, FLAGS + list(extra))
 
 
-def test_losses_fall_and_data_parallel_matches_single_process():
-    single = _run(1, "--train-iters", "8")[0]
+def test_losses_fall_and_data_parallel_matches_single_process(tmp_path):
+    board = tmp_path / "tensorboard"
+    single = _run(1, "--train-iters", "8", "--tensorboard-dir", str(board))[0]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(board))
     dual = _run(2, "--train-iters", "8")
     losses = single["train_losses"]
     assert len(losses) == 8

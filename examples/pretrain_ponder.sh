@@ -30,7 +30,7 @@ PRESET=${PRESET:-tiny}
 TP=${TP:-1}
 PP=${PP:-1}
 K=${K:-1}
-TRAIN_ITERS=${TRAIN_ITERS:-150}
+TRAIN_ITERS=${TRAIN_ITERS:-120}
 MICRO_BATCH=${MICRO_BATCH:-8}
 GLOBAL_BATCH=${GLOBAL_BATCH:-16}
 LR=${LR:-2e-3}
@@ -69,7 +69,7 @@ torchrun --nproc-per-node "$GPUS_PER_NODE" --nnodes "$NNODES" --node-rank "$NODE
     --micro-batch-size "$MICRO_BATCH" --global-batch-size "$GLOBAL_BATCH" \
     --train-iters "$TRAIN_ITERS" --lr "$LR" --lr-warmup-fraction 0.02 \
     --lr-decay-style cosine --weight-decay 0.1 --clip-grad 1.0 \
-    --eval-interval "${EVAL_INTERVAL:-50}" --eval-iters "${EVAL_ITERS:-8}" \
+    --eval-interval "${EVAL_INTERVAL:-40}" --eval-iters "${EVAL_ITERS:-8}" \
     --log-interval "${LOG_INTERVAL:-10}" \
     --save "$SAVE_DIR" --save-interval "${SAVE_INTERVAL:-$TRAIN_ITERS}" --load "$SAVE_DIR" \
     "${DATA_ARGS[@]}" "${PLATFORM_ARGS[@]}" \

@@ -75,6 +75,7 @@ torchrun --nproc-per-node "$GPUS_PER_NODE" --nnodes "$NNODES" --node-rank "$NODE
     "${DATA_ARGS[@]}" "${PLATFORM_ARGS[@]}" \
     "$@" 2>&1 | tee -a "$LOG"
 
-if [ "$NODE_RANK" = "0" ]; then
+# The loss is printed by the last pipeline stage: plot on the node whose log has it.
+if grep -q "lm loss" "$LOG"; then
     $PYTHON tools/plot_loss.py "$LOG" --labels "$PRESET K=$K" --output "$RUN_DIR/loss.png"
 fi

@@ -165,7 +165,9 @@ def build_transformer_config(model: ModelConfig, ponder: PonderConfig,
         params_dtype=model.params_dtype,
         bf16=model.bf16,
         # Deterministic, device-independent initialisation (and the only one that works on CPU):
-        # the full weight is drawn on CPU and split, so every parallel layout starts identical.
+        # the full weight is drawn on CPU and split, so every tensor-parallel layout starts
+        # identical. (A pipeline stage draws only its own layers, so its weights differ from
+        # the same layers drawn in a one-stage model, as in Megatron-LM.)
         use_cpu_initialization=True,
         # Fusions need CUDA kernels (apex/TE); the unfused paths are exact and portable.
         bias_activation_fusion=False,
@@ -178,6 +180,8 @@ def build_transformer_config(model: ModelConfig, ponder: PonderConfig,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         sequence_parallel=parallel.sequence_parallel,
+        # dtype of the activations pipeline stages exchange (required by megatron for PP > 1).
+        pipeline_dtype=model.params_dtype,
     )
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)

@@ -41,6 +41,10 @@ class PonderGPTModel(MegatronModule):
         self.pre_process = pre_process
         self.post_process = post_process
         self.model_type = ModelType.encoder_or_decoder  # read by megatron's schedules
+        # Untied input/output embeddings (the paper's setting). megatron's gradient finalisation
+        # reads this flag on the first and last pipeline stages to skip its tied-weight
+        # all-reduce.
+        self.share_embeddings_and_output_weights = False
         self.vocab_size = model_config.vocab_size
         use_scale = ponder_config.scale_embeds and not ponder_config.vanilla
         # Unit-RMS token embeddings under the paper's init std sqrt(2/(5H)).
@@ -53,8 +57,9 @@ class PonderGPTModel(MegatronModule):
             )
         self.rotary = RotaryAngles(config.kv_channels, model_config.rotary_percent,
                                    model_config.rotary_base)
-        # The block always takes its input as an argument: in the ponder loop the first stage
-        # feeds it from the splice, later stages from the pipeline (see set_input_tensor).
+        # The block always takes its input as an argument: the first stage feeds it from the
+        # embeddings or the splice, later stages from the tensor the pipeline received
+        # (megatron_ponder.parallel.pipeline), so the block itself never receives.
         self.decoder = TransformerBlock(
             config, block_submodules(config, model_config.parallel_residual, use_te, pp_rank),
             pre_process=True, post_process=post_process,
@@ -101,6 +106,13 @@ class PonderGPTModel(MegatronModule):
         logits, _ = self.output_layer(hidden)
         return logits
 
+    def token_losses(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the output layer on ``hidden`` (slot K of every token, [L, B, H],
+        this rank's sequence-parallel shard) against ``labels`` [B, L]: losses [B, L]."""
+        losses = tensor_parallel.vocab_parallel_cross_entropy(
+            self.output(hidden).float(), labels.transpose(0, 1).contiguous())
+        return losses.transpose(0, 1).contiguous()
+
     # ----------------------------------------------------------------- single-stage forward
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 jacobi_iterations: Optional[int] = None, **stack_kwargs) -> torch.Tensor:
@@ -110,15 +122,11 @@ class PonderGPTModel(MegatronModule):
             jacobi_iterations = self.ponder_config.jacobi_iterations
         final = ponder_forward(self, input_ids, self.ponder_config.thoughts, jacobi_iterations,
                                **stack_kwargs)
-        logits = self.output(final)
         if labels is None:
-            return logits.transpose(0, 1).contiguous()
-        losses = tensor_parallel.vocab_parallel_cross_entropy(
-            logits.float(), labels.transpose(0, 1).contiguous())
-        return losses.transpose(0, 1).contiguous()
+            return self.output(final).transpose(0, 1).contiguous()
+        return self.token_losses(final, labels)
 
     def set_input_tensor(self, input_tensor) -> None:
-        """Pipeline hook (megatron schedules call it); wired up by the pipeline driver."""
-        if isinstance(input_tensor, (list, tuple)):
-            input_tensor = input_tensor[0]
-        self.input_tensor = input_tensor
+        """megatron's schedules call this before every forward step. With one stage there is
+        nothing to receive; under pipeline parallelism the per-pass chunks of
+        ``megatron_ponder.parallel.pipeline`` receive instead, so this stays a no-op."""

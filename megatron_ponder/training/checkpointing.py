@@ -5,7 +5,10 @@
 
 A checkpoint holds the model, optimizer, LR scheduler, RNG states, iteration and consumed
 samples, plus the run's config (so tools can rebuild the model). Any tensor/pipeline layout can
-load any other (dist_checkpointing reshards); RNG states are restored only on the same layout.
+load any other's model (dist_checkpointing reshards; the sharded keys are global: layer numbers
+count across pipeline stages, tensor-parallel shards carry their offsets). RNG states are
+restored only on the same layout, and the distributed optimizer's state only on the same
+tensor/pipeline layout (its "dp_reshardable" format reshards over data parallelism only).
 """
 
 import dataclasses
@@ -220,13 +223,19 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
         raise CheckpointError(
             f"{path} holds model weights only (converted from Hugging Face?): resume it with "
             f"--finetune (or --no-load-optim)")
+    same_layout = common.get("parallel_layout") == _layout()
+    if optimizer is not None and not same_layout and _optimizer_metadata(optimizer) is not None:
+        raise CheckpointError(
+            f"{path} was saved with tensor/pipeline parallel sizes {common.get('parallel_layout')}"
+            f" and this run uses {_layout()}: the distributed optimizer's saved state reshards "
+            f"over data parallelism only. Load the model alone with --no-load-optim (fresh "
+            f"optimizer state, same iteration) or --finetune.")
     model_state = model.sharded_state_dict()
     request = {"model": model_state}
     if optimizer is not None:
         _prime_distributed_optimizer(optimizer, ddp_model)
         request["optimizer"] = optimizer.sharded_state_dict(
             model_state, is_loading=True, metadata=_optimizer_metadata(optimizer))
-    same_layout = common.get("parallel_layout") == _layout()
     if load_rng and same_layout:
         request["rng_state"] = _rng_sharded_object(_rng_state())
     loaded = dist_checkpointing.load(request, path)

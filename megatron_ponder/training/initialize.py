@@ -50,6 +50,10 @@ def set_seeds(seed: int) -> None:
 
 
 def shutdown() -> None:
+    """Tear down megatron's groups and the process group, so a process can start again."""
+    from megatron.core import parallel_state
+
     if dist.is_initialized():
         dist.barrier()
+        parallel_state.destroy_model_parallel()
         dist.destroy_process_group()

@@ -15,9 +15,13 @@ class PonderForwardStep:
 
     Draws J per micro-batch from (seed, iteration, global micro-batch index), where the global
     index counts micro-batches across data-parallel ranks in sample order, so a run with more
-    data-parallel ranks sees the same J for the same samples. Losses are summed over tokens and
-    returned with the token count (megatron's per-token loss path), so gradient accumulation
-    and the data-parallel reduction average over tokens exactly.
+    data-parallel ranks sees the same J for the same samples, and every tensor/pipeline rank of
+    a data-parallel replica draws the same list without communicating. Losses are summed over
+    tokens and returned with the token count (megatron's per-token loss path), so gradient
+    accumulation and the data-parallel reduction average over tokens exactly.
+
+    Under pipeline parallelism ``megatron_ponder.parallel.pipeline`` drives the passes itself and
+    uses ``prepare``, ``loss_func_for`` and the step's ``jacobi_used`` from here.
     """
 
     def __init__(self, ponder: PonderConfig, seed: int):
@@ -27,10 +31,11 @@ class PonderForwardStep:
         self.training = True
         self.microbatch = 0
         self.jacobi_used: List[int] = []
+        """J of each of this rank's micro-batches in the current step."""
 
-    def begin(self, iteration: int, training: bool) -> None:
+    def begin(self, iteration: int, training: bool, num_microbatches: int) -> None:
         self.iteration, self.training, self.microbatch = iteration, training, 0
-        self.jacobi_used = []
+        self.jacobi_used = [self.jacobi_for(m) for m in range(num_microbatches)]
 
     def jacobi_for(self, microbatch: int) -> int:
         choices = self.ponder.random_jacobi_iterations
@@ -40,17 +45,23 @@ class PonderForwardStep:
         global_index = microbatch * dp_size + parallel_state.get_data_parallel_rank()
         return draw_jacobi_iterations(choices, self.seed, self.iteration, global_index)
 
-    def __call__(self, data_iterator, model):
-        batch = next(data_iterator)
+    @staticmethod
+    def prepare(batch) -> dict:
+        """The fields the model and loss need, on the device."""
         device = _device()
-        tokens = batch["tokens"].to(device, non_blocking=True)
-        labels = batch["labels"].to(device, non_blocking=True)
-        loss_mask = batch["loss_mask"].to(device, non_blocking=True)
-        jacobi = self.jacobi_for(self.microbatch)
-        self.jacobi_used.append(jacobi)
+        return {name: batch[name].to(device, non_blocking=True)
+                for name in ("tokens", "labels", "loss_mask")}
+
+    @staticmethod
+    def loss_func_for(batch: dict):
+        return partial(token_loss, batch["loss_mask"])
+
+    def __call__(self, data_iterator, model):
+        batch = self.prepare(next(data_iterator))
+        jacobi = self.jacobi_used[self.microbatch]
         self.microbatch += 1
-        losses = model(tokens, labels=labels, jacobi_iterations=jacobi)
-        return losses, partial(token_loss, loss_mask)
+        losses = model(batch["tokens"], labels=batch["labels"], jacobi_iterations=jacobi)
+        return losses, self.loss_func_for(batch)
 
 
 def token_loss(loss_mask: torch.Tensor, losses: torch.Tensor):

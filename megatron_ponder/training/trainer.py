@@ -65,6 +65,12 @@ class Trainer:
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.num_microbatches = train.global_batch_size // (train.micro_batch_size * self.dp_size)
         self.model = self._build_model()
+        self.pipeline = None
+        if config.parallel.pipeline_model_parallel_size > 1:
+            from megatron_ponder.parallel.pipeline import PonderPipeline
+
+            self.pipeline = PonderPipeline(self.model, config.ponder.thoughts,
+                                           config.data.seq_length, train.micro_batch_size)
         self.optimizer, self.scheduler = self._build_optimizer()
         self.forward_step = PonderForwardStep(config.ponder, train.seed)
         self.iteration = 0
@@ -98,7 +104,7 @@ class Trainer:
         ).to(default_device())
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=torch.cuda.is_available(),
+            overlap_grad_reduce=torch.cuda.is_available() and _grad_reduce_can_overlap(cfg),
             use_distributed_optimizer=cfg.train.use_distributed_optimizer,
             average_in_collective=False,
         )
@@ -170,25 +176,42 @@ class Trainer:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         train, data = self.config.train, self.config.data
+        if self.pipeline is not None:
+            step = self.forward_step
+            return self.pipeline.forward_backward(
+                data_iterator, step.jacobi_used, step.prepare, step.loss_func_for,
+                forward_only=forward_only)
         return get_forward_backward_func()(
             forward_step_func=self.forward_step, data_iterator=data_iterator,
             model=[self.model], num_microbatches=self.num_microbatches,
             seq_length=data.seq_length, micro_batch_size=train.micro_batch_size,
             forward_only=forward_only)
 
-    def train_step(self, data_iterator):
-        self.forward_step.begin(self.iteration, training=True)
+    def compute_gradients(self, data_iterator) -> List[dict]:
+        """Forward and backward over every micro-batch and pass of one step; afterwards the
+        DDP gradient buffers hold the data-parallel-reduced, per-token-scaled gradients."""
+        self.forward_step.begin(self.iteration, training=True,
+                                num_microbatches=self.num_microbatches)
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        reports = self._forward_backward(data_iterator, forward_only=False)
+        return self._forward_backward(data_iterator, forward_only=False)
+
+    def apply_update(self):
+        """Optimizer and LR-scheduler step on the gradients of ``compute_gradients``."""
         update_successful, grad_norm, _ = self.optimizer.step()
         if update_successful:
             self.scheduler.step(increment=1)
-        return reduce_reported_loss(reports), grad_norm, not update_successful
+        return grad_norm, not update_successful
+
+    def train_step(self, data_iterator):
+        reports = self.compute_gradients(data_iterator)
+        grad_norm, skipped = self.apply_update()
+        return reduce_reported_loss(reports), grad_norm, skipped
 
     def evaluate(self) -> Optional[float]:
         """Mean validation loss over ``eval_iters`` global batches, always the same batches
-        (the start of the validation split) so that evaluations are comparable."""
+        (the start of the validation split) so that evaluations are comparable. None where the
+        loss is not known (no validation data, or not the last pipeline stage)."""
         from megatron.core import parallel_state
 
         if self.valid_dataset is None:
@@ -201,10 +224,14 @@ class Trainer:
         totals = torch.zeros(2, dtype=torch.float64)
         with torch.no_grad():
             for _ in range(self.config.logging.eval_iters):
-                self.forward_step.begin(self.iteration, training=False)
+                self.forward_step.begin(self.iteration, training=False,
+                                        num_microbatches=self.num_microbatches)
+                # Reports come back on the last pipeline stage only.
                 for report in self._forward_backward(valid_iter, forward_only=True):
                     totals += report["lm loss"].double().cpu()
         self.model.train()
+        if not parallel_state.is_pipeline_last_stage():
+            return None
         dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
         return (totals[0] / totals[1].clamp(min=1)).item()
 
@@ -262,6 +289,21 @@ class Trainer:
         gathered = [torch.empty_like(local) for _ in range(self.dp_size)]
         dist.all_gather(gathered, local, group=parallel_state.get_data_parallel_group())
         return torch.cat(gathered).tolist()
+
+
+def _grad_reduce_can_overlap(config: PretrainConfig) -> bool:
+    """Whether megatron DDP may overlap the gradient reduction with the backward: only when
+    every step runs the same passes.
+
+    With overlap, DDP starts reducing a bucket once each of its parameters has received as many
+    gradients in the last micro-batch as it did in the first step. Every pass reuses every
+    layer, so that count is the pass count, which changes from step to step when J is drawn per
+    micro-batch: the reduction would start early or never (with PP=2 x DP=2 on gloo the step
+    hung; with fixed J, overlap gave the same losses as without). It would also gain little: a
+    parameter's gradient is complete only after pass 0 of the last micro-batch, leaving one
+    pass's backward to overlap with.
+    """
+    return not config.ponder.random_jacobi_iterations or config.ponder.thoughts == 0
 
 
 def _is_logging_rank() -> bool:

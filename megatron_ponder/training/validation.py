@@ -28,9 +28,6 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
              f"world size {world_size} (torchrun --nproc-per-node x --nnodes) is not divisible "
              f"by tensor x pipeline parallel = {tp} x {pp}; change the process count or sizes")
     dp = max(world_size // max(tp * pp, 1), 1)
-    need(pp == 1, "--pipeline-model-parallel-size > 1 is not available yet (the ponder "
-         "pipeline schedule is tracked in the 3D-parallelism issue); use tensor and data "
-         "parallelism")
     need(model.num_layers % max(pp, 1) == 0,
          f"--num-layers {model.num_layers} is not divisible by --pipeline-model-parallel-size "
          f"{pp}")
@@ -61,6 +58,16 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
          f"--global-batch-size {train.global_batch_size} is not divisible by --micro-batch-size "
          f"x data-parallel size = {train.micro_batch_size} x {dp}; pick a multiple of "
          f"{train.micro_batch_size * dp}")
+    if pp > 1 and train.micro_batch_size >= 1:
+        # megatron's interleaved schedule (one virtual chunk per pass) runs micro-batches in
+        # groups of PP; a partial group would stall the pipeline, and megatron refuses it.
+        num_microbatches = train.global_batch_size // (train.micro_batch_size * dp)
+        need(num_microbatches % pp == 0,
+             f"the number of micro-batches per step, --global-batch-size "
+             f"{train.global_batch_size} / (--micro-batch-size {train.micro_batch_size} x "
+             f"data-parallel size {dp}) = {num_microbatches}, must be a multiple of "
+             f"--pipeline-model-parallel-size {pp}; use --global-batch-size "
+             f"{train.micro_batch_size * dp * pp * max(1, -(-num_microbatches // pp))}")
 
     optim = config.optim
     if optim.min_lr is None:

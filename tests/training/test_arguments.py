@@ -90,7 +90,20 @@ def _config(*flags):
     (["--micro-batch-size", "2", "--global-batch-size", "6"], 2, "multiple of 4"),
     (["--tensor-model-parallel-size", "2"], 3, "world size 3"),
     (["--pipeline-model-parallel-size", "3"], 3, "--num-layers 4 is not divisible"),
-    (["--pipeline-model-parallel-size", "2"], 2, "not available yet"),
+    (["--pipeline-model-parallel-size", "2", "--micro-batch-size", "2",
+      "--global-batch-size", "6"], 2,
+     "= 3, must be a multiple of --pipeline-model-parallel-size 2"),
+    (["--pipeline-model-parallel-size", "2", "--micro-batch-size", "2",
+      "--global-batch-size", "6"], 2, "use --global-batch-size 8"),
+    (["--pipeline-model-parallel-size", "2", "--tensor-model-parallel-size", "2",
+      "--micro-batch-size", "1", "--global-batch-size", "6"], 8,
+     r"must be a multiple of --pipeline-model-parallel-size 2"),
+    (["--pipeline-model-parallel-size", "4", "--micro-batch-size", "1",
+      "--global-batch-size", "2"], 4,
+     "= 2, must be a multiple of --pipeline-model-parallel-size 4"),
+    (["--pipeline-model-parallel-size", "8"], 8, "--num-layers 4 is not divisible"),
+    (["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"], 6,
+     "world size 6"),
     (["--tensor-model-parallel-size", "8"], 8, "--num-attention-heads 4"),
     (["--tensor-model-parallel-size", "2", "--sequence-parallel", "--seq-length", "33"], 2,
      "--seq-length 33"),
@@ -103,6 +116,29 @@ def _config(*flags):
 def test_validation_errors_say_what_to_change(flags, world, message):
     with pytest.raises(ConfigError, match=message.replace("-", r"\-")):
         validate_config(_config(*flags), world)
+
+
+@pytest.mark.parametrize("flags,world", [
+    (["--pipeline-model-parallel-size", "2", "--micro-batch-size", "1",
+      "--global-batch-size", "4"], 2),
+    (["--pipeline-model-parallel-size", "2", "--tensor-model-parallel-size", "2",
+      "--sequence-parallel", "--micro-batch-size", "1", "--global-batch-size", "4"], 8),
+    (["--pipeline-model-parallel-size", "4", "--micro-batch-size", "2",
+      "--global-batch-size", "8"], 4),
+])
+def test_valid_pipeline_layouts_pass(flags, world):
+    validate_config(_config(*flags), world)
+
+
+def test_every_layout_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as error:
+        validate_config(_config("--pipeline-model-parallel-size", "3",
+                                "--tensor-model-parallel-size", "8",
+                                "--global-batch-size", "4", "--micro-batch-size", "4"), 24)
+    message = str(error.value)
+    for expected in ("--num-layers 4 is not divisible", "--num-attention-heads 4",
+                     "= 1, must be a multiple of --pipeline-model-parallel-size 3"):
+        assert expected in message
 
 
 def test_null_tokenizer_needs_vocab_size():

@@ -1,0 +1,64 @@
+"""The per-micro-batch pass plan of a pipeline step and the shared micro-batch stream."""
+
+import pytest
+
+from megatron_ponder.model.ponder import pass_schedule
+from megatron_ponder.parallel.microbatch_stream import MicroBatchStream
+from megatron_ponder.parallel.pass_plan import PassPlan, num_chunks, plan_step
+
+
+def test_chunks_follow_the_longest_micro_batch():
+    assert num_chunks(1, [2, 3, 2]) == 1 + 3 + 1
+    assert num_chunks(2, [4]) == 2 + 4 + 1
+    assert num_chunks(0, [2, 3]) == 1  # no thoughts: one pass whatever J is
+    with pytest.raises(ValueError):
+        num_chunks(1, [])
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+@pytest.mark.parametrize("jacobi", [[3], [2, 3, 4], [4, 2, 2, 3], [0, 1]])
+def test_every_plan_runs_exactly_its_passes_and_ends_with_the_final_pass(k, jacobi):
+    plans = plan_step(k, jacobi)
+    assert len({len(plan.slots) for plan in plans}) == 1
+    for j, plan in zip(jacobi, plans):
+        real = [slots for slots in plan.slots if slots is not None]
+        assert real == pass_schedule(k, j)  # the same passes, in the same order
+        assert plan.slots[0] == 1 and plan.slots[-1] == k + 1  # embeddings first, final last
+        assert plan.final_chunk == len(plan.slots) - 1
+        # Pass-throughs only after the growth passes, so the growth lengths stay in place.
+        assert list(plan.slots[:k]) == list(range(1, k + 1))
+
+
+def test_previous_slots_skip_pass_throughs():
+    plan = PassPlan.build(2, 1, 2 + 3 + 1)  # K=2, J=1 in a step with J up to 3
+    assert plan.slots == (1, 2, None, None, 3, 3)
+    assert [plan.is_pass_through(c) for c in range(6)] == [False, False, True, True, False,
+                                                          False]
+    assert [plan.previous_slots(c) for c in range(6)] == [None, 1, 2, 2, 2, 3]
+    with pytest.raises(ValueError, match="do not fit"):
+        PassPlan.build(2, 4, 6)
+
+
+def test_each_view_sees_every_micro_batch_once_in_order_and_the_cache_drains():
+    read = []
+
+    def source():
+        for index in range(4):
+            read.append(index)
+            yield {"id": index}
+
+    stream = MicroBatchStream(source(), num_views=3, prepare=lambda b: dict(b, prepared=True))
+    views = stream.views()
+    # The interleaved schedule's access pattern with PP=2: chunk 0 runs ahead of later chunks.
+    order = [0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]
+    seen = {view: [] for view in range(3)}
+    for view in order:
+        index, batch = next(views[view])
+        assert batch == {"id": index, "prepared": True}
+        seen[view].append(index)
+        assert stream.cached <= 2
+    assert seen == {0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}
+    assert read == [0, 1, 2, 3]  # the source is read once per micro-batch
+    assert stream.cached == 0
+    with pytest.raises(StopIteration):
+        next(views[0])

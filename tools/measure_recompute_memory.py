@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Peak memory of one training step with and without activation recomputation (CPU).
+
+For each ``--recompute-granularity`` setting (none, selective, full) it starts fresh processes
+(gloo, CPU; ``--tensor-model-parallel-size`` x ``--pipeline-model-parallel-size`` ranks) that
+build the pretraining ``Trainer``, then run the forward and backward of one step (all
+micro-batches and passes; no optimizer step) and report, per rank, how far the resident set
+grew during that step above its size just before it: Linux's peak-RSS counter (VmHWM) is reset
+through /proc/self/clear_refs right before the step. Every setting starts from the same state
+(a fresh process, the same weights and batch) and the step's losses are printed too, so one can
+see that recomputation changes memory, not results.
+
+Example:
+  python tools/measure_recompute_memory.py                          # one process, defaults
+  python tools/measure_recompute_memory.py --pipeline-model-parallel-size 2
+"""
+
+import argparse
+import multiprocessing
+import os
+import socket
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTINGS = ("none", "selective", "full")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="llama", choices=("llama", "gpt_neox"))
+    parser.add_argument("--num-layers", type=int, default=8)
+    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--num-attention-heads", type=int, default=8)
+    parser.add_argument("--seq-length", type=int, default=256)
+    parser.add_argument("--micro-batch-size", type=int, default=4)
+    parser.add_argument("--micro-batches", type=int, default=2)
+    parser.add_argument("--num-latent-thoughts", type=int, default=1)
+    parser.add_argument("--jacobi-iterations", type=int, default=3)
+    parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--timeout", type=float, default=900)
+    return parser.parse_args(argv)
+
+
+def pretrain_flags(args, setting):
+    flags = [
+        "--model-arch", args.arch, "--num-layers", str(args.num_layers),
+        "--hidden-size", str(args.hidden_size),
+        "--num-attention-heads", str(args.num_attention_heads),
+        "--seq-length", str(args.seq_length), "--mock-data",
+        "--tokenizer-type", "NullTokenizer", "--vocab-size", "1000",
+        "--micro-batch-size", str(args.micro_batch_size),
+        "--global-batch-size", str(args.micro_batch_size * args.micro_batches),
+        "--num-latent-thoughts", str(args.num_latent_thoughts),
+        "--jacobi-iterations", str(args.jacobi_iterations),
+        "--tensor-model-parallel-size", str(args.tensor_model_parallel_size),
+        "--pipeline-model-parallel-size", str(args.pipeline_model_parallel_size),
+        "--train-iters", "1", "--num-workers", "0", "--seed", "1",
+    ]
+    if args.tensor_model_parallel_size > 1:
+        flags.append("--sequence-parallel")
+    if setting != "none":
+        flags += ["--recompute-granularity", setting]
+    return flags
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_rank(rank, world_size, port, flags, queue):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    try:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        sys.path.insert(0, REPO)
+        import torch
+        import torch.distributed as dist
+
+        from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
+        from megatron_ponder.training.initialize import initialize_distributed, shutdown
+        from megatron_ponder.training.step import reduce_reported_loss
+        from megatron_ponder.training.trainer import Trainer
+        from megatron_ponder.training.validation import validate_config
+
+        torch.set_num_threads(1)
+        config = parse_pretrain_args(flags)
+        validate_config(config, world_size)
+        initialize_distributed(config.parallel, config.train.seed)
+        trainer = Trainer(config)
+        data = trainer._data()
+        dist.barrier()
+        before = _status_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # reset VmHWM (peak RSS) to the current RSS
+        start = time.perf_counter()
+        loss = reduce_reported_loss(trainer.compute_gradients(data))
+        seconds = time.perf_counter() - start
+        peak = _status_kib("VmHWM")
+        shutdown()
+        queue.put((rank, (peak - before) / 1024, seconds, loss, None))
+    except BaseException as error:  # report, do not hang the launcher
+        import traceback
+
+        queue.put((rank, None, None, None, f"{error}\n{traceback.format_exc()}"))
+
+
+def run_setting(args, setting):
+    world = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    flags = pretrain_flags(args, setting)
+    processes = [context.Process(target=measure_rank, args=(rank, world, port, flags, queue))
+                 for rank in range(world)]
+    for process in processes:
+        process.start()
+    results = {}
+    try:
+        while len(results) < world:
+            rank, grown_mib, seconds, loss, error = queue.get(timeout=args.timeout)
+            if error:
+                raise RuntimeError(f"{setting} rank {rank} failed: {error}")
+            results[rank] = (grown_mib, seconds, loss)
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    passes = (args.num_latent_thoughts + args.jacobi_iterations + 1
+              if args.num_latent_thoughts else 1)
+    print(f"{args.arch}: {args.num_layers} layers, H={args.hidden_size}, "
+          f"L={args.seq_length}, micro-batch {args.micro_batch_size} x {args.micro_batches}, "
+          f"K={args.num_latent_thoughts}, J={args.jacobi_iterations} ({passes} passes), "
+          f"TP={args.tensor_model_parallel_size}, PP={args.pipeline_model_parallel_size}")
+    print(f"  {'recompute':>10}  {'rank':>4}  {'peak step MiB':>13}  {'step s':>7}  {'loss':>10}")
+    for setting in args.settings:
+        for rank, (grown, seconds, loss) in sorted(run_setting(args, setting).items()):
+            loss_text = f"{loss:.6f}" if loss is not None else "-"
+            print(f"  {setting:>10}  {rank:>4}  {grown:13.1f}  {seconds:7.2f}  {loss_text:>10}")
+
+
+if __name__ == "__main__":
+    main()

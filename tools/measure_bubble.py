@@ -29,14 +29,15 @@ Examples:
 """
 
 import argparse
-import multiprocessing
 import os
-import socket
 import statistics
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run from a checkout without installing
+
+from megatron_ponder.parallel.launch import run_local_ranks  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -106,81 +107,51 @@ def _simulate_stage_compute(stage, forward_s: float, counter: list) -> None:
     stage.stack = lambda hidden, num_slots, **_unused: SimulatedLayers.apply(hidden)
 
 
-def measure_rank(rank, world_size, port, args, queue):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    try:
-        import warnings
+def measure_stage(args, world_size):
+    """One rank: (pipeline stage, [(busy seconds, step seconds) per measured step])."""
+    import warnings
 
-        warnings.filterwarnings("ignore")
-        sys.path.insert(0, REPO)
-        import torch
-        import torch.distributed as dist
-        from megatron.core import parallel_state
+    warnings.filterwarnings("ignore")
+    import torch
+    import torch.distributed as dist
+    from megatron.core import parallel_state
 
-        from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
-        from megatron_ponder.training.initialize import initialize_distributed, shutdown
-        from megatron_ponder.training.trainer import Trainer
-        from megatron_ponder.training.validation import validate_config
+    from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
+    from megatron_ponder.training.initialize import initialize_distributed, shutdown
+    from megatron_ponder.training.trainer import Trainer
+    from megatron_ponder.training.validation import validate_config
 
-        torch.set_num_threads(1)
-        config = parse_pretrain_args(pretrain_flags(args, world_size))
-        validate_config(config, world_size)
-        initialize_distributed(config.parallel, config.train.seed)
-        trainer = Trainer(config)
-        simulated = [0.0]
-        if args.compute == "sleep":
-            _simulate_stage_compute(trainer.model.module, args.forward_ms / 1000, simulated)
-        data = trainer._data()
-        samples = []
-        for step in range(args.warmup + args.steps):
-            dist.barrier()
-            start_wall, start_cpu, start_sim = time.perf_counter(), time.thread_time(), \
-                simulated[0]
-            trainer.compute_gradients(data)
-            busy = time.thread_time() - start_cpu + simulated[0] - start_sim
-            dist.barrier()
-            wall = time.perf_counter() - start_wall
-            trainer.iteration += 1
-            if step >= args.warmup:
-                samples.append((busy, wall))
-        stage = parallel_state.get_pipeline_model_parallel_rank()
-        shutdown()
-        queue.put((rank, stage, samples, None))
-    except BaseException as error:  # report, do not hang the launcher
-        import traceback
-
-        queue.put((rank, None, None, f"{error}\n{traceback.format_exc()}"))
+    torch.set_num_threads(1)
+    config = parse_pretrain_args(pretrain_flags(args, world_size))
+    validate_config(config, world_size)
+    initialize_distributed(config.parallel, config.train.seed)
+    trainer = Trainer(config)
+    simulated = [0.0]
+    if args.compute == "sleep":
+        _simulate_stage_compute(trainer.model.module, args.forward_ms / 1000, simulated)
+    data = trainer._data()
+    samples = []
+    for step in range(args.warmup + args.steps):
+        dist.barrier()
+        start_wall, start_cpu, start_sim = time.perf_counter(), time.thread_time(), \
+            simulated[0]
+        trainer.compute_gradients(data)
+        busy = time.thread_time() - start_cpu + simulated[0] - start_sim
+        dist.barrier()
+        wall = time.perf_counter() - start_wall
+        trainer.iteration += 1
+        if step >= args.warmup:
+            samples.append((busy, wall))
+    stage = parallel_state.get_pipeline_model_parallel_rank()
+    shutdown()
+    return stage, samples
 
 
 def run_pipeline(size, args):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    processes = [context.Process(target=measure_rank, args=(rank, size, port, args, queue))
-                 for rank in range(size)]
-    for process in processes:
-        process.start()
-    results = {}
-    try:
-        deadline = time.monotonic() + args.timeout
-        while len(results) < size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"P={size}: timed out after {args.timeout} s")
-            rank, stage, samples, error = queue.get(timeout=remaining)
-            if error:
-                raise RuntimeError(f"P={size} rank {rank} failed: {error}")
-            results[stage] = samples
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-    return results
+    """{stage: samples} of one P=``size`` pipeline (CPU ranks, whatever devices exist)."""
+    stages = run_local_ranks(measure_stage, size, args, size, timeout=args.timeout,
+                             extra_env={"CUDA_VISIBLE_DEVICES": ""})
+    return dict(stages)
 
 
 def report(size, results, args):
@@ -207,7 +178,6 @@ def report(size, results, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    sys.path.insert(0, REPO)
     for size in args.pipeline_sizes:
         report(size, run_pipeline(size, args), args)
 

@@ -16,13 +16,14 @@ Example:
 """
 
 import argparse
-import multiprocessing
 import os
-import socket
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run from a checkout without installing
+
+from megatron_ponder.parallel.launch import run_local_ranks  # noqa: E402
 SETTINGS = ("none", "selective", "full")
 
 
@@ -74,71 +75,44 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_rank(rank, world_size, port, flags, queue):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    try:
-        import warnings
+def measure_rank(flags, world_size):
+    """One rank: (MiB the resident set grew during one step, step seconds, loss or None)."""
+    import warnings
 
-        warnings.filterwarnings("ignore")
-        sys.path.insert(0, REPO)
-        import torch
-        import torch.distributed as dist
+    warnings.filterwarnings("ignore")
+    import torch
+    import torch.distributed as dist
 
-        from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
-        from megatron_ponder.training.initialize import initialize_distributed, shutdown
-        from megatron_ponder.training.step import reduce_reported_loss
-        from megatron_ponder.training.trainer import Trainer
-        from megatron_ponder.training.validation import validate_config
+    from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
+    from megatron_ponder.training.initialize import initialize_distributed, shutdown
+    from megatron_ponder.training.step import reduce_reported_loss
+    from megatron_ponder.training.trainer import Trainer
+    from megatron_ponder.training.validation import validate_config
 
-        torch.set_num_threads(1)
-        config = parse_pretrain_args(flags)
-        validate_config(config, world_size)
-        initialize_distributed(config.parallel, config.train.seed)
-        trainer = Trainer(config)
-        data = trainer._data()
-        dist.barrier()
-        before = _status_kib("VmRSS")
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # reset VmHWM (peak RSS) to the current RSS
-        start = time.perf_counter()
-        loss = reduce_reported_loss(trainer.compute_gradients(data))
-        seconds = time.perf_counter() - start
-        peak = _status_kib("VmHWM")
-        shutdown()
-        queue.put((rank, (peak - before) / 1024, seconds, loss, None))
-    except BaseException as error:  # report, do not hang the launcher
-        import traceback
-
-        queue.put((rank, None, None, None, f"{error}\n{traceback.format_exc()}"))
+    torch.set_num_threads(1)
+    config = parse_pretrain_args(flags)
+    validate_config(config, world_size)
+    initialize_distributed(config.parallel, config.train.seed)
+    trainer = Trainer(config)
+    data = trainer._data()
+    dist.barrier()
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset VmHWM (peak RSS) to the current RSS
+    start = time.perf_counter()
+    loss = reduce_reported_loss(trainer.compute_gradients(data))
+    seconds = time.perf_counter() - start
+    peak = _status_kib("VmHWM")
+    shutdown()
+    return (peak - before) / 1024, seconds, loss
 
 
 def run_setting(args, setting):
+    """{rank: (grown MiB, seconds, loss)} for one recompute setting, in fresh CPU processes."""
     world = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    flags = pretrain_flags(args, setting)
-    processes = [context.Process(target=measure_rank, args=(rank, world, port, flags, queue))
-                 for rank in range(world)]
-    for process in processes:
-        process.start()
-    results = {}
-    try:
-        while len(results) < world:
-            rank, grown_mib, seconds, loss, error = queue.get(timeout=args.timeout)
-            if error:
-                raise RuntimeError(f"{setting} rank {rank} failed: {error}")
-            results[rank] = (grown_mib, seconds, loss)
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-    return results
+    results = run_local_ranks(measure_rank, world, pretrain_flags(args, setting), world,
+                              timeout=args.timeout, extra_env={"CUDA_VISIBLE_DEVICES": ""})
+    return dict(enumerate(results))
 
 
 def main(argv=None):

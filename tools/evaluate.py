@@ -33,26 +33,12 @@ from megatron_ponder.eval.suite import (
     rows_as_json,
     run_suite,
 )
-from megatron_ponder.inference.loading import DTYPES, load_model_and_tokenizer
+from megatron_ponder.inference.loading import add_model_arguments, load_model_and_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    model = parser.add_argument_group("model")
-    model_source = model.add_mutually_exclusive_group(required=True)
-    model_source.add_argument("--hf", metavar="FOLDER",
-                       help="Hugging Face model folder (config.json + safetensors)")
-    model_source.add_argument("--load", metavar="DIR",
-                       help="training checkpoint directory (pretrain_ponder.py --save DIR)")
-    model.add_argument("--tokenizer", default=None,
-                       help="tokenizer.json, a folder holding one, or a hub name "
-                            "(default: the folder's tokenizer.json, else GPT-NeoX-20B)")
-    model.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    model.add_argument("--dtype", default=None, choices=sorted(DTYPES))
-    model.add_argument("--jacobi-iterations", default=None,
-                       help="an int, or 'adaptive' (default: the config's J)")
-    model.add_argument("--jacobi-tolerance", type=float, default=None)
-    model.add_argument("--max-jacobi-iterations", type=int, default=None)
+    add_model_arguments(parser)
     suite = parser.add_argument_group("downstream tasks")
     suite.add_argument("--tasks", default=",".join(PAPER_TASKS),
                        help="comma-separated lm-eval task names ('' for none); "

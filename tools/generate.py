@@ -24,21 +24,12 @@ except ImportError:  # run from a checkout without installing
 import torch
 
 from megatron_ponder.inference.generation import left_pad
-from megatron_ponder.inference.loading import DTYPES, load_model_and_tokenizer
+from megatron_ponder.inference.loading import add_model_arguments, load_model_and_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    source = parser.add_argument_group("model")
-    where = source.add_mutually_exclusive_group(required=True)
-    where.add_argument("--hf", metavar="FOLDER",
-                       help="Hugging Face model folder (config.json + safetensors)")
-    where.add_argument("--load", metavar="DIR",
-                       help="training checkpoint directory (pretrain_ponder.py --save DIR)")
-    source.add_argument("--tokenizer", default=None,
-                        help="tokenizer.json, a folder holding one, or a hub name")
-    source.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    source.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    add_model_arguments(parser)
     prompts = parser.add_argument_group("prompts")
     prompts.add_argument("--prompt", action="append", default=[],
                          help="a prompt (repeat for a batch)")
@@ -53,10 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--no-eos-stop", action="store_true",
                      help="do not stop at the end-of-text token")
-    gen.add_argument("--jacobi-iterations", default=None,
-                     help="prefill Jacobi passes: an int, or 'adaptive' (default: the config's)")
-    gen.add_argument("--jacobi-tolerance", type=float, default=None)
-    gen.add_argument("--max-jacobi-iterations", type=int, default=None)
     args = parser.parse_args(argv)
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as f:

@@ -74,3 +74,26 @@ def load_model_and_tokenizer(source: str, tokenizer: Optional[str] = None,
                              device: Optional[str] = None, dtype: Optional[str] = None):
     """(model, tokenizer) from a HF folder or a training checkpoint directory."""
     return load_model(source, device=device, dtype=dtype), load_tokenizer(source, tokenizer)
+
+
+def add_model_arguments(parser) -> None:
+    """The model-source, device and Jacobi flags shared by tools/generate.py and
+    tools/evaluate.py (``args.hf or args.load`` is the source)."""
+    group = parser.add_argument_group("model")
+    source = group.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hf", metavar="FOLDER",
+                        help="Hugging Face model folder (config.json + safetensors)")
+    source.add_argument("--load", metavar="DIR",
+                        help="training checkpoint directory (pretrain_ponder.py --save DIR)")
+    group.add_argument("--tokenizer", default=None,
+                       help="tokenizer.json, a folder holding one, or a hub name (default: the "
+                            "checkpoint's / folder's own, else GPT-NeoX-20B)")
+    group.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    group.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    group.add_argument("--jacobi-iterations", default=None,
+                       help="Jacobi passes (prefill / scoring): an int, or 'adaptive' "
+                            "(default: the config's J)")
+    group.add_argument("--jacobi-tolerance", type=float, default=None,
+                       help="adaptive: stop when the thoughts change less than this")
+    group.add_argument("--max-jacobi-iterations", type=int, default=None,
+                       help="adaptive: cap on Jacobi passes")

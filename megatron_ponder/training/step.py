@@ -8,6 +8,7 @@ from megatron.core import parallel_state
 
 from megatron_ponder.config import PonderConfig
 from megatron_ponder.model.ponder import draw_jacobi_iterations
+from megatron_ponder.parallel.state import default_device
 
 
 class PonderForwardStep:
@@ -48,7 +49,7 @@ class PonderForwardStep:
     @staticmethod
     def prepare(batch) -> dict:
         """The fields the model and loss need, on the device."""
-        device = _device()
+        device = default_device()
         return {name: batch[name].to(device, non_blocking=True)
                 for name in ("tokens", "labels", "loss_mask")}
 
@@ -81,8 +82,3 @@ def reduce_reported_loss(reports: List[dict]) -> Optional[float]:
     total = torch.stack([r["lm loss"] for r in reports]).sum(0).double()
     torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
     return (total[0] / total[1].clamp(min=1)).item()
-
-
-def _device():
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-        else torch.device("cpu")

@@ -38,6 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from a checkout without installing
 
 from megatron_ponder.parallel.launch import run_local_ranks  # noqa: E402
+from synthetic_run import synthetic_run_flags  # noqa: E402  (tools/synthetic_run.py)
 
 
 def parse_args(argv=None):
@@ -71,19 +72,7 @@ def parse_args(argv=None):
 
 
 def pretrain_flags(args, pipeline_size):
-    return [
-        "--model-arch", args.arch, "--num-layers", str(args.num_layers),
-        "--hidden-size", str(args.hidden_size),
-        "--num-attention-heads", str(args.num_attention_heads),
-        "--seq-length", str(args.seq_length), "--mock-data",
-        "--tokenizer-type", "NullTokenizer", "--vocab-size", "1000",
-        "--micro-batch-size", str(args.micro_batch_size),
-        "--global-batch-size", str(args.micro_batch_size * args.micro_batches),
-        "--num-latent-thoughts", str(args.num_latent_thoughts),
-        "--jacobi-iterations", str(args.jacobi_iterations),
-        "--pipeline-model-parallel-size", str(pipeline_size),
-        "--train-iters", str(args.warmup + args.steps), "--num-workers", "0", "--seed", "1",
-    ]
+    return synthetic_run_flags(args, args.warmup + args.steps, pipeline_parallel=pipeline_size)
 
 
 def _simulate_stage_compute(stage, forward_s: float, counter: list) -> None:

@@ -24,6 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from a checkout without installing
 
 from megatron_ponder.parallel.launch import run_local_ranks  # noqa: E402
+from synthetic_run import synthetic_run_flags  # noqa: E402  (tools/synthetic_run.py)
 SETTINGS = ("none", "selective", "full")
 
 
@@ -46,22 +47,8 @@ def parse_args(argv=None):
 
 
 def pretrain_flags(args, setting):
-    flags = [
-        "--model-arch", args.arch, "--num-layers", str(args.num_layers),
-        "--hidden-size", str(args.hidden_size),
-        "--num-attention-heads", str(args.num_attention_heads),
-        "--seq-length", str(args.seq_length), "--mock-data",
-        "--tokenizer-type", "NullTokenizer", "--vocab-size", "1000",
-        "--micro-batch-size", str(args.micro_batch_size),
-        "--global-batch-size", str(args.micro_batch_size * args.micro_batches),
-        "--num-latent-thoughts", str(args.num_latent_thoughts),
-        "--jacobi-iterations", str(args.jacobi_iterations),
-        "--tensor-model-parallel-size", str(args.tensor_model_parallel_size),
-        "--pipeline-model-parallel-size", str(args.pipeline_model_parallel_size),
-        "--train-iters", "1", "--num-workers", "0", "--seed", "1",
-    ]
-    if args.tensor_model_parallel_size > 1:
-        flags.append("--sequence-parallel")
+    flags = synthetic_run_flags(args, 1, args.tensor_model_parallel_size,
+                                args.pipeline_model_parallel_size)
     if setting != "none":
         flags += ["--recompute-granularity", setting]
     return flags

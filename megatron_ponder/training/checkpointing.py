@@ -144,9 +144,9 @@ def config_to_json(config) -> str:
     return json.dumps(dataclasses.asdict(config), default=encode, sort_keys=True)
 
 
-def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
-                    consumed_samples: int, config) -> str:
-    """Save and, only once every rank has finished, point the tracker file at it."""
+def _save(root: str, iteration: int, state: Dict[str, Any]) -> str:
+    """Write ``state`` (plus the fields every checkpoint has) as iteration ``iteration`` and,
+    only once every rank has finished, point the tracker file at it."""
     path = checkpoint_dir(root, iteration)
     if dist.get_rank() == 0:
         # A directory here that the tracker does not name is an interrupted save: replace it.
@@ -154,45 +154,36 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
             shutil.rmtree(path)
         os.makedirs(path)
     dist.barrier()
+    state.update(iteration=iteration, parallel_layout=_layout(),
+                 checkpoint_version=CHECKPOINT_VERSION)
+    dist_checkpointing.save(state, path)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        _write_tracker_atomically(root, iteration)
+    dist.barrier()
+    return path
+
+
+def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
+                    consumed_samples: int, config) -> str:
+    """Model, optimizer, scheduler, RNG, progress and config: everything a resume needs."""
     model_state = model.sharded_state_dict()
-    state = {
+    return _save(root, iteration, {
         "model": model_state,
         "optimizer": optimizer.sharded_state_dict(model_state,
                                                   metadata=_optimizer_metadata(optimizer)),
         "opt_param_scheduler": scheduler.state_dict(),
         "rng_state": _rng_sharded_object(_rng_state()),
-        "iteration": iteration,
         "consumed_samples": consumed_samples,
         "config": config_to_json(config),
-        "parallel_layout": _layout(),
-        "checkpoint_version": CHECKPOINT_VERSION,
-    }
-    dist_checkpointing.save(state, path)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        _write_tracker_atomically(root, iteration)
-    dist.barrier()
-    return path
+    })
 
 
 def save_model_only_checkpoint(root: str, model, config, iteration: int = 0) -> str:
     """A checkpoint with weights and config but no optimizer/scheduler state (for example
     converted from a Hugging Face folder); continue pretraining from it with --finetune."""
-    path = checkpoint_dir(root, iteration)
-    if dist.get_rank() == 0:
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.makedirs(path)
-    dist.barrier()
-    state = {"model": model.sharded_state_dict(), "iteration": iteration, "consumed_samples": 0,
-             "config": config_to_json(config), "parallel_layout": _layout(),
-             "has_optimizer": False, "checkpoint_version": CHECKPOINT_VERSION}
-    dist_checkpointing.save(state, path)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        _write_tracker_atomically(root, iteration)
-    dist.barrier()
-    return path
+    return _save(root, iteration, {"model": model.sharded_state_dict(), "consumed_samples": 0,
+                                   "config": config_to_json(config), "has_optimizer": False})
 
 
 def _layout() -> Dict[str, int]:

@@ -67,7 +67,8 @@ class LoggingConfig:
     log_interval: int = _opt(10, "print a training log line every N iterations")
     eval_interval: Optional[int] = _opt(None, "validation every N iterations (default: "
                                         "only at the end)")
-    eval_iters: int = _opt(10, "validation batches (of the global batch size) per evaluation")
+    eval_iters: int = _opt(10, "validation batches (of the global batch size) per evaluation; "
+                                "0 turns validation off")
     tensorboard_dir: Optional[str] = _opt(None, "write TensorBoard scalars here")
 
 

@@ -214,7 +214,7 @@ class Trainer:
         loss is not known (no validation data, or not the last pipeline stage)."""
         from megatron.core import parallel_state
 
-        if self.valid_dataset is None:
+        if self.valid_dataset is None or self.config.logging.eval_iters == 0:
             return None
         _, valid_iter, _ = build_iterators(
             (None, self.valid_dataset, None), self.config.data, self.config.train.micro_batch_size,

@@ -85,7 +85,7 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
     need(logging.log_interval >= 1, "--log-interval must be >= 1")
     need(logging.eval_interval is None or logging.eval_interval >= 1,
          "--eval-interval must be >= 1")
-    need(logging.eval_iters >= 1, "--eval-iters must be >= 1")
+    need(logging.eval_iters >= 0, "--eval-iters must be >= 0 (0 turns validation off)")
     if logging.tensorboard_dir:
         need(importlib.util.find_spec("tensorboard") is not None,
              "--tensorboard-dir needs the tensorboard package: pip install tensorboard")

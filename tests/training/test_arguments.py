@@ -110,7 +110,7 @@ def _config(*flags):
     (["--save-interval", "5"], 1, "--save-interval needs --save"),
     (["--finetune"], 1, "--finetune needs --load"),
     (["--lr", "1e-4", "--min-lr", "1e-3"], 1, "--min-lr"),
-    (["--eval-iters", "0"], 1, "--eval-iters"),
+    (["--eval-iters", "-1"], 1, "--eval-iters must be >= 0"),
     (["--log-interval", "0"], 1, "--log-interval"),
 ])
 def test_validation_errors_say_what_to_change(flags, world, message):

@@ -36,6 +36,12 @@ def test_losses_fall_and_data_parallel_matches_single_process(tmp_path):
     assert dual[0]["grad_norms"] == pytest.approx(single["grad_norms"], rel=1e-4)
 
 
+def test_eval_iters_zero_turns_validation_off():
+    result = _run(1, "--train-iters", "2", "--eval-iters", "0", "--eval-interval", "1")[0]
+    assert len(result["train_losses"]) == 2
+    assert result["validation"] == []
+
+
 def test_resume_continues_bit_for_bit(tmp_path):
     save = str(tmp_path / "ckpt")
     uninterrupted = _run(1, "--train-iters", "6")[0]["train_losses"]

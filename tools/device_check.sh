@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# One-call GPU check of megatron_ponder: build the CUDA extension, run the GPU tests, benchmark the
+# splice kernels and run a short bf16 training smoke, each step under its own time limit, with
+# every log written to $OUT (at most 8 files) and a summary printed last.
+#
+# Made for a lent H100/H200 that has CUDA torch, triton and nvcc but no network and no
+# megatron-core: that one comes as a wheel carried in .whl/ (prepare it on the development
+# machine first). From the repository root:
+#
+#   here, once:       bash tools/device_check.sh --prepare      # downloads .whl/, git-ignored
+#   on the GPU:       bash tools/device_check.sh                # all steps (about 3-5 minutes)
+#                     bash tools/device_check.sh bench train    # only some steps
+#
+# Steps: env build tests bench train. A step that fails does not stop the next one (the summary
+# says which failed); the exit status is non-zero if any did. Outputs: $OUT (default
+# runs/device_check): env.txt, build.log, tests.log, bench.txt, bench_kernels.json, train.log,
+# summary.txt. Record results in docs/benchmarks.md with the card's name and the command.
+set -u
+
+WHEELS=.whl
+MEGATRON_WHEEL="megatron-core==0.16.1"
+OUT="${OUT:-runs/device_check}"
+PY="${PYTHON:-python3}"
+ALL_STEPS=(env build tests bench train)
+
+if [ "${1:-}" = "--prepare" ]; then
+  # The device machine runs Python 3.12 and cannot reach a package index.
+  mkdir -p "$WHEELS"
+  grep -qx "/$WHEELS/" .git/info/exclude 2>/dev/null || echo "/$WHEELS/" >> .git/info/exclude
+  "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$WHEELS" "$MEGATRON_WHEEL" || exit 1
+  echo "prepared $WHEELS/ ($(ls "$WHEELS" | tr '\n' ' ')); on the device call run with carry=[\".whl\"]"
+  exit 0
+fi
+
+if [ ! -f setup.py ] || [ ! -d megatron_ponder ]; then
+  echo "run from the repository root" >&2
+  exit 2
+fi
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=("${ALL_STEPS[@]}")
+for s in "${steps[@]}"; do
+  case " ${ALL_STEPS[*]} " in *" $s "*) ;; *) echo "unknown step '$s' (choose from: ${ALL_STEPS[*]})" >&2; exit 2 ;; esac
+done
+
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ls "$WHEELS"/*.whl > /dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/device_site "$WHEELS"/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/device_site"
+fi
+
+summary="$OUT/summary.txt"
+: > "$summary"
+failed=0
+start_all=$SECONDS
+
+# run_step NAME LIMIT_SECONDS LOG COMMAND...: run under a time limit, log to $OUT, record status.
+run_step() {
+  local name=$1 limit=$2 log=$3
+  shift 3
+  local t0=$SECONDS rc
+  echo "== $name (limit ${limit}s) -> $log"
+  timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1
+  rc=$?
+  local status="ok"
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && status="TIMED OUT"
+  [ $rc -ne 0 ] && [ "$status" = "ok" ] && status="FAILED (rc $rc)"
+  [ $rc -ne 0 ] && failed=1
+  printf '%-6s %-18s %4ds  %s\n' "$name" "$status" $((SECONDS - t0)) "$log" >> "$summary"
+  tail -n 5 "$log"
+}
+
+has_step() { case " ${steps[*]} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+if has_step env; then
+  run_step env 60 "$OUT/env.txt" bash -c "
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
+    nvcc --version | tail -n 2
+    $PY -c 'import sys, torch, triton; print(sys.version.split()[0], torch.__version__, torch.version.cuda, triton.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).multi_processor_count, \"SMs\")'
+    $PY -c 'import megatron.core; print(\"megatron-core\", megatron.core.__version__)' || echo 'megatron-core missing: run --prepare here and carry .whl'
+    nproc"
+fi
+
+if has_step build; then
+  # One Hopper target keeps the build short; the extension is what the tests and bench load.
+  run_step build 180 "$OUT/build.log" bash -c "
+    TORCH_CUDA_ARCH_LIST=\${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=\$(nproc) $PY setup.py build_ext --inplace &&
+    $PY -c 'import torch, megatron_ponder._C as ext; print(\"extension loaded:\", ext.__file__)'"
+fi
+
+if has_step tests; then
+  # Kernel tests (GPU cases run here, interpreter cases too) and the model with each backend.
+  run_step tests 240 "$OUT/tests.log" "$PY" -m pytest -q -p no:cacheprovider -rs \
+    tests/ops tests/model/test_splice_backend_in_model.py
+fi
+
+if has_step bench; then
+  run_step bench 240 "$OUT/bench.txt" "$PY" tools/bench_kernels.py --variant both \
+    --json "$OUT/bench_kernels.json"
+fi
+
+if has_step train; then
+  # pythia-160m shape, K=1, J=3 (5 passes), bf16, mock data: does training run on a GPU, and how
+  # fast. 20 iterations of 8 sequences of 2048 tokens.
+  run_step train 240 "$OUT/train.log" "$PY" -m torch.distributed.run --nproc-per-node 1 \
+    pretrain_ponder.py --model-preset pythia-160m --mock-data --tokenizer-type NullTokenizer \
+    --vocab-size 50304 --num-latent-thoughts 1 --jacobi-iterations 3 --bf16 \
+    --micro-batch-size 2 --global-batch-size 8 --train-iters 20 --log-interval 5 \
+    --eval-iters 0 --num-workers 0 --seed 1
+fi
+
+echo "== summary ($((SECONDS - start_all))s in all)"
+cat "$summary"
+if [ -f "$OUT/bench.txt" ]; then
+  grep -E "^device:|^goal|^ERROR|^skipped" "$OUT/bench.txt"
+fi
+exit $failed

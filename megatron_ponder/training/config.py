@@ -46,6 +46,12 @@ class TrainConfig:
         None, "activation recomputation per pass", choices=("full", "selective"))
     model_preset: Optional[str] = _opt(None, "fill model sizes from a named preset "
                                        "(see megatron_ponder/training/presets.py)")
+    exit_interval: Optional[int] = _opt(
+        None, "stop after an iteration that is a multiple of N (saving first, with --save)")
+    exit_duration_in_mins: Optional[float] = _opt(
+        None, "stop (saving first, with --save) once the job has run this many minutes")
+    exit_signal_handler: bool = _opt(
+        False, "on SIGTERM finish the iteration, save (with --save) and stop")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from megatron_ponder.parallel.state import default_device
 from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
 from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_ponder.training.config import PretrainConfig
+from megatron_ponder.training.exit import ExitPolicy
 from megatron_ponder.training.flops import step_flops
 from megatron_ponder.training.initialize import initialize_distributed, shutdown
 from megatron_ponder.training.logger import TrainingLogger
@@ -39,6 +40,8 @@ class TrainingResult:
     grad_norms: List[Optional[float]] = field(default_factory=list)
     validation: List[Tuple[int, float]] = field(default_factory=list)
     """(iteration, validation loss) of every evaluation."""
+    exit_reason: Optional[str] = None
+    """Why the run stopped before --train-iters (--exit-interval/-duration/-signal), else None."""
 
 
 def print_rank_0(message: str) -> None:
@@ -49,10 +52,11 @@ def print_rank_0(message: str) -> None:
 class Trainer:
     """Owns the objects of one run; ``pretrain`` below is the entry point."""
 
-    def __init__(self, config: PretrainConfig):
+    def __init__(self, config: PretrainConfig, start_time: Optional[float] = None):
         from megatron.core import parallel_state
 
         self.config = config
+        self.start_time = time.time() if start_time is None else start_time
         train = config.train
         self.tokenizer = build_tokenizer(TokenizerSpec(
             tokenizer_type=config.tokenizer.tokenizer_type,
@@ -248,12 +252,25 @@ class Trainer:
             self.logger.log_validation(self.iteration, loss)
 
     def train(self) -> TrainingResult:
-        cfg = self.config
-        train, logging, ckpt = cfg.train, cfg.logging, cfg.checkpoint
+        train, logging = self.config.train, self.config.logging
         train_iter = self._data()
         self.model.train()
         if self.iteration == 0 and logging.eval_interval:
             self._validate_and_log()
+        exit_policy = ExitPolicy(train.exit_interval, train.exit_duration_in_mins,
+                                 train.exit_signal_handler, start_time=self.start_time)
+        with exit_policy:
+            self._train_loop(train_iter, exit_policy)
+        if self.result.exit_reason is not None:
+            print_rank_0(f"exiting after iteration {self.iteration}: {self.result.exit_reason}")
+        elif not logging.eval_interval:
+            self._validate_and_log()
+        self.logger.close()
+        return self.result
+
+    def _train_loop(self, train_iter, exit_policy: ExitPolicy) -> None:
+        cfg = self.config
+        train, logging, ckpt = cfg.train, cfg.logging, cfg.checkpoint
         while self.iteration < train.train_iters:
             start = time.time()
             loss, grad_norm, skipped = self.train_step(train_iter)
@@ -273,13 +290,13 @@ class Trainer:
             done = self.iteration == train.train_iters
             if logging.eval_interval and (self.iteration % logging.eval_interval == 0 or done):
                 self._validate_and_log()
+            exit_reason = None if done else exit_policy.reason(self.iteration)
             if ckpt.save and ((ckpt.save_interval and self.iteration % ckpt.save_interval == 0)
-                              or done):
+                              or done or exit_reason):
                 self.save()
-        if not logging.eval_interval:
-            self._validate_and_log()
-        self.logger.close()
-        return self.result
+            if exit_reason:
+                self.result.exit_reason = exit_reason
+                return
 
     def _gather_jacobi(self):
         """Every data-parallel rank's J draws of this step (for FLOP counting and logging)."""
@@ -318,10 +335,11 @@ def _is_logging_rank() -> bool:
 def pretrain(config: PretrainConfig) -> TrainingResult:
     """Run a whole pretraining job (in every process of the torchrun world)."""
     # Before any process group or model exists: a bad flag costs nothing.
+    start_time = time.time()  # --exit-duration-in-mins counts from here, as in Megatron-LM
     validate_config(config, int(os.environ.get("WORLD_SIZE", "1")))
     initialize_distributed(config.parallel, config.train.seed)
     try:
-        trainer = Trainer(config)
+        trainer = Trainer(config, start_time=start_time)
         trainer.resume()
         return trainer.train()
     finally:

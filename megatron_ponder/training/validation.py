@@ -78,6 +78,10 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
          "--lr-warmup-fraction must be in [0, 1)")
     need(optim.clip_grad >= 0, "--clip-grad must be >= 0")
 
+    need(train.exit_interval is None or train.exit_interval >= 1,
+         "--exit-interval must be >= 1")
+    need(train.exit_duration_in_mins is None or train.exit_duration_in_mins > 0,
+         "--exit-duration-in-mins must be > 0")
     ckpt, logging = config.checkpoint, config.logging
     need(not (ckpt.save_interval and not ckpt.save), "--save-interval needs --save DIR")
     need(ckpt.save_interval is None or ckpt.save_interval >= 1, "--save-interval must be >= 1")

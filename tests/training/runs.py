@@ -13,6 +13,27 @@ def pretrain_from_flags(flags):
     return dataclasses.asdict(pretrain(parse_args(flags)))
 
 
+def pretrain_signalled(flags, signalled_rank, iteration):
+    """``pretrain_from_flags``, with SIGTERM sent to rank ``signalled_rank`` while it runs
+    iteration ``iteration`` (1-based), as a scheduler preempting one node would."""
+    import os
+    import signal
+
+    import torch.distributed as dist
+
+    from megatron_ponder.training.trainer import Trainer
+
+    real_step = Trainer.train_step
+
+    def train_step(self, data_iterator):
+        if dist.get_rank() == signalled_rank and self.iteration + 1 == iteration:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, data_iterator)
+
+    Trainer.train_step = train_step
+    return pretrain_from_flags(flags)
+
+
 def checkpoint_and_hf_logits(checkpoint_dir, hf_folder, token_ids):
     """Logits of a training checkpoint loaded for inference and of a HF folder."""
     import torch

@@ -111,6 +111,8 @@ def _config(*flags):
     (["--finetune"], 1, "--finetune needs --load"),
     (["--lr", "1e-4", "--min-lr", "1e-3"], 1, "--min-lr"),
     (["--eval-iters", "-1"], 1, "--eval-iters must be >= 0"),
+    (["--exit-interval", "0"], 1, "--exit-interval must be >= 1"),
+    (["--exit-duration-in-mins", "0"], 1, "--exit-duration-in-mins must be > 0"),
     (["--log-interval", "0"], 1, "--log-interval"),
 ])
 def test_validation_errors_say_what_to_change(flags, world, message):

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from tests.distributed import run_ranks
-from tests.training.runs import pretrain_from_flags
+from tests.training.runs import pretrain_from_flags, pretrain_signalled
 
 FLAGS = [
     "--model-arch", "gpt_neox", "--num-layers", "2", "--hidden-size", "64",
@@ -53,6 +53,35 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert open(os.path.join(save, "latest_checkpointed_iteration.txt")).read() == "6"
     assert sorted(os.listdir(save)) == ["iter_0000003", "iter_0000006",
                                         "latest_checkpointed_iteration.txt"]
+
+
+def test_exit_interval_saves_and_the_resumed_run_continues_exactly(tmp_path):
+    save = str(tmp_path / "ckpt")
+    uninterrupted = _run(1, "--train-iters", "6")[0]["train_losses"]
+    stopped = _run(1, "--train-iters", "6", "--exit-interval", "4", "--save", save)[0]
+    assert stopped["train_losses"] == uninterrupted[:4]
+    assert "--exit-interval 4" in stopped["exit_reason"]
+    assert stopped["validation"] == []  # an early exit skips the end-of-run validation
+    assert open(os.path.join(save, "latest_checkpointed_iteration.txt")).read() == "4"
+    resumed = _run(1, "--train-iters", "6", "--load", save)[0]
+    assert resumed["train_losses"] == uninterrupted[4:]
+    assert resumed["exit_reason"] is None
+
+
+def test_sigterm_on_one_rank_stops_every_rank_after_that_iteration(tmp_path):
+    save = str(tmp_path / "ckpt")
+    flags = FLAGS + ["--train-iters", "6", "--exit-signal-handler", "--save", save]
+    results = run_ranks(pretrain_signalled, 2, flags, 1, 3)  # SIGTERM to rank 1 in iteration 3
+    for result in results:
+        assert len(result["train_losses"]) == 3
+        assert "SIGTERM" in result["exit_reason"]
+    assert open(os.path.join(save, "latest_checkpointed_iteration.txt")).read() == "3"
+
+
+def test_exit_duration_stops_after_the_first_iteration_past_it():
+    result = _run(1, "--train-iters", "4", "--exit-duration-in-mins", "1e-6")[0]
+    assert len(result["train_losses"]) == 1
+    assert "--exit-duration-in-mins 1e-06" in result["exit_reason"]
 
 
 def test_distributed_optimizer_resume_is_bit_exact(tmp_path):

@@ -79,6 +79,8 @@ class ModelConfig:
     init_method_std: Optional[float] = _opt(None, "init std (default: the paper's sqrt(2/(5H)))")
     params_dtype: torch.dtype = _opt(torch.float32, "parameter dtype", cli=False)
     bf16: bool = _opt(False, "bfloat16 parameters and compute (fp32 master weights)")
+    fp16: bool = _opt(False, "float16 parameters and compute (fp32 master weights, loss "
+                      "scaling: --loss-scale or dynamic)")
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -164,6 +166,7 @@ def build_transformer_config(model: ModelConfig, ponder: PonderConfig,
         embedding_init_method=_normal_init(model.init_method_std),
         params_dtype=model.params_dtype,
         bf16=model.bf16,
+        fp16=model.fp16,
         # Deterministic, device-independent initialisation (and the only one that works on CPU):
         # the full weight is drawn on CPU and split, so every tensor-parallel layout starts
         # identical. (A pipeline stage draws only its own layers, so its weights differ from

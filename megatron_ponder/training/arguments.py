@@ -52,6 +52,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     model = build_dataclass(ModelConfig, args, preset)
     if model.bf16:
         model.params_dtype = torch.bfloat16
+    elif model.fp16:
+        model.params_dtype = torch.float16
     ponder = build_dataclass(PonderConfig, args, preset)
     if getattr(args, "random_jacobi_iterations", None) == []:
         # The flag without values: the paper's recipe for this architecture.

@@ -29,6 +29,12 @@ class OptimConfig:
     adam_beta2: float = _opt(0.95, "Adam beta2")
     adam_eps: float = _opt(1e-8, "Adam epsilon")
     clip_grad: float = _opt(1.0, "clip the global gradient norm to this (0 = off)")
+    # Loss scaling, used with --fp16 only (Megatron-LM's flags and defaults).
+    loss_scale: Optional[float] = _opt(None, "static loss scale for --fp16 (default: dynamic)")
+    initial_loss_scale: float = _opt(2.0**32, "dynamic loss scale to start from")
+    min_loss_scale: float = _opt(1.0, "dynamic loss scale floor")
+    loss_scale_window: int = _opt(1000, "steps without overflow before the scale doubles")
+    hysteresis: int = _opt(2, "overflows tolerated before the scale halves")
 
 
 @dataclass

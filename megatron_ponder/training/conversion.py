@@ -47,7 +47,7 @@ def read_checkpoint_config(root: str, iteration: Optional[int] = None) -> dict:
 def model_configs_from_checkpoint(config: dict) -> Tuple[ModelConfig, PonderConfig]:
     model_values = dict(config["model"])
     model_values["params_dtype"] = torch.float32  # full precision for conversion/inference
-    model_values["bf16"] = False
+    model_values["bf16"] = model_values["fp16"] = False
     return _config_section(ModelConfig, model_values), _config_section(PonderConfig,
                                                                        config["ponder"])
 

@@ -65,7 +65,7 @@ class TrainingLogger:
                 self.nan += 1
 
     def maybe_log(self, iteration: int, consumed_samples: int, lr: float,
-                  grad_norm: Optional[float]) -> None:
+                  grad_norm: Optional[float], loss_scale: float = 1.0) -> None:
         if iteration % self.log_interval and iteration != self.train_iters:
             return
         if self.enabled and self.steps:
@@ -87,6 +87,7 @@ class TrainingLogger:
                 f"learning rate: {lr:.6E}",
                 f"global batch size: {self.global_batch_size:5d}",
                 f"lm loss: {loss:.6E}",
+                f"loss scale: {loss_scale:.1f}",
                 f"grad norm: {grad_norm:.3f}" if grad_norm is not None else "grad norm: nan",
                 f"jacobi iterations: {sum(self.jacobi) / max(len(self.jacobi), 1):.2f}",
                 f"number of skipped iterations: {self.skipped:3d}",
@@ -96,7 +97,8 @@ class TrainingLogger:
             print(" | ".join(parts) + " |", flush=True)
             if self.writer:
                 for name, value in (("lm loss", loss), ("learning-rate", lr),
-                                    ("grad-norm", grad_norm), ("tflops-per-gpu", tflops),
+                                    ("grad-norm", grad_norm), ("loss-scale", loss_scale),
+                                    ("tflops-per-gpu", tflops),
                                     ("tokens-per-second", tokens_per_second)):
                     if value is not None:
                         self.writer.add_scalar(name, value, iteration)

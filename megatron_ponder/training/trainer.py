@@ -38,6 +38,10 @@ class TrainingResult:
     train_losses: List[Optional[float]] = field(default_factory=list)
     """Token-mean training loss of every iteration run in this process."""
     grad_norms: List[Optional[float]] = field(default_factory=list)
+    skipped: List[bool] = field(default_factory=list)
+    """Per iteration: whether the update was skipped (an fp16 overflow)."""
+    loss_scales: List[float] = field(default_factory=list)
+    """Per iteration: the loss scale after its step (1.0 unless --fp16)."""
     validation: List[Tuple[int, float]] = field(default_factory=list)
     """(iteration, validation loss) of every evaluation."""
     exit_reason: Optional[str] = None
@@ -125,7 +129,10 @@ class Trainer:
         optimizer_config = OptimizerConfig(
             optimizer="adam", lr=optim.lr, min_lr=optim.min_lr, weight_decay=optim.weight_decay,
             adam_beta1=optim.adam_beta1, adam_beta2=optim.adam_beta2, adam_eps=optim.adam_eps,
-            clip_grad=optim.clip_grad, bf16=cfg.model.bf16,
+            clip_grad=optim.clip_grad, bf16=cfg.model.bf16, fp16=cfg.model.fp16,
+            loss_scale=optim.loss_scale, initial_loss_scale=optim.initial_loss_scale,
+            min_loss_scale=optim.min_loss_scale, loss_scale_window=optim.loss_scale_window,
+            hysteresis=optim.hysteresis,
             params_dtype=cfg.model.params_dtype,
             use_distributed_optimizer=cfg.train.use_distributed_optimizer,
         )
@@ -280,13 +287,16 @@ class Trainer:
             jacobi = self._gather_jacobi()
             self.result.train_losses.append(loss)
             self.result.grad_norms.append(grad_norm)
+            self.result.skipped.append(bool(skipped))
+            loss_scale = float(self.optimizer.get_loss_scale())
+            self.result.loss_scales.append(loss_scale)
             self.iteration += 1
             self.consumed_samples += train.global_batch_size
             flops = step_flops(cfg.model, cfg.ponder.thoughts, cfg.data.seq_length,
                                train.micro_batch_size, jacobi)
             self.logger.record_step(seconds, flops, loss, jacobi, skipped)
             self.logger.maybe_log(self.iteration, self.consumed_samples,
-                                  self.optimizer.param_groups[0]["lr"], grad_norm)
+                                  self.optimizer.param_groups[0]["lr"], grad_norm, loss_scale)
             done = self.iteration == train.train_iters
             if logging.eval_interval and (self.iteration % logging.eval_interval == 0 or done):
                 self._validate_and_log()

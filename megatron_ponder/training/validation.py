@@ -28,6 +28,13 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
              f"world size {world_size} (torchrun --nproc-per-node x --nnodes) is not divisible "
              f"by tensor x pipeline parallel = {tp} x {pp}; change the process count or sizes")
     dp = max(world_size // max(tp * pp, 1), 1)
+    need(not (model.bf16 and model.fp16), "--bf16 and --fp16 exclude each other: pick one")
+    optim = config.optim
+    need(optim.loss_scale is None or optim.loss_scale > 0, "--loss-scale must be > 0")
+    need(optim.initial_loss_scale > 0 and optim.min_loss_scale > 0,
+         "--initial-loss-scale and --min-loss-scale must be > 0")
+    need(optim.loss_scale_window >= 1 and optim.hysteresis >= 1,
+         "--loss-scale-window and --hysteresis must be >= 1")
     need(model.num_layers % max(pp, 1) == 0,
          f"--num-layers {model.num_layers} is not divisible by --pipeline-model-parallel-size "
          f"{pp}")

@@ -112,6 +112,9 @@ def _config(*flags):
     (["--lr", "1e-4", "--min-lr", "1e-3"], 1, "--min-lr"),
     (["--eval-iters", "-1"], 1, "--eval-iters must be >= 0"),
     (["--exit-interval", "0"], 1, "--exit-interval must be >= 1"),
+    (["--bf16", "--fp16"], 1, "--bf16 and --fp16 exclude each other"),
+    (["--fp16", "--loss-scale", "0"], 1, "--loss-scale must be > 0"),
+    (["--fp16", "--hysteresis", "0"], 1, "--hysteresis must be >= 1"),
     (["--exit-duration-in-mins", "0"], 1, "--exit-duration-in-mins must be > 0"),
     (["--log-interval", "0"], 1, "--log-interval"),
 ])

@@ -42,6 +42,21 @@ def test_eval_iters_zero_turns_validation_off():
     assert result["validation"] == []
 
 
+def test_fp16_skips_overflowing_steps_halves_the_scale_and_trains():
+    # 2**16 overflows the float16 gradients of this model; with --hysteresis 1 every overflow
+    # halves the scale, until the steps go through.
+    result = _run(1, "--fp16", "--initial-loss-scale", str(2**16), "--hysteresis", "1",
+                  "--train-iters", "10")[0]
+    skipped, scales, losses = result["skipped"], result["loss_scales"], result["train_losses"]
+    assert skipped[0] and not all(skipped), skipped
+    for before, after, was_skipped in zip([2.0**16] + scales, scales, skipped):
+        assert after == (before / 2 if was_skipped else before)  # window 1000: no growth yet
+    applied = [loss for loss, s in zip(losses, skipped) if not s]
+    assert len(applied) >= 3 and applied[-1] < applied[0] - 0.1, losses
+    bf16 = _run(1, "--bf16", "--train-iters", "1")[0]
+    assert bf16["loss_scales"] == [1.0] and bf16["skipped"] == [False]
+
+
 def test_resume_continues_bit_for_bit(tmp_path):
     save = str(tmp_path / "ckpt")
     uninterrupted = _run(1, "--train-iters", "6")[0]["train_losses"]

@@ -136,6 +136,53 @@ def _restore_adam_steps(optimizer, loaded_state) -> None:
                 param_state["step"] = torch.tensor(step, dtype=param_state["step"].dtype)
 
 
+def _materialize_adam_state(optimizer) -> None:
+    """Give every parameter its Adam state before saving, if it has none yet.
+
+    torch's Adam creates a parameter's state at its first update. A checkpoint saved before any
+    update went through (an fp16 run skips overflowing steps, typically its first ones) would
+    hold no optimizer state, and loading it would then fail, since megatron's loader asks for
+    every moment. Zero moments at step 0 are exactly what Adam would create, so the run
+    continues unchanged. (TE/apex fused optimizers keep their own state and are left alone.)
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(inner, torch.optim.Adam):  # AdamW subclasses Adam
+            continue
+        for group in inner.param_groups:
+            on_device = group.get("capturable") or group.get("fused")
+            for param in group["params"]:
+                state = inner.state[param]
+                if state:
+                    continue
+                state["step"] = (torch.zeros((), dtype=torch.float32, device=param.device)
+                                 if on_device else torch.tensor(0.0, dtype=torch.float32))
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                if group.get("amsgrad"):
+                    state["max_exp_avg_sq"] = torch.zeros_like(
+                        param, memory_format=torch.preserve_format)
+
+
+def _restore_zero_common_step(optimizer, loaded_state) -> None:
+    """Put back the Adam step of a checkpoint saved at step 0 (see ``_materialize_adam_state``).
+
+    megatron-core saves the step shared by all parameters as ``common_step`` only when it is
+    truthy, so a zero step is dropped and torch's Adam then refuses the state ("KeyError:
+    'step'"). Per-parameter state without a step and without ``common_step`` means step 0.
+    """
+    if _optimizer_metadata(optimizer) is not None:
+        return  # the distributed optimizer keeps its step in the param groups
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    for index in range(len(chained)):
+        state = loaded_state if len(chained) == 1 else loaded_state[index]
+        per_param = state.get("optimizer", {}).get("state", {})
+        if "common_step" in per_param:
+            continue
+        if any(isinstance(entry, dict) and "step" not in entry for entry in per_param.values()):
+            per_param["common_step"] = torch.tensor(0.0, dtype=torch.float32)
+
+
 def config_to_json(config) -> str:
     def encode(value):
         if isinstance(value, torch.dtype):
@@ -167,6 +214,7 @@ def _save(root: str, iteration: int, state: Dict[str, Any]) -> str:
 def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
                     consumed_samples: int, config) -> str:
     """Model, optimizer, scheduler, RNG, progress and config: everything a resume needs."""
+    _materialize_adam_state(optimizer)
     model_state = model.sharded_state_dict()
     return _save(root, iteration, {
         "model": model_state,
@@ -234,6 +282,7 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
     with torch.no_grad():
         model.load_state_dict(loaded["model"])
         if optimizer is not None:
+            _restore_zero_common_step(optimizer, loaded["optimizer"])
             optimizer.load_state_dict(loaded["optimizer"])
             _restore_adam_steps(optimizer, loaded["optimizer"])
     if scheduler is not None and "opt_param_scheduler" in common:

@@ -99,6 +99,22 @@ def test_exit_duration_stops_after_the_first_iteration_past_it():
     assert "--exit-duration-in-mins 1e-06" in result["exit_reason"]
 
 
+@pytest.mark.parametrize("world,extra", [(1, []), (2, ["--use-distributed-optimizer"])],
+                         ids=["adam", "distributed-optimizer"])
+def test_fp16_resume_keeps_the_loss_scale_and_continues_bit_for_bit(tmp_path, world, extra):
+    # Saved at iteration 3, after three overflow-skipped steps: the optimizer has taken no
+    # step yet, the edge case Adam's lazily created state makes (see _materialize_adam_state).
+    save = str(tmp_path / "ckpt")
+    flags = ["--fp16", "--initial-loss-scale", str(2**16), "--hysteresis", "1", *extra]
+    uninterrupted = run_ranks(pretrain_from_flags, world, FLAGS + ["--train-iters", "6", *flags])[0]
+    assert uninterrupted["skipped"][:3] == [True, True, True]
+    run_ranks(pretrain_from_flags, world, FLAGS + ["--train-iters", "3", "--save", save, *flags])
+    resumed = run_ranks(pretrain_from_flags, world,
+                        FLAGS + ["--train-iters", "6", "--load", save, *flags])[0]
+    assert resumed["loss_scales"] == uninterrupted["loss_scales"][3:]
+    assert resumed["train_losses"] == uninterrupted["train_losses"][3:]
+
+
 def test_distributed_optimizer_resume_is_bit_exact(tmp_path):
     save = str(tmp_path / "ckpt")
     flags = ["--use-distributed-optimizer"]

@@ -50,6 +50,12 @@ class TrainConfig:
     use_distributed_optimizer: bool = _opt(False, "shard optimizer state over data parallel")
     recompute_granularity: Optional[str] = _opt(
         None, "activation recomputation per pass", choices=("full", "selective"))
+    recompute_method: str = _opt(
+        "uniform", "with --recompute-granularity full: 'uniform' recomputes the layers in "
+        "chunks of --recompute-num-layers, 'block' only the first --recompute-num-layers "
+        "layers of each pipeline stage", choices=("uniform", "block"))
+    recompute_num_layers: int = _opt(1, "layers per recomputed chunk (uniform) or recomputed "
+                                     "layers per stage (block)")
     model_preset: Optional[str] = _opt(None, "fill model sizes from a named preset "
                                        "(see megatron_ponder/training/presets.py)")
     exit_interval: Optional[int] = _opt(

@@ -22,7 +22,7 @@ from megatron_ponder.model.gpt_model import PonderGPTModel
 from megatron_ponder.parallel.state import default_device
 from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
 from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
-from megatron_ponder.training.config import PretrainConfig
+from megatron_ponder.training.config import PretrainConfig, TrainConfig
 from megatron_ponder.training.exit import ExitPolicy
 from megatron_ponder.training.flops import step_flops
 from megatron_ponder.training.initialize import initialize_distributed, shutdown
@@ -96,12 +96,7 @@ class Trainer:
             DistributedDataParallelConfig, finalize_model_grads
 
         cfg = self.config
-        overrides = dict(calculate_per_token_loss=True)
-        if cfg.train.recompute_granularity == "full":
-            overrides.update(recompute_granularity="full", recompute_method="uniform",
-                             recompute_num_layers=1)
-        elif cfg.train.recompute_granularity == "selective":
-            overrides.update(recompute_granularity="selective", recompute_modules=["core_attn"])
+        overrides = dict(calculate_per_token_loss=True, **recompute_overrides(cfg.train))
         transformer_config = build_transformer_config(cfg.model, cfg.ponder, cfg.parallel,
                                                       **overrides)
         module = PonderGPTModel(
@@ -316,6 +311,16 @@ class Trainer:
         gathered = [torch.empty_like(local) for _ in range(self.dp_size)]
         dist.all_gather(gathered, local, group=parallel_state.get_data_parallel_group())
         return torch.cat(gathered).tolist()
+
+
+def recompute_overrides(train: TrainConfig) -> dict:
+    """TransformerConfig fields for the --recompute-* flags (applied in every pass)."""
+    if train.recompute_granularity == "full":
+        return dict(recompute_granularity="full", recompute_method=train.recompute_method,
+                    recompute_num_layers=train.recompute_num_layers)
+    if train.recompute_granularity == "selective":
+        return dict(recompute_granularity="selective", recompute_modules=["core_attn"])
+    return {}
 
 
 def _grad_reduce_can_overlap(config: PretrainConfig) -> bool:

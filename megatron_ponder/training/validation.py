@@ -85,6 +85,16 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
          "--lr-warmup-fraction must be in [0, 1)")
     need(optim.clip_grad >= 0, "--clip-grad must be >= 0")
 
+    need(train.recompute_num_layers >= 1, "--recompute-num-layers must be >= 1")
+    if train.recompute_granularity == "full":
+        layers_per_stage = model.num_layers // max(pp, 1)
+        need(train.recompute_method != "block" or train.recompute_num_layers <= layers_per_stage,
+             f"--recompute-num-layers {train.recompute_num_layers} exceeds the "
+             f"{layers_per_stage} layers of a pipeline stage (--recompute-method block)")
+        need(train.recompute_method != "uniform" or layers_per_stage %
+             train.recompute_num_layers == 0,
+             f"--recompute-num-layers {train.recompute_num_layers} does not divide the "
+             f"{layers_per_stage} layers of a pipeline stage (--recompute-method uniform)")
     need(train.exit_interval is None or train.exit_interval >= 1,
          "--exit-interval must be >= 1")
     need(train.exit_duration_in_mins is None or train.exit_duration_in_mins > 0,

@@ -112,6 +112,13 @@ def _config(*flags):
     (["--lr", "1e-4", "--min-lr", "1e-3"], 1, "--min-lr"),
     (["--eval-iters", "-1"], 1, "--eval-iters must be >= 0"),
     (["--exit-interval", "0"], 1, "--exit-interval must be >= 1"),
+    (["--recompute-granularity", "full", "--recompute-method", "block",
+      "--recompute-num-layers", "5"], 1, "--recompute-num-layers 5 exceeds the 4 layers"),
+    (["--recompute-granularity", "full", "--recompute-num-layers", "3"], 1,
+     "--recompute-num-layers 3 does not divide the 4 layers"),
+    (["--recompute-granularity", "full", "--recompute-method", "block",
+      "--recompute-num-layers", "3", "--pipeline-model-parallel-size", "2",
+      "--micro-batch-size", "1", "--global-batch-size", "2"], 2, "exceeds the 2 layers"),
     (["--bf16", "--fp16"], 1, "--bf16 and --fp16 exclude each other"),
     (["--fp16", "--loss-scale", "0"], 1, "--loss-scale must be > 0"),
     (["--fp16", "--hysteresis", "0"], 1, "--hysteresis must be >= 1"),
@@ -121,6 +128,18 @@ def _config(*flags):
 def test_validation_errors_say_what_to_change(flags, world, message):
     with pytest.raises(ConfigError, match=message.replace("-", r"\-")):
         validate_config(_config(*flags), world)
+
+
+def test_recompute_flags_reach_the_transformer_config():
+    from megatron_ponder.training.trainer import recompute_overrides
+
+    full = parse_args(MOCK + ["--recompute-granularity", "full", "--recompute-method", "block",
+                              "--recompute-num-layers", "2"]).train
+    assert recompute_overrides(full) == dict(recompute_granularity="full",
+                                             recompute_method="block", recompute_num_layers=2)
+    selective = parse_args(MOCK + ["--recompute-granularity", "selective"]).train
+    assert recompute_overrides(selective)["recompute_modules"] == ["core_attn"]
+    assert recompute_overrides(parse_args(MOCK).train) == {}
 
 
 @pytest.mark.parametrize("flags,world", [

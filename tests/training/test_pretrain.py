@@ -57,6 +57,14 @@ def test_fp16_skips_overflowing_steps_halves_the_scale_and_trains():
     assert bf16["loss_scales"] == [1.0] and bf16["skipped"] == [False]
 
 
+def test_recompute_methods_give_the_same_losses():
+    plain = _run(1, "--train-iters", "3")[0]["train_losses"]
+    for method, layers in (("block", "1"), ("uniform", "2")):
+        recomputed = _run(1, "--train-iters", "3", "--recompute-granularity", "full",
+                          "--recompute-method", method, "--recompute-num-layers", layers)[0]
+        assert recomputed["train_losses"] == plain, method
+
+
 def test_resume_continues_bit_for_bit(tmp_path):
     save = str(tmp_path / "ckpt")
     uninterrupted = _run(1, "--train-iters", "6")[0]["train_losses"]

@@ -8,20 +8,22 @@
 # machine first). From the repository root:
 #
 #   here, once:       bash tools/device_check.sh --prepare      # downloads .whl/, git-ignored
-#   on the GPU:       bash tools/device_check.sh                # all steps (about 3-5 minutes)
+#   on the GPU:       bash tools/device_check.sh                # all steps, at most 9 minutes
+#                     (DEVICE_CHECK_BUDGET seconds, default 540; expected 3-5)
 #                     bash tools/device_check.sh bench train    # only some steps
 #
-# Steps: env build tests bench train. A step that fails does not stop the next one (the summary
-# says which failed); the exit status is non-zero if any did. Outputs: $OUT (default
-# runs/device_check): env.txt, build.log, tests.log, bench.txt, bench_kernels.json, train.log,
-# summary.txt. Record results in docs/benchmarks.md with the card's name and the command.
+# Steps: env build tests bench train train_torch. A step that fails does not stop the next one
+# (the summary says which failed); the exit status is non-zero if any did. Outputs: $OUT
+# (default runs/device_check): env.txt, build.log, tests.log, bench.txt, bench_kernels.json,
+# train.log, train_torch.log, summary.txt (8 files, the most a device call brings back).
+# Record the results in docs/benchmarks.md with the card's name and the command.
 set -u
 
 WHEELS=.whl
 MEGATRON_WHEEL="megatron-core==0.16.1"
 OUT="${OUT:-runs/device_check}"
 PY="${PYTHON:-python3}"
-ALL_STEPS=(env build tests bench train)
+ALL_STEPS=(env build tests bench train train_torch)
 
 if [ "${1:-}" = "--prepare" ]; then
   # The device machine runs Python 3.12 and cannot reach a package index.
@@ -58,11 +60,21 @@ summary="$OUT/summary.txt"
 failed=0
 start_all=$SECONDS
 
+# All steps together stay inside one device call (600 s at most): each step's limit is cut to
+# what is left of this budget, and a step with under 10 s left is skipped.
+BUDGET="${DEVICE_CHECK_BUDGET:-540}"
+
 # run_step NAME LIMIT_SECONDS LOG COMMAND...: run under a time limit, log to $OUT, record status.
 run_step() {
   local name=$1 limit=$2 log=$3
   shift 3
-  local t0=$SECONDS rc
+  local t0=$SECONDS rc left=$((BUDGET - (SECONDS - start_all)))
+  if [ "$left" -lt 10 ]; then
+    printf '%-11s %-18s %4ds  %s\n' "$name" "SKIPPED (budget)" 0 "-" >> "$summary"
+    failed=1
+    return
+  fi
+  [ "$left" -lt "$limit" ] && limit=$left
   echo "== $name (limit ${limit}s) -> $log"
   timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1
   rc=$?
@@ -70,7 +82,7 @@ run_step() {
   [ $rc -eq 124 ] || [ $rc -eq 137 ] && status="TIMED OUT"
   [ $rc -ne 0 ] && [ "$status" = "ok" ] && status="FAILED (rc $rc)"
   [ $rc -ne 0 ] && failed=1
-  printf '%-6s %-18s %4ds  %s\n' "$name" "$status" $((SECONDS - t0)) "$log" >> "$summary"
+  printf '%-11s %-18s %4ds  %s\n' "$name" "$status" $((SECONDS - t0)) "$log" >> "$summary"
   tail -n 5 "$log"
 }
 
@@ -103,14 +115,19 @@ if has_step bench; then
     --json "$OUT/bench_kernels.json"
 fi
 
+# pythia-160m shape, K=1, J=3 (5 passes), bf16, mock data: does training run on a GPU, and how
+# fast. 20 iterations of 8 sequences of 2048 tokens; train_torch repeats it with the torch splice
+# (same losses expected, the time difference is the fused kernel's end-to-end effect).
+TRAIN=("$PY" -m torch.distributed.run --nproc-per-node 1 pretrain_ponder.py
+  --model-preset pythia-160m --mock-data --tokenizer-type NullTokenizer --vocab-size 50304
+  --num-latent-thoughts 1 --jacobi-iterations 3 --bf16 --micro-batch-size 2
+  --global-batch-size 8 --train-iters 20 --log-interval 5 --eval-iters 0 --num-workers 0 --seed 1)
 if has_step train; then
-  # pythia-160m shape, K=1, J=3 (5 passes), bf16, mock data: does training run on a GPU, and how
-  # fast. 20 iterations of 8 sequences of 2048 tokens.
-  run_step train 240 "$OUT/train.log" "$PY" -m torch.distributed.run --nproc-per-node 1 \
-    pretrain_ponder.py --model-preset pythia-160m --mock-data --tokenizer-type NullTokenizer \
-    --vocab-size 50304 --num-latent-thoughts 1 --jacobi-iterations 3 --bf16 \
-    --micro-batch-size 2 --global-batch-size 8 --train-iters 20 --log-interval 5 \
-    --eval-iters 0 --num-workers 0 --seed 1
+  run_step train 180 "$OUT/train.log" "${TRAIN[@]}"
+fi
+if has_step train_torch; then
+  run_step train_torch 180 "$OUT/train_torch.log" env MEGATRON_PONDER_SPLICE_BACKEND=torch \
+    "${TRAIN[@]}"
 fi
 
 echo "== summary ($((SECONDS - start_all))s in all)"
@@ -118,4 +135,7 @@ cat "$summary"
 if [ -f "$OUT/bench.txt" ]; then
   grep -E "^device:|^goal|^ERROR|^skipped" "$OUT/bench.txt"
 fi
+for log in "$OUT/train.log" "$OUT/train_torch.log"; do
+  [ -f "$log" ] && grep -E " iteration +20/" "$log" | sed "s|^|$(basename "$log"): |" | cut -c1-400
+done
 exit $failed

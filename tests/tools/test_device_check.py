@@ -16,8 +16,8 @@ from tests.tools.conftest import REPO_ROOT
 SCRIPT = os.path.join(REPO_ROOT, "tools", "device_check.sh")
 
 
-def _run(out_dir, *steps):
-    env = dict(os.environ, OUT=str(out_dir), PYTHON=sys.executable)
+def _run(out_dir, *steps, **env_vars):
+    env = dict(os.environ, OUT=str(out_dir), PYTHON=sys.executable, **env_vars)
     return subprocess.run(["bash", SCRIPT, *steps], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -26,7 +26,7 @@ def test_unknown_step_is_rejected(tmp_path):
     result = _run(tmp_path, "build", "benchmark")
     assert result.returncode == 2
     assert "unknown step 'benchmark'" in result.stderr
-    assert "env build tests bench train" in result.stderr
+    assert "env build tests bench train train_torch" in result.stderr
     assert not (tmp_path / "summary.txt").exists()
 
 
@@ -41,3 +41,12 @@ def test_failed_step_is_logged_and_counted(tmp_path):
     assert "skipping CUDA extension (this torch build has no CUDA)" in log
     assert "No module named 'megatron_ponder._C'" in log
     assert "== summary" in result.stdout
+
+
+def test_steps_past_the_time_budget_are_skipped_and_counted(tmp_path):
+    result = _run(tmp_path, "build", "tests", DEVICE_CHECK_BUDGET="5")
+    assert result.returncode == 1
+    summary = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [line.split()[:3] for line in summary] == [["build", "SKIPPED", "(budget)"],
+                                                      ["tests", "SKIPPED", "(budget)"]]
+    assert not (tmp_path / "build.log").exists()

@@ -286,7 +286,14 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
             optimizer.load_state_dict(loaded["optimizer"])
             _restore_adam_steps(optimizer, loaded["optimizer"])
     if scheduler is not None and "opt_param_scheduler" in common:
-        scheduler.load_state_dict(common["opt_param_scheduler"])
+        try:
+            scheduler.load_state_dict(common["opt_param_scheduler"])
+        except AssertionError as exc:  # megatron's check that the schedule flags are unchanged
+            raise CheckpointError(
+                f"{path}: this run's learning-rate schedule differs from the checkpoint's "
+                f"({exc}). Pass --override-opt_param-scheduler to follow this run's flags, or "
+                f"--use-checkpoint-opt_param-scheduler to keep the checkpoint's schedule "
+                f"(note that --lr-decay-iters defaults to --train-iters).") from exc
     if "rng_state" in loaded:
         _set_rng_state(loaded["rng_state"])
     return {"iteration": common["iteration"], "consumed_samples": common["consumed_samples"],

@@ -29,6 +29,13 @@ class OptimConfig:
     adam_beta2: float = _opt(0.95, "Adam beta2")
     adam_eps: float = _opt(1e-8, "Adam epsilon")
     clip_grad: float = _opt(1.0, "clip the global gradient norm to this (0 = off)")
+    # On resume, megatron's scheduler insists the schedule flags match the checkpoint's.
+    override_opt_param_scheduler: bool = _opt(
+        False, "on resume, follow this run's learning-rate/weight-decay schedule flags instead "
+        "of the checkpoint's", flag="--override-opt_param-scheduler")
+    use_checkpoint_opt_param_scheduler: bool = _opt(
+        False, "on resume, keep the checkpoint's schedule and ignore this run's schedule flags",
+        flag="--use-checkpoint-opt_param-scheduler")
     # Loss scaling, used with --fp16 only (Megatron-LM's flags and defaults).
     loss_scale: Optional[float] = _opt(None, "static loss scale for --fp16 (default: dynamic)")
     initial_loss_scale: float = _opt(2.0**32, "dynamic loss scale to start from")

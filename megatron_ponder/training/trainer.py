@@ -139,7 +139,9 @@ class Trainer:
             optimizer, init_lr=0.0, max_lr=optim.lr, min_lr=optim.min_lr,
             lr_warmup_steps=warmup, lr_decay_steps=decay_iters,
             lr_decay_style=optim.lr_decay_style, start_wd=optim.weight_decay,
-            end_wd=optim.weight_decay, wd_incr_steps=decay_iters, wd_incr_style="constant")
+            end_wd=optim.weight_decay, wd_incr_steps=decay_iters, wd_incr_style="constant",
+            use_checkpoint_opt_param_scheduler=optim.use_checkpoint_opt_param_scheduler,
+            override_opt_param_scheduler=optim.override_opt_param_scheduler)
         return optimizer, scheduler
 
     # ------------------------------------------------------------------------------ running

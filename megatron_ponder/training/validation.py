@@ -30,6 +30,9 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
     dp = max(world_size // max(tp * pp, 1), 1)
     need(not (model.bf16 and model.fp16), "--bf16 and --fp16 exclude each other: pick one")
     optim = config.optim
+    need(not (optim.override_opt_param_scheduler and optim.use_checkpoint_opt_param_scheduler),
+         "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler exclude each "
+         "other: pick one")
     need(optim.loss_scale is None or optim.loss_scale > 0, "--loss-scale must be > 0")
     need(optim.initial_loss_scale > 0 and optim.min_loss_scale > 0,
          "--initial-loss-scale and --min-loss-scale must be > 0")

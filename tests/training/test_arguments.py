@@ -120,6 +120,8 @@ def _config(*flags):
       "--recompute-num-layers", "3", "--pipeline-model-parallel-size", "2",
       "--micro-batch-size", "1", "--global-batch-size", "2"], 2, "exceeds the 2 layers"),
     (["--bf16", "--fp16"], 1, "--bf16 and --fp16 exclude each other"),
+    (["--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"], 1,
+     "exclude each other"),
     (["--fp16", "--loss-scale", "0"], 1, "--loss-scale must be > 0"),
     (["--fp16", "--hysteresis", "0"], 1, "--hysteresis must be >= 1"),
     (["--exit-duration-in-mins", "0"], 1, "--exit-duration-in-mins must be > 0"),

@@ -123,6 +123,21 @@ def test_fp16_resume_keeps_the_loss_scale_and_continues_bit_for_bit(tmp_path, wo
     assert resumed["train_losses"] == uninterrupted["train_losses"][3:]
 
 
+def test_a_changed_schedule_on_resume_needs_a_decision(tmp_path):
+    # Extending a run with a longer decay (FLAGS decay over 8 iterations).
+    save = str(tmp_path / "ckpt")
+    uninterrupted = _run(1, "--train-iters", "6")[0]["train_losses"]
+    _run(1, "--train-iters", "3", "--save", save)
+    longer = ["--train-iters", "8", "--load", save, "--lr-decay-iters", "16"]
+    with pytest.raises(AssertionError, match="--override-opt_param-scheduler"):
+        _run(1, *longer)
+    kept = _run(1, *longer, "--use-checkpoint-opt_param-scheduler")[0]["train_losses"]
+    assert kept[:3] == uninterrupted[3:6]  # the checkpoint's schedule: that of the first run
+    overridden = _run(1, *longer, "--override-opt_param-scheduler")[0]["train_losses"]
+    assert len(overridden) == 5 and overridden[0] == uninterrupted[3]  # same weights at it. 4
+    assert overridden[1] != uninterrupted[4]  # then a different learning rate
+
+
 def test_distributed_optimizer_resume_is_bit_exact(tmp_path):
     save = str(tmp_path / "ckpt")
     flags = ["--use-distributed-optimizer"]

@@ -250,12 +250,18 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
     Returns ``{"iteration", "consumed_samples", "config"}`` or None when ``root`` holds no
     checkpoint yet (a fresh run with --load == --save).
     """
+    explicit = iteration is not None
     if iteration is None:
         iteration = read_latest_iteration(root)
         if iteration is None:
             return None
     path = checkpoint_dir(root, iteration)
     if not os.path.isdir(path):
+        if explicit:
+            saved = sorted(name for name in os.listdir(root) if name.startswith("iter_")) \
+                if os.path.isdir(root) else []
+            raise CheckpointError(f"no checkpoint for iteration {iteration} ({path}); "
+                                  f"{root} holds: {', '.join(saved) or 'none'}")
         raise CheckpointError(f"checkpoint {path} named by {TRACKER_FILE} does not exist")
     common = dist_checkpointing.load_common_state_dict(path)
     if optimizer is not None and not common.get("has_optimizer", True):

@@ -79,6 +79,8 @@ class CheckpointConfig:
 
     save: Optional[str] = _opt(None, "directory to save checkpoints to")
     load: Optional[str] = _opt(None, "directory to resume from (its latest checkpoint)")
+    ckpt_step: Optional[int] = _opt(None, "load this iteration's checkpoint from --load instead "
+                                    "of the latest (e.g. to roll back before a loss spike)")
     save_interval: Optional[int] = _opt(None, "save every N iterations (and at the end)")
     no_load_optim: bool = _opt(False, "do not load optimizer state when resuming")
     no_load_rng: bool = _opt(False, "do not load RNG states when resuming")

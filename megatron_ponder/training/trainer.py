@@ -154,7 +154,8 @@ class Trainer:
             ckpt.load, self.model.module,
             optimizer=None if (finetune or ckpt.no_load_optim) else self.optimizer,
             scheduler=None if finetune else self.scheduler,
-            load_rng=not (finetune or ckpt.no_load_rng), ddp_model=self.model)
+            load_rng=not (finetune or ckpt.no_load_rng), iteration=ckpt.ckpt_step,
+            ddp_model=self.model)
         if state is None:
             print_rank_0(f"no checkpoint in {ckpt.load}: starting from scratch")
             return

@@ -109,6 +109,7 @@ def _config(*flags):
      "--seq-length 33"),
     (["--save-interval", "5"], 1, "--save-interval needs --save"),
     (["--finetune"], 1, "--finetune needs --load"),
+    (["--ckpt-step", "3"], 1, "--ckpt-step needs --load"),
     (["--lr", "1e-4", "--min-lr", "1e-3"], 1, "--min-lr"),
     (["--eval-iters", "-1"], 1, "--eval-iters must be >= 0"),
     (["--exit-interval", "0"], 1, "--exit-interval must be >= 1"),

@@ -138,6 +138,16 @@ def test_a_changed_schedule_on_resume_needs_a_decision(tmp_path):
     assert overridden[1] != uninterrupted[4]  # then a different learning rate
 
 
+def test_ckpt_step_rolls_back_to_an_earlier_checkpoint(tmp_path):
+    save = str(tmp_path / "ckpt")
+    uninterrupted = _run(1, "--train-iters", "4", "--save", save, "--save-interval", "2")[0]
+    rolled_back = _run(1, "--train-iters", "4", "--load", save, "--ckpt-step", "2")[0]
+    assert rolled_back["train_losses"] == uninterrupted["train_losses"][2:]
+    with pytest.raises(AssertionError, match=r"no checkpoint for iteration 3 .*iter_0000002, "
+                                             r"iter_0000004"):
+        _run(1, "--train-iters", "4", "--load", save, "--ckpt-step", "3")
+
+
 def test_distributed_optimizer_resume_is_bit_exact(tmp_path):
     save = str(tmp_path / "ckpt")
     flags = ["--use-distributed-optimizer"]

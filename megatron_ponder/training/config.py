@@ -97,6 +97,8 @@ class LoggingConfig:
     eval_iters: int = _opt(10, "validation batches (of the global batch size) per evaluation; "
                                 "0 turns validation off")
     tensorboard_dir: Optional[str] = _opt(None, "write TensorBoard scalars here")
+    log_params_norm: bool = _opt(False, "log the L2 norm of all weights (each counted once "
+                                 "across tensor/pipeline ranks) every --log-interval")
 
 
 @dataclass

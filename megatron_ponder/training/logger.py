@@ -64,9 +64,13 @@ class TrainingLogger:
             else:
                 self.nan += 1
 
+    def is_log_iteration(self, iteration: int) -> bool:
+        return iteration % self.log_interval == 0 or iteration == self.train_iters
+
     def maybe_log(self, iteration: int, consumed_samples: int, lr: float,
-                  grad_norm: Optional[float], loss_scale: float = 1.0) -> None:
-        if iteration % self.log_interval and iteration != self.train_iters:
+                  grad_norm: Optional[float], loss_scale: float = 1.0,
+                  params_norm: Optional[float] = None) -> None:
+        if not self.is_log_iteration(iteration):
             return
         if self.enabled and self.steps:
             seconds = self.seconds / self.steps
@@ -89,6 +93,10 @@ class TrainingLogger:
                 f"lm loss: {loss:.6E}",
                 f"loss scale: {loss_scale:.1f}",
                 f"grad norm: {grad_norm:.3f}" if grad_norm is not None else "grad norm: nan",
+            ]
+            if params_norm is not None:
+                parts.append(f"params norm: {params_norm:.3f}")
+            parts += [
                 f"jacobi iterations: {sum(self.jacobi) / max(len(self.jacobi), 1):.2f}",
                 f"number of skipped iterations: {self.skipped:3d}",
                 f"number of nan iterations: {self.nan:3d}",
@@ -98,6 +106,7 @@ class TrainingLogger:
             if self.writer:
                 for name, value in (("lm loss", loss), ("learning-rate", lr),
                                     ("grad-norm", grad_norm), ("loss-scale", loss_scale),
+                                    ("params-norm", params_norm),
                                     ("tflops-per-gpu", tflops),
                                     ("tokens-per-second", tokens_per_second)):
                     if value is not None:

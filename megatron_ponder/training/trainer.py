@@ -42,6 +42,8 @@ class TrainingResult:
     """Per iteration: whether the update was skipped (an fp16 overflow)."""
     loss_scales: List[float] = field(default_factory=list)
     """Per iteration: the loss scale after its step (1.0 unless --fp16)."""
+    params_norms: List[Tuple[int, float]] = field(default_factory=list)
+    """(iteration, L2 norm of all weights) at every log line, with --log-params-norm."""
     validation: List[Tuple[int, float]] = field(default_factory=list)
     """(iteration, validation loss) of every evaluation."""
     exit_reason: Optional[str] = None
@@ -293,8 +295,13 @@ class Trainer:
             flops = step_flops(cfg.model, cfg.ponder.thoughts, cfg.data.seq_length,
                                train.micro_batch_size, jacobi)
             self.logger.record_step(seconds, flops, loss, jacobi, skipped)
+            params_norm = None
+            if logging.log_params_norm and self.logger.is_log_iteration(self.iteration):
+                params_norm = params_l2_norm(self.model.module)
+                self.result.params_norms.append((self.iteration, params_norm))
             self.logger.maybe_log(self.iteration, self.consumed_samples,
-                                  self.optimizer.param_groups[0]["lr"], grad_norm, loss_scale)
+                                  self.optimizer.param_groups[0]["lr"], grad_norm, loss_scale,
+                                  params_norm)
             done = self.iteration == train.train_iters
             if logging.eval_interval and (self.iteration % logging.eval_interval == 0 or done):
                 self._validate_and_log()
@@ -314,6 +321,23 @@ class Trainer:
         gathered = [torch.empty_like(local) for _ in range(self.dp_size)]
         dist.all_gather(gathered, local, group=parallel_state.get_data_parallel_group())
         return torch.cat(gathered).tolist()
+
+
+def params_l2_norm(model: torch.nn.Module) -> float:
+    """L2 norm of all weights as one vector, each weight counted once: tensor-parallel shards
+    summed, replicated weights (norms, biases of row-parallel layers) taken from one rank, every
+    pipeline stage included. A collective over the model-parallel group (Megatron-LM's
+    --log-params-norm)."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+    from megatron.core.transformer.module import param_is_not_shared
+
+    squares = torch.zeros((), dtype=torch.float64, device=default_device())
+    for param in model.parameters():
+        if param_is_not_shared(param) and param_is_not_tensor_parallel_duplicate(param):
+            squares += param.detach().float().square().sum().double()
+    dist.all_reduce(squares, group=parallel_state.get_model_parallel_group())
+    return squares.sqrt().item()
 
 
 def recompute_overrides(train: TrainConfig) -> dict:

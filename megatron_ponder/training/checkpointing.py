@@ -7,10 +7,12 @@ A checkpoint holds the model, optimizer, LR scheduler, RNG states, iteration and
 samples, plus the run's config (so tools can rebuild the model). Any tensor/pipeline layout can
 load any other's model (dist_checkpointing reshards; the sharded keys are global: layer numbers
 count across pipeline stages, tensor-parallel shards carry their offsets). RNG states are
-restored only on the same layout, and the distributed optimizer's state only on the same
-tensor/pipeline layout (its "dp_reshardable" format reshards over data parallelism only).
+restored only on the same layout. The distributed optimizer's state reloads at another
+tensor/pipeline layout only if saved with --dist-ckpt-optim-fully-reshardable (its default
+format reshards over data parallelism only, as in Megatron-LM).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,9 +28,12 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 1
-# The distributed optimizer's bucket-space format: fully parallel, reshardable over DP, and the
-# one that saves with the plain torch AdamW fallback (no TE/apex).
-_DIST_OPT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+# The distributed optimizer's state formats (megatron-core's names). "dp_reshardable" (default,
+# as in Megatron-LM): each rank writes its own buckets, fully parallel, reloadable at another DP
+# size only. "fully_reshardable" (--dist-ckpt-optim-fully-reshardable): gathered per parameter on
+# data-parallel rank 0 at save time, reloadable at any TP/PP/DP layout.
+DP_RESHARDABLE = "dp_reshardable"
+FULLY_RESHARDABLE = "fully_reshardable"
 
 
 class CheckpointError(RuntimeError):
@@ -88,11 +93,17 @@ def _rng_sharded_object(state) -> ShardedObject:
     )
 
 
-def _optimizer_metadata(optimizer) -> Optional[dict]:
-    uses_dist_opt = any(getattr(opt, "ddp_config", None) is not None and
-                        opt.ddp_config.use_distributed_optimizer
-                        for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
-    return dict(_DIST_OPT_METADATA) if uses_dist_opt else None
+def _uses_distributed_optimizer(optimizer) -> bool:
+    return any(getattr(opt, "ddp_config", None) is not None and
+               opt.ddp_config.use_distributed_optimizer
+               for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def _optimizer_metadata(optimizer, sharding_type: str = DP_RESHARDABLE) -> Optional[dict]:
+    """megatron's ``metadata`` argument of ``sharded_state_dict`` (None: not distributed)."""
+    if not _uses_distributed_optimizer(optimizer):
+        return None
+    return {"distrib_optim_sharding_type": sharding_type}
 
 
 def _prime_distributed_optimizer(optimizer, model) -> None:
@@ -103,7 +114,7 @@ def _prime_distributed_optimizer(optimizer, model) -> None:
     counters). One step at learning rate 0 on zero gradients creates that state without moving
     any weight; loading then overwrites every value, step counters included.
     """
-    if _optimizer_metadata(optimizer) is None:
+    if not _uses_distributed_optimizer(optimizer):
         return
     inner = [getattr(opt, "optimizer", None) for opt in
              getattr(optimizer, "chained_optimizers", [optimizer])]
@@ -122,7 +133,7 @@ def _prime_distributed_optimizer(optimizer, model) -> None:
 def _restore_adam_steps(optimizer, loaded_state) -> None:
     """After priming, megatron's distributed optimizer keeps the primed Adam step counters
     (it only writes the saved counter into freshly allocated state): write the saved one."""
-    if _optimizer_metadata(optimizer) is None:
+    if not _uses_distributed_optimizer(optimizer):
         return
     chained = getattr(optimizer, "chained_optimizers", [optimizer])
     for index, opt in enumerate(chained):
@@ -134,6 +145,39 @@ def _restore_adam_steps(optimizer, loaded_state) -> None:
         for param_state in opt.optimizer.state.values():
             if "step" in param_state:
                 param_state["step"] = torch.tensor(step, dtype=param_state["step"].dtype)
+
+
+@contextlib.contextmanager
+def _keep_adam_step_on_reshardable_load(optimizer):
+    """Let megatron-core 0.16 load "fully_reshardable" state into torch's AdamW.
+
+    Without TE/apex the optimizer is torch's AdamW, whose per-parameter state has a "step"
+    (megatron's load_state_dict has just set it from the checkpoint); the per-parameter copy
+    that follows expects a source for every state key and the checkpoint stores none for
+    "step", so it fails with KeyError: 'step'. Within this context the copy gets the step it
+    already has (copied onto itself: unchanged). Instance attributes only, undone on exit.
+    """
+    patched = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        original = getattr(opt, "_set_main_param_and_optimizer_states", None)
+        if original is None or not getattr(opt, "model_param_group_index_map", None):
+            continue
+
+        def set_states(model_param, tensors, opt=opt, original=original):
+            group_index, group_order = opt.model_param_group_index_map[model_param]
+            main_param = opt.optimizer.param_groups[group_index]["params"][group_order]
+            state = opt.optimizer.state.get(main_param, {})
+            if "step" in state and "step" not in tensors:
+                tensors = dict(tensors, step=state["step"])
+            return original(model_param, tensors)
+
+        opt._set_main_param_and_optimizer_states = set_states
+        patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states  # back to the class's method
 
 
 def _materialize_adam_state(optimizer) -> None:
@@ -171,7 +215,7 @@ def _restore_zero_common_step(optimizer, loaded_state) -> None:
     truthy, so a zero step is dropped and torch's Adam then refuses the state ("KeyError:
     'step'"). Per-parameter state without a step and without ``common_step`` means step 0.
     """
-    if _optimizer_metadata(optimizer) is not None:
+    if _uses_distributed_optimizer(optimizer):
         return  # the distributed optimizer keeps its step in the param groups
     chained = getattr(optimizer, "chained_optimizers", [optimizer])
     for index in range(len(chained)):
@@ -212,14 +256,20 @@ def _save(root: str, iteration: int, state: Dict[str, Any]) -> str:
 
 
 def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
-                    consumed_samples: int, config) -> str:
-    """Model, optimizer, scheduler, RNG, progress and config: everything a resume needs."""
+                    consumed_samples: int, config, optim_fully_reshardable: bool = False) -> str:
+    """Model, optimizer, scheduler, RNG, progress and config: everything a resume needs.
+
+    ``optim_fully_reshardable`` picks the distributed optimizer's format (see FULLY_RESHARDABLE).
+    """
     _materialize_adam_state(optimizer)
+    sharding_type = FULLY_RESHARDABLE if optim_fully_reshardable else DP_RESHARDABLE
     model_state = model.sharded_state_dict()
     return _save(root, iteration, {
         "model": model_state,
-        "optimizer": optimizer.sharded_state_dict(model_state,
-                                                  metadata=_optimizer_metadata(optimizer)),
+        "optimizer": optimizer.sharded_state_dict(
+            model_state, metadata=_optimizer_metadata(optimizer, sharding_type)),
+        "distributed_optimizer": _uses_distributed_optimizer(optimizer),
+        "optimizer_sharding_type": sharding_type,
         "opt_param_scheduler": scheduler.state_dict(),
         "rng_state": _rng_sharded_object(_rng_state()),
         "consumed_samples": consumed_samples,
@@ -269,18 +319,31 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
             f"{path} holds model weights only (converted from Hugging Face?): resume it with "
             f"--finetune (or --no-load-optim)")
     same_layout = common.get("parallel_layout") == _layout()
-    if optimizer is not None and not same_layout and _optimizer_metadata(optimizer) is not None:
-        raise CheckpointError(
-            f"{path} was saved with tensor/pipeline parallel sizes {common.get('parallel_layout')}"
-            f" and this run uses {_layout()}: the distributed optimizer's saved state reshards "
-            f"over data parallelism only. Load the model alone with --no-load-optim (fresh "
-            f"optimizer state, same iteration) or --finetune.")
+    sharding_type = common.get("optimizer_sharding_type", DP_RESHARDABLE)
+    if optimizer is not None:
+        saved_distributed = common.get("distributed_optimizer", _uses_distributed_optimizer(
+            optimizer))
+        if saved_distributed != _uses_distributed_optimizer(optimizer):
+            raise CheckpointError(
+                f"{path} was saved {'with' if saved_distributed else 'without'} "
+                f"--use-distributed-optimizer and this run is "
+                f"{'without' if saved_distributed else 'with'} it: the optimizer states are "
+                f"stored differently. Match the flag, or load the model alone with "
+                f"--no-load-optim (fresh optimizer state, same iteration).")
+        if saved_distributed and not same_layout and sharding_type == DP_RESHARDABLE:
+            raise CheckpointError(
+                f"{path} was saved with tensor/pipeline parallel sizes "
+                f"{common.get('parallel_layout')} and this run uses {_layout()}: the distributed "
+                f"optimizer's state was saved in the format that reshards over data parallelism "
+                f"only (save with --dist-ckpt-optim-fully-reshardable to change layouts later). "
+                f"Load the model alone with --no-load-optim (fresh optimizer state, same "
+                f"iteration) or --finetune.")
     model_state = model.sharded_state_dict()
     request = {"model": model_state}
     if optimizer is not None:
         _prime_distributed_optimizer(optimizer, ddp_model)
         request["optimizer"] = optimizer.sharded_state_dict(
-            model_state, is_loading=True, metadata=_optimizer_metadata(optimizer))
+            model_state, is_loading=True, metadata=_optimizer_metadata(optimizer, sharding_type))
     if load_rng and same_layout:
         request["rng_state"] = _rng_sharded_object(_rng_state())
     loaded = dist_checkpointing.load(request, path)
@@ -289,7 +352,8 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
         model.load_state_dict(loaded["model"])
         if optimizer is not None:
             _restore_zero_common_step(optimizer, loaded["optimizer"])
-            optimizer.load_state_dict(loaded["optimizer"])
+            with _keep_adam_step_on_reshardable_load(optimizer):
+                optimizer.load_state_dict(loaded["optimizer"])
             _restore_adam_steps(optimizer, loaded["optimizer"])
     if scheduler is not None and "opt_param_scheduler" in common:
         try:

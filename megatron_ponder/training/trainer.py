@@ -249,7 +249,8 @@ class Trainer:
     def save(self) -> None:
         ckpt = self.config.checkpoint
         path = save_checkpoint(ckpt.save, self.iteration, self.model.module, self.optimizer,
-                               self.scheduler, self.consumed_samples, self.config)
+                               self.scheduler, self.consumed_samples, self.config,
+                               optim_fully_reshardable=ckpt.dist_ckpt_optim_fully_reshardable)
         print_rank_0(f"saved checkpoint at iteration {self.iteration} to {path}")
 
     def _validate_and_log(self) -> None:

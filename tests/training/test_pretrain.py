@@ -157,6 +157,16 @@ def test_distributed_optimizer_resume_is_bit_exact(tmp_path):
     assert resumed == uninterrupted[2:]
 
 
+def test_switching_the_distributed_optimizer_on_resume_is_refused_clearly(tmp_path):
+    save = str(tmp_path / "ckpt")
+    _run(1, "--train-iters", "1", "--save", save)
+    with pytest.raises(AssertionError, match="saved without --use-distributed-optimizer"):
+        _run(1, "--train-iters", "2", "--load", save, "--use-distributed-optimizer")
+    resumed = _run(1, "--train-iters", "2", "--load", save, "--use-distributed-optimizer",
+                   "--no-load-optim")[0]
+    assert len(resumed["train_losses"]) == 1
+
+
 def test_no_load_optim_and_finetune(tmp_path):
     save = str(tmp_path / "ckpt")
     uninterrupted = _run(1, "--train-iters", "4")[0]["train_losses"]

@@ -235,9 +235,43 @@ def config_to_json(config) -> str:
     return json.dumps(dataclasses.asdict(config), default=encode, sort_keys=True)
 
 
-def _save(root: str, iteration: int, state: Dict[str, Any]) -> str:
+class AsyncCheckpointWriter:
+    """--async-save: checkpoints written by background processes while training goes on.
+
+    megatron-core's async save stages the tensors (a copy to host memory on GPU; on CPU the
+    forked writer's copy-on-write snapshot), returns at once and writes in a child process.
+    ``poll`` (every iteration, on every rank: a collective while saves are pending) finishes
+    the saves all ranks have completed: metadata, then the tracker file, so the tracker never
+    names a checkpoint that is not complete. ``wait`` blocks until all are done.
+    """
+
+    def __init__(self):
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self._queue = AsyncCallsQueue()
+        self._pending: list = []  # iterations being written, oldest first
+        self.finished: list = []  # iterations whose save completed, in order
+
+    def schedule(self, request, iteration: int) -> None:
+        self._queue.schedule_async_request(request)
+        self._pending.append(iteration)
+
+    def poll(self, blocking: bool = False) -> list:
+        """Iterations whose save just completed (tracker updated)."""
+        done = self._queue.maybe_finalize_async_calls(blocking=blocking)
+        finished, self._pending = self._pending[:len(done)], self._pending[len(done):]
+        self.finished.extend(finished)
+        return finished
+
+    def wait(self) -> list:
+        return self.poll(blocking=True)
+
+
+def _save(root: str, iteration: int, state: Dict[str, Any],
+          async_writer: Optional[AsyncCheckpointWriter] = None) -> str:
     """Write ``state`` (plus the fields every checkpoint has) as iteration ``iteration`` and,
-    only once every rank has finished, point the tracker file at it."""
+    only once every rank has finished, point the tracker file at it (with ``async_writer``:
+    when the writer's ``poll`` finds the background save complete on every rank)."""
     path = checkpoint_dir(root, iteration)
     if dist.get_rank() == 0:
         # A directory here that the tracker does not name is an interrupted save: replace it.
@@ -247,19 +281,30 @@ def _save(root: str, iteration: int, state: Dict[str, Any]) -> str:
     dist.barrier()
     state.update(iteration=iteration, parallel_layout=_layout(),
                  checkpoint_version=CHECKPOINT_VERSION)
-    dist_checkpointing.save(state, path)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        _write_tracker_atomically(root, iteration)
-    dist.barrier()
+
+    def point_tracker_at_it():
+        dist.barrier()
+        if dist.get_rank() == 0:
+            _write_tracker_atomically(root, iteration)
+        dist.barrier()
+
+    if async_writer is None:
+        dist_checkpointing.save(state, path)
+        point_tracker_at_it()
+    else:
+        request = dist_checkpointing.save(state, path, async_sharded_save=True)
+        request.add_finalize_fn(point_tracker_at_it)  # after megatron's own (the metadata)
+        async_writer.schedule(request, iteration)
     return path
 
 
 def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
-                    consumed_samples: int, config, optim_fully_reshardable: bool = False) -> str:
+                    consumed_samples: int, config, optim_fully_reshardable: bool = False,
+                    async_writer: Optional[AsyncCheckpointWriter] = None) -> str:
     """Model, optimizer, scheduler, RNG, progress and config: everything a resume needs.
 
-    ``optim_fully_reshardable`` picks the distributed optimizer's format (see FULLY_RESHARDABLE).
+    ``optim_fully_reshardable`` picks the distributed optimizer's format (see FULLY_RESHARDABLE);
+    with ``async_writer`` the files are written in the background (see AsyncCheckpointWriter).
     """
     _materialize_adam_state(optimizer)
     sharding_type = FULLY_RESHARDABLE if optim_fully_reshardable else DP_RESHARDABLE
@@ -274,7 +319,7 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
         "rng_state": _rng_sharded_object(_rng_state()),
         "consumed_samples": consumed_samples,
         "config": config_to_json(config),
-    })
+    }, async_writer)
 
 
 def save_model_only_checkpoint(root: str, model, config, iteration: int = 0) -> str:

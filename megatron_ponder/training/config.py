@@ -85,6 +85,8 @@ class CheckpointConfig:
     no_load_optim: bool = _opt(False, "do not load optimizer state when resuming")
     no_load_rng: bool = _opt(False, "do not load RNG states when resuming")
     finetune: bool = _opt(False, "load model weights only and start at iteration 0")
+    async_save: bool = _opt(False, "write checkpoints in background processes while training "
+                            "continues; the tracker file moves once a save is complete")
     dist_ckpt_optim_fully_reshardable: bool = _opt(
         False, "save the distributed optimizer's state gathered per parameter (on data-parallel "
         "rank 0), so that it reloads at any tensor/pipeline/data-parallel layout; the default "

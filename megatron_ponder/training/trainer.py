@@ -21,7 +21,8 @@ from megatron_ponder.data.iterators import build_iterators
 from megatron_ponder.model.gpt_model import PonderGPTModel
 from megatron_ponder.parallel.state import default_device
 from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
-from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
+from megatron_ponder.training.checkpointing import (AsyncCheckpointWriter, load_checkpoint,
+                                                   save_checkpoint)
 from megatron_ponder.training.config import PretrainConfig, TrainConfig
 from megatron_ponder.training.exit import ExitPolicy
 from megatron_ponder.training.flops import step_flops
@@ -86,6 +87,7 @@ class Trainer:
         self.iteration = 0
         self.consumed_samples = 0
         self.result = TrainingResult()
+        self.async_writer = AsyncCheckpointWriter() if config.checkpoint.async_save else None
         self.logger = TrainingLogger(
             train.train_iters, config.logging.log_interval, dist.get_world_size(),
             train.global_batch_size, config.data.seq_length,
@@ -250,8 +252,16 @@ class Trainer:
         ckpt = self.config.checkpoint
         path = save_checkpoint(ckpt.save, self.iteration, self.model.module, self.optimizer,
                                self.scheduler, self.consumed_samples, self.config,
-                               optim_fully_reshardable=ckpt.dist_ckpt_optim_fully_reshardable)
-        print_rank_0(f"saved checkpoint at iteration {self.iteration} to {path}")
+                               optim_fully_reshardable=ckpt.dist_ckpt_optim_fully_reshardable,
+                               async_writer=self.async_writer)
+        print_rank_0(f"{'started saving' if self.async_writer else 'saved'} checkpoint at "
+                     f"iteration {self.iteration} to {path}")
+
+    def _finish_async_saves(self, blocking: bool) -> None:
+        if self.async_writer is None:
+            return
+        for iteration in self.async_writer.poll(blocking=blocking):
+            print_rank_0(f"finished saving checkpoint at iteration {iteration} (async)")
 
     def _validate_and_log(self) -> None:
         loss = self.evaluate()
@@ -269,6 +279,9 @@ class Trainer:
                                  train.exit_signal_handler, start_time=self.start_time)
         with exit_policy:
             self._train_loop(train_iter, exit_policy)
+        # Not on an exception: a collective there could hang; the tracker keeps naming the last
+        # complete checkpoint either way.
+        self._finish_async_saves(blocking=True)
         if self.result.exit_reason is not None:
             print_rank_0(f"exiting after iteration {self.iteration}: {self.result.exit_reason}")
         elif not logging.eval_interval:
@@ -306,6 +319,7 @@ class Trainer:
             done = self.iteration == train.train_iters
             if logging.eval_interval and (self.iteration % logging.eval_interval == 0 or done):
                 self._validate_and_log()
+            self._finish_async_saves(blocking=False)
             exit_reason = None if done else exit_policy.reason(self.iteration)
             if ckpt.save and ((ckpt.save_interval and self.iteration % ckpt.save_interval == 0)
                               or done or exit_reason):

@@ -106,6 +106,7 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
     need(not (ckpt.save_interval and not ckpt.save), "--save-interval needs --save DIR")
     need(ckpt.save_interval is None or ckpt.save_interval >= 1, "--save-interval must be >= 1")
     need(not (ckpt.finetune and not ckpt.load), "--finetune needs --load DIR")
+    need(not (ckpt.async_save and not ckpt.save), "--async-save needs --save DIR")
     need(ckpt.ckpt_step is None or (ckpt.load and ckpt.ckpt_step >= 0),
          "--ckpt-step needs --load DIR and must be >= 0")
     need(logging.log_interval >= 1, "--log-interval must be >= 1")

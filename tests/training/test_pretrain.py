@@ -148,6 +148,20 @@ def test_ckpt_step_rolls_back_to_an_earlier_checkpoint(tmp_path):
         _run(1, "--train-iters", "4", "--load", save, "--ckpt-step", "3")
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_async_save_checkpoints_resume_exactly(tmp_path, world):
+    save = str(tmp_path / "ckpt")
+    flags = ["--train-iters", "4", "--save", save, "--save-interval", "2", "--async-save"]
+    saved = run_ranks(pretrain_from_flags, world, FLAGS + flags)[0]
+    assert open(os.path.join(save, "latest_checkpointed_iteration.txt")).read() == "4"
+    assert sorted(os.listdir(save)) == ["iter_0000002", "iter_0000004",
+                                        "latest_checkpointed_iteration.txt"]
+    for step, expected in ((2, saved["train_losses"][2:]), (4, [])):
+        resumed = run_ranks(pretrain_from_flags, world, FLAGS + [
+            "--train-iters", "4", "--load", save, "--ckpt-step", str(step)])[0]
+        assert resumed["train_losses"] == expected
+
+
 def test_distributed_optimizer_resume_is_bit_exact(tmp_path):
     save = str(tmp_path / "ckpt")
     flags = ["--use-distributed-optimizer"]

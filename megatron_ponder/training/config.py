@@ -5,7 +5,7 @@ flags are generated from these fields by ``training/cli.py``.
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Tuple
 
 from megatron_ponder.config import ModelConfig, ParallelConfig, PonderConfig, _opt
 from megatron_ponder.data.config import DataConfig
@@ -105,6 +105,15 @@ class LoggingConfig:
     tensorboard_dir: Optional[str] = _opt(None, "write TensorBoard scalars here")
     log_params_norm: bool = _opt(False, "log the L2 norm of all weights (each counted once "
                                  "across tensor/pipeline ranks) every --log-interval")
+    profile: bool = _opt(False, "record steps --profile-step-start..--profile-step-end")
+    profile_step_start: int = _opt(10, "first recorded step (0 = the run's first step)")
+    profile_step_end: int = _opt(12, "recording stops before this step")
+    profile_ranks: Tuple[int, ...] = _opt((0,), "global ranks that record")
+    use_pytorch_profiler: bool = _opt(
+        False, "record with the torch profiler (a Chrome/Perfetto trace per rank in "
+        "--profile-dir) instead of marking an nsys capture range (cudaProfilerStart/Stop)")
+    profile_dir: Optional[str] = _opt(None, "where torch profiler traces go (default: "
+                                      "--tensorboard-dir, else ./profile)")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from megatron_ponder.training.exit import ExitPolicy
 from megatron_ponder.training.flops import step_flops
 from megatron_ponder.training.initialize import initialize_distributed, shutdown
 from megatron_ponder.training.logger import TrainingLogger
+from megatron_ponder.training.profiling import StepProfiler
 from megatron_ponder.training.step import PonderForwardStep, reduce_reported_loss
 from megatron_ponder.training.validation import validate_config
 
@@ -88,6 +89,11 @@ class Trainer:
         self.consumed_samples = 0
         self.result = TrainingResult()
         self.async_writer = AsyncCheckpointWriter() if config.checkpoint.async_save else None
+        logging = config.logging
+        self.profiler = StepProfiler(
+            logging.profile, logging.profile_step_start, logging.profile_step_end,
+            logging.profile_ranks, logging.use_pytorch_profiler,
+            logging.profile_dir or logging.tensorboard_dir or "profile")
         self.logger = TrainingLogger(
             train.train_iters, config.logging.log_interval, dist.get_world_size(),
             train.global_batch_size, config.data.seq_length,
@@ -279,6 +285,7 @@ class Trainer:
                                  train.exit_signal_handler, start_time=self.start_time)
         with exit_policy:
             self._train_loop(train_iter, exit_policy)
+        self.profiler.stop()  # if training ended before --profile-step-end
         # Not on an exception: a collective there could hang; the tracker keeps naming the last
         # complete checkpoint either way.
         self._finish_async_saves(blocking=True)
@@ -292,9 +299,13 @@ class Trainer:
     def _train_loop(self, train_iter, exit_policy: ExitPolicy) -> None:
         cfg = self.config
         train, logging, ckpt = cfg.train, cfg.logging, cfg.checkpoint
+        first_iteration = self.iteration
         while self.iteration < train.train_iters:
+            step = self.iteration - first_iteration
+            self.profiler.step_begin(step)
             start = time.time()
-            loss, grad_norm, skipped = self.train_step(train_iter)
+            with self.profiler.label(step):
+                loss, grad_norm, skipped = self.train_step(train_iter)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             seconds = time.time() - start

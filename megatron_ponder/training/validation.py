@@ -3,6 +3,8 @@
 import importlib.util
 import warnings
 
+import torch
+
 from megatron_ponder.training.config import PretrainConfig
 
 
@@ -110,6 +112,12 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
     need(ckpt.ckpt_step is None or (ckpt.load and ckpt.ckpt_step >= 0),
          "--ckpt-step needs --load DIR and must be >= 0")
     need(logging.log_interval >= 1, "--log-interval must be >= 1")
+    if logging.profile:
+        need(0 <= logging.profile_step_start < logging.profile_step_end,
+             "--profile-step-start must be >= 0 and below --profile-step-end")
+        need(logging.use_pytorch_profiler or torch.cuda.is_available(),
+             "--profile without --use-pytorch-profiler marks an nsys capture range, which needs "
+             "CUDA: add --use-pytorch-profiler")
     need(logging.eval_interval is None or logging.eval_interval >= 1,
          "--eval-interval must be >= 1")
     need(logging.eval_iters >= 0, "--eval-iters must be >= 0 (0 turns validation off)")

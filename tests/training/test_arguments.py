@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from megatron_ponder.training.arguments import parse_args
 from megatron_ponder.training.validation import ConfigError, validate_config
@@ -113,6 +114,8 @@ def _config(*flags):
     (["--lr", "1e-4", "--min-lr", "1e-3"], 1, "--min-lr"),
     (["--eval-iters", "-1"], 1, "--eval-iters must be >= 0"),
     (["--exit-interval", "0"], 1, "--exit-interval must be >= 1"),
+    (["--profile", "--use-pytorch-profiler", "--profile-step-start", "3",
+      "--profile-step-end", "3"], 1, "--profile-step-start must be >= 0 and below"),
     (["--recompute-granularity", "full", "--recompute-method", "block",
       "--recompute-num-layers", "5"], 1, "--recompute-num-layers 5 exceeds the 4 layers"),
     (["--recompute-granularity", "full", "--recompute-num-layers", "3"], 1,
@@ -131,6 +134,12 @@ def _config(*flags):
 def test_validation_errors_say_what_to_change(flags, world, message):
     with pytest.raises(ConfigError, match=message.replace("-", r"\-")):
         validate_config(_config(*flags), world)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the nsys capture range works")
+def test_nsys_profiling_without_cuda_asks_for_the_torch_profiler():
+    with pytest.raises(ConfigError, match="add --use-pytorch-profiler"):
+        validate_config(_config("--profile"), 1)
 
 
 def test_recompute_flags_reach_the_transformer_config():

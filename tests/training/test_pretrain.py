@@ -1,5 +1,6 @@
 """Short real training runs (gloo): losses fall, DP=2 equals DP=1, resume is bit-exact."""
 
+import json
 import os
 
 import pytest
@@ -160,6 +161,30 @@ def test_async_save_checkpoints_resume_exactly(tmp_path, world):
         resumed = run_ranks(pretrain_from_flags, world, FLAGS + [
             "--train-iters", "4", "--load", save, "--ckpt-step", str(step)])[0]
         assert resumed["train_losses"] == expected
+
+
+def _trace_step_names(path):
+    with open(path) as f:
+        events = json.load(f)["traceEvents"]
+    names = {event.get("name", "") for event in events}
+    assert any(name.startswith("aten::") for name in names)  # the ops were recorded
+    return {name for name in names if name.startswith("train step")}
+
+
+def test_pytorch_profiler_traces_the_chosen_steps_on_the_chosen_ranks(tmp_path):
+    traces = tmp_path / "traces"
+    profile = ["--profile", "--use-pytorch-profiler", "--profile-dir", str(traces)]
+    run_ranks(pretrain_from_flags, 2, FLAGS + ["--train-iters", "3", *profile,
+                                               "--profile-step-start", "1",
+                                               "--profile-step-end", "2"])
+    assert os.listdir(traces) == ["trace_rank0_steps1-2.json"]  # --profile-ranks: 0
+    assert _trace_step_names(traces / "trace_rank0_steps1-2.json") == {"train step 1"}
+    # A range past the end of training stops with it; another rank list.
+    run_ranks(pretrain_from_flags, 2, FLAGS + ["--train-iters", "3", *profile,
+                                               "--profile-step-start", "2",
+                                               "--profile-step-end", "9",
+                                               "--profile-ranks", "1"])
+    assert _trace_step_names(traces / "trace_rank1_steps2-9.json") == {"train step 2"}
 
 
 def test_distributed_optimizer_resume_is_bit_exact(tmp_path):

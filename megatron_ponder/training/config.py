@@ -103,6 +103,11 @@ class LoggingConfig:
     eval_iters: int = _opt(10, "validation batches (of the global batch size) per evaluation; "
                                 "0 turns validation off")
     tensorboard_dir: Optional[str] = _opt(None, "write TensorBoard scalars here")
+    wandb_project: Optional[str] = _opt(None, "also send the scalars to this Weights & Biases "
+                                        "project (pip install wandb; WANDB_MODE=offline works)")
+    wandb_exp_name: Optional[str] = _opt(None, "W&B run name")
+    wandb_entity: Optional[str] = _opt(None, "W&B team or user (default: yours)")
+    wandb_save_dir: Optional[str] = _opt(None, "local W&B files (default: ./wandb)")
     log_params_norm: bool = _opt(False, "log the L2 norm of all weights (each counted once "
                                  "across tensor/pipeline ranks) every --log-interval")
     profile: bool = _opt(False, "record steps --profile-step-start..--profile-step-end")

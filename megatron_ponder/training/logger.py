@@ -1,10 +1,11 @@
-"""Megatron-LM-format log lines (so existing log parsers and tools/plot_loss.py work),
-optional TensorBoard scalars."""
+"""Megatron-LM-format log lines (so existing log parsers and tools/plot_loss.py work), and the
+same scalars to TensorBoard (--tensorboard-dir) and Weights & Biases (--wandb-project)."""
 
 import math
 import os
 import time
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -23,12 +24,55 @@ def memory_megabytes() -> float:
     return psutil.Process(os.getpid()).memory_info().rss / 2**20
 
 
+@dataclass
+class WandbSettings:
+    """--wandb-* flags (Megatron-LM's): where a run's scalars go in Weights & Biases."""
+
+    project: str
+    exp_name: Optional[str] = None
+    entity: Optional[str] = None
+    save_dir: str = "wandb"
+    config: Dict[str, Any] = field(default_factory=dict)
+    """The run's full configuration, shown with the run."""
+
+
+class _TensorBoardSink:
+    def __init__(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=log_dir)
+
+    def log(self, scalars: Dict[str, float], step: int) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _WandbSink:
+    def __init__(self, settings: WandbSettings):
+        import wandb  # validated at startup: the flag needs the package
+
+        os.makedirs(settings.save_dir, exist_ok=True)
+        self.run = wandb.init(project=settings.project, name=settings.exp_name,
+                              entity=settings.entity, dir=settings.save_dir,
+                              config=settings.config)
+
+    def log(self, scalars: Dict[str, float], step: int) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class TrainingLogger:
-    """Accumulates per-step metrics and prints one line every ``log_interval`` steps."""
+    """Accumulates per-step metrics and prints one line every ``log_interval`` steps; the
+    logging rank (``enabled``) also sends the scalars to TensorBoard and W&B when asked."""
 
     def __init__(self, train_iters: int, log_interval: int, world_size: int,
                  global_batch_size: int, seq_length: int, enabled: bool,
-                 tensorboard_dir: Optional[str] = None):
+                 tensorboard_dir: Optional[str] = None, wandb: Optional[WandbSettings] = None):
         self.train_iters = train_iters
         self.log_interval = log_interval
         self.world_size = world_size
@@ -36,11 +80,17 @@ class TrainingLogger:
         self.seq_length = seq_length
         self.enabled = enabled
         self.peak_tflops = device_peak_tflops()
-        self.writer = None
+        self.sinks = []
         if enabled and tensorboard_dir:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=tensorboard_dir)
+            self.sinks.append(_TensorBoardSink(tensorboard_dir))
+        if enabled and wandb is not None:
+            self.sinks.append(_WandbSink(wandb))
         self._reset()
+
+    def _send(self, scalars: Dict[str, Optional[float]], step: int) -> None:
+        present = {name: value for name, value in scalars.items() if value is not None}
+        for sink in self.sinks:
+            sink.log(present, step)
 
     def _reset(self):
         self.seconds = 0.0
@@ -103,15 +153,10 @@ class TrainingLogger:
                 f"mem (MB): {memory_megabytes():.0f}",
             ]
             print(" | ".join(parts) + " |", flush=True)
-            if self.writer:
-                for name, value in (("lm loss", loss), ("learning-rate", lr),
-                                    ("grad-norm", grad_norm), ("loss-scale", loss_scale),
-                                    ("params-norm", params_norm),
-                                    ("tflops-per-gpu", tflops),
-                                    ("tokens-per-second", tokens_per_second)):
-                    if value is not None:
-                        self.writer.add_scalar(name, value, iteration)
-                self.writer.flush()
+            self._send({"lm loss": loss, "learning-rate": lr, "grad-norm": grad_norm,
+                        "loss-scale": loss_scale, "params-norm": params_norm,
+                        "tflops-per-gpu": tflops, "tokens-per-second": tokens_per_second},
+                       iteration)
         self._reset()
 
     def log_validation(self, iteration: int, loss: float) -> None:
@@ -122,10 +167,9 @@ class TrainingLogger:
                 f"lm loss PPL: {ppl:.6E} | ")
         bar = "-" * (len(line) + 1)
         print(f"{bar}\n{line}\n{bar}", flush=True)
-        if self.writer:
-            self.writer.add_scalar("lm loss validation", loss, iteration)
-            self.writer.flush()
+        self._send({"lm loss validation": loss}, iteration)
 
     def close(self) -> None:
-        if self.writer:
-            self.writer.close()
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []

@@ -7,6 +7,7 @@
             optimizer step, log, validate, save
 """
 
+import json
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -21,13 +22,13 @@ from megatron_ponder.data.iterators import build_iterators
 from megatron_ponder.model.gpt_model import PonderGPTModel
 from megatron_ponder.parallel.state import default_device
 from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
-from megatron_ponder.training.checkpointing import (AsyncCheckpointWriter, load_checkpoint,
-                                                   save_checkpoint)
+from megatron_ponder.training.checkpointing import (AsyncCheckpointWriter, config_to_json,
+                                                   load_checkpoint, save_checkpoint)
 from megatron_ponder.training.config import PretrainConfig, TrainConfig
 from megatron_ponder.training.exit import ExitPolicy
 from megatron_ponder.training.flops import step_flops
 from megatron_ponder.training.initialize import initialize_distributed, shutdown
-from megatron_ponder.training.logger import TrainingLogger
+from megatron_ponder.training.logger import TrainingLogger, WandbSettings
 from megatron_ponder.training.profiling import StepProfiler
 from megatron_ponder.training.step import PonderForwardStep, reduce_reported_loss
 from megatron_ponder.training.validation import validate_config
@@ -97,7 +98,8 @@ class Trainer:
         self.logger = TrainingLogger(
             train.train_iters, config.logging.log_interval, dist.get_world_size(),
             train.global_batch_size, config.data.seq_length,
-            enabled=_is_logging_rank(), tensorboard_dir=config.logging.tensorboard_dir)
+            enabled=_is_logging_rank(), tensorboard_dir=config.logging.tensorboard_dir,
+            wandb=_wandb_settings(config))
 
     # ------------------------------------------------------------------------------ building
     def _build_model(self):
@@ -347,6 +349,15 @@ class Trainer:
         gathered = [torch.empty_like(local) for _ in range(self.dp_size)]
         dist.all_gather(gathered, local, group=parallel_state.get_data_parallel_group())
         return torch.cat(gathered).tolist()
+
+
+def _wandb_settings(config: PretrainConfig) -> Optional[WandbSettings]:
+    logging = config.logging
+    if not logging.wandb_project:
+        return None
+    return WandbSettings(project=logging.wandb_project, exp_name=logging.wandb_exp_name,
+                         entity=logging.wandb_entity, save_dir=logging.wandb_save_dir or "wandb",
+                         config=json.loads(config_to_json(config)))
 
 
 def params_l2_norm(model: torch.nn.Module) -> float:

@@ -121,6 +121,9 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
     need(logging.eval_interval is None or logging.eval_interval >= 1,
          "--eval-interval must be >= 1")
     need(logging.eval_iters >= 0, "--eval-iters must be >= 0 (0 turns validation off)")
+    if logging.wandb_project:
+        need(importlib.util.find_spec("wandb") is not None,
+             "--wandb-project needs the wandb package: pip install wandb")
     if logging.tensorboard_dir:
         need(importlib.util.find_spec("tensorboard") is not None,
              "--tensorboard-dir needs the tensorboard package: pip install tensorboard")

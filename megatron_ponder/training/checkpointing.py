@@ -12,7 +12,6 @@ tensor/pipeline layout only if saved with --dist-ckpt-optim-fully-reshardable (i
 format reshards over data parallelism only, as in Megatron-LM).
 """
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -26,14 +25,13 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from megatron_ponder.training.optimizer_state import (
+    DP_RESHARDABLE, FULLY_RESHARDABLE, keep_adam_step_on_reshardable_load,
+    materialize_adam_state, optimizer_metadata, prime_distributed_optimizer,
+    restore_adam_steps, restore_zero_common_step, uses_distributed_optimizer)
+
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 1
-# The distributed optimizer's state formats (megatron-core's names). "dp_reshardable" (default,
-# as in Megatron-LM): each rank writes its own buckets, fully parallel, reloadable at another DP
-# size only. "fully_reshardable" (--dist-ckpt-optim-fully-reshardable): gathered per parameter on
-# data-parallel rank 0 at save time, reloadable at any TP/PP/DP layout.
-DP_RESHARDABLE = "dp_reshardable"
-FULLY_RESHARDABLE = "fully_reshardable"
 
 
 class CheckpointError(RuntimeError):
@@ -93,140 +91,6 @@ def _rng_sharded_object(state) -> ShardedObject:
     )
 
 
-def _uses_distributed_optimizer(optimizer) -> bool:
-    return any(getattr(opt, "ddp_config", None) is not None and
-               opt.ddp_config.use_distributed_optimizer
-               for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
-
-
-def _optimizer_metadata(optimizer, sharding_type: str = DP_RESHARDABLE) -> Optional[dict]:
-    """megatron's ``metadata`` argument of ``sharded_state_dict`` (None: not distributed)."""
-    if not _uses_distributed_optimizer(optimizer):
-        return None
-    return {"distrib_optim_sharding_type": sharding_type}
-
-
-def _prime_distributed_optimizer(optimizer, model) -> None:
-    """Give a fresh distributed optimizer its Adam state before loading into it.
-
-    With the plain torch AdamW fallback (no TE/apex, e.g. on CPU), megatron's distributed
-    optimizer can only build its loading template from existing state (it reads the Adam step
-    counters). One step at learning rate 0 on zero gradients creates that state without moving
-    any weight; loading then overwrites every value, step counters included.
-    """
-    if not _uses_distributed_optimizer(optimizer):
-        return
-    inner = [getattr(opt, "optimizer", None) for opt in
-             getattr(optimizer, "chained_optimizers", [optimizer])]
-    if all(opt is None or len(opt.state) > 0 for opt in inner):
-        return
-    model.zero_grad_buffer()
-    optimizer.zero_grad()
-    saved_lrs = [group["lr"] for group in optimizer.param_groups]
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0
-    optimizer.step()
-    for group, lr in zip(optimizer.param_groups, saved_lrs):
-        group["lr"] = lr
-
-
-def _restore_adam_steps(optimizer, loaded_state) -> None:
-    """After priming, megatron's distributed optimizer keeps the primed Adam step counters
-    (it only writes the saved counter into freshly allocated state): write the saved one."""
-    if not _uses_distributed_optimizer(optimizer):
-        return
-    chained = getattr(optimizer, "chained_optimizers", [optimizer])
-    for index, opt in enumerate(chained):
-        state = loaded_state if len(chained) == 1 else loaded_state[index]
-        steps = {group["step"] for group in state["optimizer"]["param_groups"] if "step" in group}
-        if len(steps) != 1:
-            continue  # TE/apex optimizers keep their own step; nothing to restore
-        step = float(steps.pop())
-        for param_state in opt.optimizer.state.values():
-            if "step" in param_state:
-                param_state["step"] = torch.tensor(step, dtype=param_state["step"].dtype)
-
-
-@contextlib.contextmanager
-def _keep_adam_step_on_reshardable_load(optimizer):
-    """Let megatron-core 0.16 load "fully_reshardable" state into torch's AdamW.
-
-    Without TE/apex the optimizer is torch's AdamW, whose per-parameter state has a "step"
-    (megatron's load_state_dict has just set it from the checkpoint); the per-parameter copy
-    that follows expects a source for every state key and the checkpoint stores none for
-    "step", so it fails with KeyError: 'step'. Within this context the copy gets the step it
-    already has (copied onto itself: unchanged). Instance attributes only, undone on exit.
-    """
-    patched = []
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        original = getattr(opt, "_set_main_param_and_optimizer_states", None)
-        if original is None or not getattr(opt, "model_param_group_index_map", None):
-            continue
-
-        def set_states(model_param, tensors, opt=opt, original=original):
-            group_index, group_order = opt.model_param_group_index_map[model_param]
-            main_param = opt.optimizer.param_groups[group_index]["params"][group_order]
-            state = opt.optimizer.state.get(main_param, {})
-            if "step" in state and "step" not in tensors:
-                tensors = dict(tensors, step=state["step"])
-            return original(model_param, tensors)
-
-        opt._set_main_param_and_optimizer_states = set_states
-        patched.append(opt)
-    try:
-        yield
-    finally:
-        for opt in patched:
-            del opt._set_main_param_and_optimizer_states  # back to the class's method
-
-
-def _materialize_adam_state(optimizer) -> None:
-    """Give every parameter its Adam state before saving, if it has none yet.
-
-    torch's Adam creates a parameter's state at its first update. A checkpoint saved before any
-    update went through (an fp16 run skips overflowing steps, typically its first ones) would
-    hold no optimizer state, and loading it would then fail, since megatron's loader asks for
-    every moment. Zero moments at step 0 are exactly what Adam would create, so the run
-    continues unchanged. (TE/apex fused optimizers keep their own state and are left alone.)
-    """
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", None)
-        if not isinstance(inner, torch.optim.Adam):  # AdamW subclasses Adam
-            continue
-        for group in inner.param_groups:
-            on_device = group.get("capturable") or group.get("fused")
-            for param in group["params"]:
-                state = inner.state[param]
-                if state:
-                    continue
-                state["step"] = (torch.zeros((), dtype=torch.float32, device=param.device)
-                                 if on_device else torch.tensor(0.0, dtype=torch.float32))
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                if group.get("amsgrad"):
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        param, memory_format=torch.preserve_format)
-
-
-def _restore_zero_common_step(optimizer, loaded_state) -> None:
-    """Put back the Adam step of a checkpoint saved at step 0 (see ``_materialize_adam_state``).
-
-    megatron-core saves the step shared by all parameters as ``common_step`` only when it is
-    truthy, so a zero step is dropped and torch's Adam then refuses the state ("KeyError:
-    'step'"). Per-parameter state without a step and without ``common_step`` means step 0.
-    """
-    if _uses_distributed_optimizer(optimizer):
-        return  # the distributed optimizer keeps its step in the param groups
-    chained = getattr(optimizer, "chained_optimizers", [optimizer])
-    for index in range(len(chained)):
-        state = loaded_state if len(chained) == 1 else loaded_state[index]
-        per_param = state.get("optimizer", {}).get("state", {})
-        if "common_step" in per_param:
-            continue
-        if any(isinstance(entry, dict) and "step" not in entry for entry in per_param.values()):
-            per_param["common_step"] = torch.tensor(0.0, dtype=torch.float32)
-
-
 def config_to_json(config) -> str:
     def encode(value):
         if isinstance(value, torch.dtype):
@@ -242,7 +106,7 @@ class AsyncCheckpointWriter:
     forked writer's copy-on-write snapshot), returns at once and writes in a child process.
     ``poll`` (every iteration, on every rank: a collective while saves are pending) finishes
     the saves all ranks have completed: metadata, then the tracker file, so the tracker never
-    names a checkpoint that is not complete. ``wait`` blocks until all are done.
+    names a checkpoint that is not complete.
     """
 
     def __init__(self):
@@ -250,21 +114,16 @@ class AsyncCheckpointWriter:
 
         self._queue = AsyncCallsQueue()
         self._pending: list = []  # iterations being written, oldest first
-        self.finished: list = []  # iterations whose save completed, in order
 
     def schedule(self, request, iteration: int) -> None:
         self._queue.schedule_async_request(request)
         self._pending.append(iteration)
 
     def poll(self, blocking: bool = False) -> list:
-        """Iterations whose save just completed (tracker updated)."""
+        """Iterations whose save just completed (tracker updated); ``blocking``: wait for all."""
         done = self._queue.maybe_finalize_async_calls(blocking=blocking)
         finished, self._pending = self._pending[:len(done)], self._pending[len(done):]
-        self.finished.extend(finished)
         return finished
-
-    def wait(self) -> list:
-        return self.poll(blocking=True)
 
 
 def _save(root: str, iteration: int, state: Dict[str, Any],
@@ -306,14 +165,14 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
     ``optim_fully_reshardable`` picks the distributed optimizer's format (see FULLY_RESHARDABLE);
     with ``async_writer`` the files are written in the background (see AsyncCheckpointWriter).
     """
-    _materialize_adam_state(optimizer)
+    materialize_adam_state(optimizer)
     sharding_type = FULLY_RESHARDABLE if optim_fully_reshardable else DP_RESHARDABLE
     model_state = model.sharded_state_dict()
     return _save(root, iteration, {
         "model": model_state,
         "optimizer": optimizer.sharded_state_dict(
-            model_state, metadata=_optimizer_metadata(optimizer, sharding_type)),
-        "distributed_optimizer": _uses_distributed_optimizer(optimizer),
+            model_state, metadata=optimizer_metadata(optimizer, sharding_type)),
+        "distributed_optimizer": uses_distributed_optimizer(optimizer),
         "optimizer_sharding_type": sharding_type,
         "opt_param_scheduler": scheduler.state_dict(),
         "rng_state": _rng_sharded_object(_rng_state()),
@@ -366,9 +225,9 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
     same_layout = common.get("parallel_layout") == _layout()
     sharding_type = common.get("optimizer_sharding_type", DP_RESHARDABLE)
     if optimizer is not None:
-        saved_distributed = common.get("distributed_optimizer", _uses_distributed_optimizer(
+        saved_distributed = common.get("distributed_optimizer", uses_distributed_optimizer(
             optimizer))
-        if saved_distributed != _uses_distributed_optimizer(optimizer):
+        if saved_distributed != uses_distributed_optimizer(optimizer):
             raise CheckpointError(
                 f"{path} was saved {'with' if saved_distributed else 'without'} "
                 f"--use-distributed-optimizer and this run is "
@@ -386,9 +245,9 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
     model_state = model.sharded_state_dict()
     request = {"model": model_state}
     if optimizer is not None:
-        _prime_distributed_optimizer(optimizer, ddp_model)
+        prime_distributed_optimizer(optimizer, ddp_model)
         request["optimizer"] = optimizer.sharded_state_dict(
-            model_state, is_loading=True, metadata=_optimizer_metadata(optimizer, sharding_type))
+            model_state, is_loading=True, metadata=optimizer_metadata(optimizer, sharding_type))
     if load_rng and same_layout:
         request["rng_state"] = _rng_sharded_object(_rng_state())
     loaded = dist_checkpointing.load(request, path)
@@ -396,10 +255,10 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
     with torch.no_grad():
         model.load_state_dict(loaded["model"])
         if optimizer is not None:
-            _restore_zero_common_step(optimizer, loaded["optimizer"])
-            with _keep_adam_step_on_reshardable_load(optimizer):
+            restore_zero_common_step(optimizer, loaded["optimizer"])
+            with keep_adam_step_on_reshardable_load(optimizer):
                 optimizer.load_state_dict(loaded["optimizer"])
-            _restore_adam_steps(optimizer, loaded["optimizer"])
+            restore_adam_steps(optimizer, loaded["optimizer"])
     if scheduler is not None and "opt_param_scheduler" in common:
         try:
             scheduler.load_state_dict(common["opt_param_scheduler"])

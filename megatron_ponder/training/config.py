@@ -24,6 +24,10 @@ class OptimConfig:
         0.02, "warmup as a fraction of --lr-decay-iters (ignored with --lr-warmup-iters)")
     lr_warmup_iters: int = _opt(0, "warmup iterations (overrides --lr-warmup-fraction)")
     lr_decay_iters: Optional[int] = _opt(None, "iterations to decay over (default: train iters)")
+    lr_warmup_samples: int = _opt(0, "warmup samples, with --train-samples (overrides "
+                                  "--lr-warmup-fraction)")
+    lr_decay_samples: Optional[int] = _opt(None, "samples to decay over, with --train-samples "
+                                           "(default: --train-samples)")
     weight_decay: float = _opt(0.1, "AdamW weight decay")
     adam_beta1: float = _opt(0.9, "Adam beta1")
     adam_beta2: float = _opt(0.95, "Adam beta2")
@@ -52,7 +56,12 @@ class TrainConfig:
     global_batch_size: Optional[int] = _opt(
         None, "samples per optimizer step (default: micro batch x data-parallel size); the "
         "rest is gradient accumulation")
-    train_iters: int = _opt(100, "optimizer steps to train for")
+    train_iters: Optional[int] = _opt(
+        None, "optimizer steps to train for (default: 100, or --train-samples / "
+        "--global-batch-size)")
+    train_samples: Optional[int] = _opt(
+        None, "train for this many samples instead of --train-iters; the learning-rate "
+        "schedule then counts samples (--lr-decay-samples, --lr-warmup-samples)")
     seed: int = _opt(1234, "seed for initialisation, data order and the J draws")
     use_distributed_optimizer: bool = _opt(False, "shard optimizer state over data parallel")
     recompute_granularity: Optional[str] = _opt(

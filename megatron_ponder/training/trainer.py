@@ -145,13 +145,21 @@ class Trainer:
         )
         optimizer = get_megatron_optimizer(optimizer_config, [self.model])
         self.model.config.grad_scale_func = optimizer.scale_loss
-        decay_iters = optim.lr_decay_iters or cfg.train.train_iters
-        warmup = optim.lr_warmup_iters or int(round((optim.lr_warmup_fraction or 0) * decay_iters))
+        # The schedule counts iterations, or samples with --train-samples (as in Megatron-LM).
+        if cfg.train.train_samples is not None:
+            self.scheduler_increment = cfg.train.global_batch_size
+            decay = optim.lr_decay_samples or cfg.train.train_samples
+            warmup = optim.lr_warmup_samples
+        else:
+            self.scheduler_increment = 1
+            decay = optim.lr_decay_iters or cfg.train.train_iters
+            warmup = optim.lr_warmup_iters
+        warmup = warmup or int(round((optim.lr_warmup_fraction or 0) * decay))
         scheduler = OptimizerParamScheduler(
             optimizer, init_lr=0.0, max_lr=optim.lr, min_lr=optim.min_lr,
-            lr_warmup_steps=warmup, lr_decay_steps=decay_iters,
+            lr_warmup_steps=warmup, lr_decay_steps=decay,
             lr_decay_style=optim.lr_decay_style, start_wd=optim.weight_decay,
-            end_wd=optim.weight_decay, wd_incr_steps=decay_iters, wd_incr_style="constant",
+            end_wd=optim.weight_decay, wd_incr_steps=decay, wd_incr_style="constant",
             use_checkpoint_opt_param_scheduler=optim.use_checkpoint_opt_param_scheduler,
             override_opt_param_scheduler=optim.override_opt_param_scheduler)
         return optimizer, scheduler
@@ -221,7 +229,7 @@ class Trainer:
         """Optimizer and LR-scheduler step on the gradients of ``compute_gradients``."""
         update_successful, grad_norm, _ = self.optimizer.step()
         if update_successful:
-            self.scheduler.step(increment=1)
+            self.scheduler.step(increment=self.scheduler_increment)
         return grad_norm, not update_successful
 
     def train_step(self, data_iterator):

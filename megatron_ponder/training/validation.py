@@ -12,6 +12,27 @@ class ConfigError(ValueError):
     """An inconsistent combination of flags; the message names the flags to change."""
 
 
+def _resolve_length(config: PretrainConfig, need) -> None:
+    """--train-iters or --train-samples (Megatron-LM's two ways to say how long), and the
+    schedule flags that go with each; sets ``train_iters``."""
+    train, optim = config.train, config.optim
+    if train.train_samples is not None:
+        need(train.train_iters is None, "--train-iters and --train-samples exclude each other")
+        need(optim.lr_decay_iters is None and not optim.lr_warmup_iters,
+             "with --train-samples the schedule counts samples: use --lr-decay-samples and "
+             "--lr-warmup-samples instead of --lr-decay-iters / --lr-warmup-iters")
+        need(train.train_samples >= train.global_batch_size,
+             f"--train-samples {train.train_samples} is less than one global batch "
+             f"({train.global_batch_size})")
+        train.train_iters = train.train_samples // train.global_batch_size
+    else:
+        need(optim.lr_decay_samples is None and not optim.lr_warmup_samples,
+             "--lr-decay-samples / --lr-warmup-samples need --train-samples")
+        if train.train_iters is None:
+            train.train_iters = 100
+    need(train.train_iters >= 1, "--train-iters must be >= 1")
+
+
 def validate_config(config: PretrainConfig, world_size: int) -> None:
     """Checks that need the whole config (each dataclass already checked its own fields).
     Fills derived defaults (global batch size, min lr) in place."""
@@ -63,9 +84,9 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
              f"whole tokens' slots)")
 
     need(train.micro_batch_size >= 1, "--micro-batch-size must be >= 1")
-    need(train.train_iters >= 1, "--train-iters must be >= 1")
     if train.global_batch_size is None:
         train.global_batch_size = train.micro_batch_size * dp
+    _resolve_length(config, need)
     need(train.global_batch_size % (train.micro_batch_size * dp) == 0,
          f"--global-batch-size {train.global_batch_size} is not divisible by --micro-batch-size "
          f"x data-parallel size = {train.micro_batch_size} x {dp}; pick a multiple of "

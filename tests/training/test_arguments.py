@@ -114,6 +114,10 @@ def _config(*flags):
     (["--lr", "1e-4", "--min-lr", "1e-3"], 1, "--min-lr"),
     (["--eval-iters", "-1"], 1, "--eval-iters must be >= 0"),
     (["--exit-interval", "0"], 1, "--exit-interval must be >= 1"),
+    (["--train-samples", "64", "--train-iters", "3"], 1, "exclude each other"),
+    (["--train-samples", "64", "--lr-decay-iters", "3"], 1, "use --lr-decay-samples"),
+    (["--lr-decay-samples", "64"], 1, "--lr-decay-samples / --lr-warmup-samples need"),
+    (["--train-samples", "3", "--micro-batch-size", "4"], 1, "less than one global batch"),
     (["--profile", "--use-pytorch-profiler", "--profile-step-start", "3",
       "--profile-step-end", "3"], 1, "--profile-step-start must be >= 0 and below"),
     (["--recompute-granularity", "full", "--recompute-method", "block",
@@ -140,6 +144,16 @@ def test_validation_errors_say_what_to_change(flags, world, message):
 def test_nsys_profiling_without_cuda_asks_for_the_torch_profiler():
     with pytest.raises(ConfigError, match="add --use-pytorch-profiler"):
         validate_config(_config("--profile"), 1)
+
+
+def test_train_samples_set_the_number_of_steps():
+    config = _config("--train-samples", "100", "--micro-batch-size", "2",
+                     "--global-batch-size", "8")
+    validate_config(config, 2)
+    assert config.train.train_iters == 12  # whole global batches only, as in Megatron-LM
+    default = _config()
+    validate_config(default, 1)
+    assert default.train.train_iters == 100
 
 
 def test_recompute_flags_reach_the_transformer_config():

@@ -66,6 +66,18 @@ def test_recompute_methods_give_the_same_losses():
         assert recomputed["train_losses"] == plain, method
 
 
+def test_sample_based_schedule_equals_the_same_schedule_in_steps():
+    # FLAGS: global batch 8, warmup 1 step, decay over 8 steps = 8 and 64 samples.
+    by_steps = _run(1, "--train-iters", "4")[0]["train_losses"]
+    position = FLAGS.index("--lr-warmup-iters")
+    assert FLAGS[position:position + 4] == ["--lr-warmup-iters", "1", "--lr-decay-iters", "8"]
+    in_samples = FLAGS[:position] + FLAGS[position + 4:]
+    by_samples = run_ranks(pretrain_from_flags, 1, in_samples + [
+        "--train-samples", "32", "--lr-warmup-samples", "8",
+        "--lr-decay-samples", "64"])[0]["train_losses"]
+    assert by_samples == by_steps
+
+
 def test_resume_continues_bit_for_bit(tmp_path):
     save = str(tmp_path / "ckpt")
     uninterrupted = _run(1, "--train-iters", "6")[0]["train_losses"]

@@ -12,10 +12,11 @@
 #                     (DEVICE_CHECK_BUDGET seconds, default 540; expected 3-5)
 #                     bash tools/device_check.sh bench train    # only some steps
 #
-# Steps: env build tests bench train train_torch. A step that fails does not stop the next one
-# (the summary says which failed); the exit status is non-zero if any did. Outputs: $OUT
-# (default runs/device_check): env.txt, build.log, tests.log, bench.txt, bench_kernels.json,
-# train.log, train_torch.log, summary.txt (8 files, the most a device call brings back).
+# Steps: env build tests bench train train_torch features. A step that fails does not stop the
+# next one (the summary says which failed); the exit status is non-zero if any did. Outputs:
+# $OUT (default runs/device_check): summary.txt (with the env step's output), build.log,
+# tests.log, bench.txt, bench_kernels.json, train.log, train_torch.log, features.log (8 files,
+# the most a device call brings back).
 # Record the results in docs/benchmarks.md with the card's name and the command.
 set -u
 
@@ -23,7 +24,7 @@ WHEELS=.whl
 MEGATRON_WHEEL="megatron-core==0.16.1"
 OUT="${OUT:-runs/device_check}"
 PY="${PYTHON:-python3}"
-ALL_STEPS=(env build tests bench train train_torch)
+ALL_STEPS=(env build tests bench train train_torch features)
 
 if [ "${1:-}" = "--prepare" ]; then
   # The device machine runs Python 3.12 and cannot reach a package index.
@@ -89,6 +90,7 @@ run_step() {
 has_step() { case " ${steps[*]} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if has_step env; then
+  # Its log is folded into summary.txt at the end (a device call brings back 8 files at most).
   run_step env 60 "$OUT/env.txt" bash -c "
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
     nvcc --version | tail -n 2
@@ -130,6 +132,28 @@ if has_step train_torch; then
     "${TRAIN[@]}"
 fi
 
+if has_step features; then
+  # The training features CPU tests cover, once on the GPU (tiny model): fp16 loss scaling, async
+  # checkpoints, params norm, the torch profiler with CUDA activity, then a resume.
+  export CKPT=/tmp/device_check_ckpt PROF=/tmp/device_check_profile
+  rm -rf "$CKPT" "$PROF"
+  FEATURES=("$PY" -m torch.distributed.run --nproc-per-node 1 pretrain_ponder.py
+    --model-preset tiny --mock-data --tokenizer-type NullTokenizer --vocab-size 1000 --fp16
+    --initial-loss-scale 65536 --micro-batch-size 2 --global-batch-size 4 --log-interval 2
+    --eval-iters 1 --num-workers 0 --seed 1 --save "$CKPT" --save-interval 4 --async-save
+    --log-params-norm --exit-signal-handler --lr-decay-iters 10)
+  # bash -c runs the two trainings and the listing in between ("$@" is FEATURES).
+  run_step features 120 "$OUT/features.log" bash -c '
+    "$@" --train-iters 8 --profile --use-pytorch-profiler --profile-step-start 2 \
+      --profile-step-end 4 --profile-dir "$PROF" &&
+    ls -l "$CKPT" "$PROF" &&
+    "$@" --train-iters 10 --load "$CKPT"' features "${FEATURES[@]}"
+fi
+
+if [ -f "$OUT/env.txt" ]; then
+  { echo; echo "== env"; cat "$OUT/env.txt"; } >> "$summary"
+  rm -f "$OUT/env.txt"
+fi
 echo "== summary ($((SECONDS - start_all))s in all)"
 cat "$summary"
 if [ -f "$OUT/bench.txt" ]; then

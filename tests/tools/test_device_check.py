@@ -26,7 +26,7 @@ def test_unknown_step_is_rejected(tmp_path):
     result = _run(tmp_path, "build", "benchmark")
     assert result.returncode == 2
     assert "unknown step 'benchmark'" in result.stderr
-    assert "env build tests bench train train_torch" in result.stderr
+    assert "env build tests bench train train_torch features" in result.stderr
     assert not (tmp_path / "summary.txt").exists()
 
 

@@ -38,25 +38,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from a checkout without installing
 
 from megatron_ponder.parallel.launch import run_local_ranks  # noqa: E402
-from synthetic_run import synthetic_run_flags  # noqa: E402  (tools/synthetic_run.py)
+from synthetic_run import add_model_arguments, synthetic_run_flags  # noqa: E402  (tools/synthetic_run.py)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline-sizes", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--micro-batches", type=int, default=8, help="M per step")
-    parser.add_argument("--num-latent-thoughts", type=int, default=1, help="K")
-    parser.add_argument("--jacobi-iterations", type=int, default=2,
-                        help="J (fixed: V = K + J + 1 passes)")
+    add_model_arguments(parser, seq_length=128, micro_batches=8, jacobi_iterations=2)
     parser.add_argument("--compute", choices=("model", "sleep"), default="model")
     parser.add_argument("--forward-ms", type=float, default=20.0,
                         help="--compute sleep: simulated forward time of one pass on a stage")
-    parser.add_argument("--arch", default="llama", choices=("llama", "gpt_neox"))
-    parser.add_argument("--num-layers", type=int, default=8)
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--num-attention-heads", type=int, default=8)
-    parser.add_argument("--seq-length", type=int, default=128)
-    parser.add_argument("--micro-batch-size", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=900, help="seconds per pipeline size")

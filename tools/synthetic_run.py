@@ -1,5 +1,21 @@
 """Shared by the measurement tools: pretrain_ponder.py flags for a short run on megatron-core's
-synthetic data (--mock-data), sized by the tool's own --arch/--num-layers/... arguments."""
+synthetic data (--mock-data), sized by the tool's own --arch/--num-layers/... arguments, which
+``add_model_arguments`` defines."""
+
+
+def add_model_arguments(parser, seq_length: int, micro_batches: int, jacobi_iterations: int):
+    """The tool arguments ``synthetic_run_flags`` reads (defaults that differ per tool given)."""
+    parser.add_argument("--arch", default="llama", choices=("llama", "gpt_neox"))
+    parser.add_argument("--num-layers", type=int, default=8)
+    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--num-attention-heads", type=int, default=8)
+    parser.add_argument("--seq-length", type=int, default=seq_length)
+    parser.add_argument("--micro-batch-size", type=int, default=4)
+    parser.add_argument("--micro-batches", type=int, default=micro_batches,
+                        help="micro-batches per step")
+    parser.add_argument("--num-latent-thoughts", type=int, default=1, help="K")
+    parser.add_argument("--jacobi-iterations", type=int, default=jacobi_iterations,
+                        help="J (fixed: V = K + J + 1 passes)")
 
 
 def synthetic_run_flags(args, train_iters: int, tensor_parallel: int = 1,

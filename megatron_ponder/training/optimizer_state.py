@@ -19,10 +19,23 @@ DP_RESHARDABLE = "dp_reshardable"
 FULLY_RESHARDABLE = "fully_reshardable"
 
 
+def _optimizers(optimizer) -> list:
+    """The optimizers inside a ChainedOptimizer, or ``[optimizer]``."""
+    return getattr(optimizer, "chained_optimizers", [optimizer])
+
+
+def _with_loaded_states(optimizer, loaded_state):
+    """(optimizer, its part of ``loaded_state``) pairs: a ChainedOptimizer's state dict holds
+    one entry per optimizer, a single optimizer's is the entry itself."""
+    chained = _optimizers(optimizer)
+    if len(chained) == 1:
+        return [(chained[0], loaded_state)]
+    return [(opt, loaded_state[index]) for index, opt in enumerate(chained)]
+
+
 def uses_distributed_optimizer(optimizer) -> bool:
     return any(getattr(opt, "ddp_config", None) is not None and
-               opt.ddp_config.use_distributed_optimizer
-               for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
+               opt.ddp_config.use_distributed_optimizer for opt in _optimizers(optimizer))
 
 
 def optimizer_metadata(optimizer, sharding_type: str = DP_RESHARDABLE) -> Optional[dict]:
@@ -42,8 +55,7 @@ def prime_distributed_optimizer(optimizer, model) -> None:
     """
     if not uses_distributed_optimizer(optimizer):
         return
-    inner = [getattr(opt, "optimizer", None) for opt in
-             getattr(optimizer, "chained_optimizers", [optimizer])]
+    inner = [getattr(opt, "optimizer", None) for opt in _optimizers(optimizer)]
     if all(opt is None or len(opt.state) > 0 for opt in inner):
         return
     model.zero_grad_buffer()
@@ -61,9 +73,7 @@ def restore_adam_steps(optimizer, loaded_state) -> None:
     (it only writes the saved counter into freshly allocated state): write the saved one."""
     if not uses_distributed_optimizer(optimizer):
         return
-    chained = getattr(optimizer, "chained_optimizers", [optimizer])
-    for index, opt in enumerate(chained):
-        state = loaded_state if len(chained) == 1 else loaded_state[index]
+    for opt, state in _with_loaded_states(optimizer, loaded_state):
         steps = {group["step"] for group in state["optimizer"]["param_groups"] if "step" in group}
         if len(steps) != 1:
             continue  # TE/apex optimizers keep their own step; nothing to restore
@@ -84,7 +94,7 @@ def keep_adam_step_on_reshardable_load(optimizer):
     already has (copied onto itself: unchanged). Instance attributes only, undone on exit.
     """
     patched = []
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+    for opt in _optimizers(optimizer):
         original = getattr(opt, "_set_main_param_and_optimizer_states", None)
         if original is None or not getattr(opt, "model_param_group_index_map", None):
             continue
@@ -115,7 +125,7 @@ def materialize_adam_state(optimizer) -> None:
     every moment. Zero moments at step 0 are exactly what Adam would create, so the run
     continues unchanged. (TE/apex fused optimizers keep their own state and are left alone.)
     """
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+    for opt in _optimizers(optimizer):
         inner = getattr(opt, "optimizer", None)
         if not isinstance(inner, torch.optim.Adam):  # AdamW subclasses Adam
             continue
@@ -143,9 +153,7 @@ def restore_zero_common_step(optimizer, loaded_state) -> None:
     """
     if uses_distributed_optimizer(optimizer):
         return  # the distributed optimizer keeps its step in the param groups
-    chained = getattr(optimizer, "chained_optimizers", [optimizer])
-    for index in range(len(chained)):
-        state = loaded_state if len(chained) == 1 else loaded_state[index]
+    for _, state in _with_loaded_states(optimizer, loaded_state):
         per_param = state.get("optimizer", {}).get("state", {})
         if "common_step" in per_param:
             continue

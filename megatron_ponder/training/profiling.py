@@ -7,6 +7,7 @@ without it the steps are marked as the CUDA profiler's capture range, for
 ``nsys profile --capture-range=cudaProfilerApi``.
 """
 
+import contextlib
 import os
 from typing import Optional, Sequence
 
@@ -70,12 +71,4 @@ class StepProfiler:
         """A named range around one step in the trace (a no-op outside the recording)."""
         if self._recording and self._profiler is not None:
             return torch.profiler.record_function(f"train step {step}")
-        return _nothing()
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+        return contextlib.nullcontext()

@@ -15,8 +15,12 @@ import torch.nn.functional as F
 
 ARCHITECTURES = ("llama", "gpt_neox")
 
-# Recipes for drawing J per micro-batch (DESIGN.md: Llama {2,3}, GPT-NeoX/Pythia {2,3,4}).
+# Recipes for drawing J per micro-batch (the paper: Llama {2,3}, GPT-NeoX/Pythia {2,3,4}).
 RANDOM_JACOBI_RECIPES = {"llama": (2, 3), "gpt_neox": (2, 3, 4)}
+
+# What the K extra slots or passes are: PonderLM-2's latent thoughts, or one of the paper's
+# baselines at equal inference cost (model/baselines.py).
+PONDER_METHODS = ("ponderlm2", "pause", "loop")
 
 
 def _opt(default, help: str, **metadata):
@@ -38,9 +42,27 @@ class PonderConfig:
         "architecture's recipe)")
     scale_embeds: bool = _opt(True, "multiply word embeddings by sqrt(2.5 * hidden size)")
     vanilla: bool = _opt(False, "plain causal-LM baseline: one pass, no thoughts, no scaling")
+    ponder_method: str = _opt(
+        "ponderlm2", "what the K extra slots/passes are: 'ponderlm2' (latent thoughts), "
+        "'pause' (K learned pause slots after every token, one pass, embeddings scaled by "
+        "sqrt(H)) or 'loop' (the L tokens through the whole layer stack K+1 times, final norm "
+        "once)", choices=PONDER_METHODS)
+    ponder_grad_passes: Optional[int] = _opt(
+        None, "training: backpropagate through the last N passes only; earlier passes run "
+        "without building a graph (cheaper; default: all passes, the paper)")
+    ponder_warmup_iters: int = _opt(
+        0, "training: run the first N iterations as a one-pass K=0 model, then with K latent "
+        "thoughts (a cheaper start; 0 = thoughts from the first step, the paper)")
 
     def __post_init__(self):
         self.random_jacobi_iterations = tuple(int(j) for j in self.random_jacobi_iterations)
+        if self.ponder_method not in PONDER_METHODS:
+            raise ValueError(f"unknown ponder_method {self.ponder_method!r}; choose one of "
+                             f"{PONDER_METHODS}")
+        if self.ponder_grad_passes is not None and self.ponder_grad_passes < 1:
+            raise ValueError(f"ponder_grad_passes must be >= 1, got {self.ponder_grad_passes}")
+        if self.ponder_warmup_iters < 0:
+            raise ValueError(f"ponder_warmup_iters must be >= 0, got {self.ponder_warmup_iters}")
         if self.num_latent_thoughts < 0:
             raise ValueError(f"num_latent_thoughts must be >= 0, got {self.num_latent_thoughts}")
         if self.jacobi_iterations < 0:
@@ -53,6 +75,25 @@ class PonderConfig:
     def thoughts(self) -> int:
         """K as the forward uses it (vanilla has none)."""
         return 0 if self.vanilla else self.num_latent_thoughts
+
+    @property
+    def is_ponderlm2(self) -> bool:
+        """Whether the forward is PonderLM-2's (also true for K=0: one plain pass)."""
+        return self.ponder_method == "ponderlm2" or self.thoughts == 0
+
+    def thoughts_at(self, iteration: int, training: bool = True) -> int:
+        """K of a training iteration (0 during --ponder-warmup-iters); K for evaluation."""
+        if training and iteration < self.ponder_warmup_iters:
+            return 0
+        return self.thoughts
+
+    @property
+    def embedding_scale_factor(self) -> float:
+        """c in e = sqrt(c * H) * E[x]: 2.5 for PonderLM-2 and Loop, 1 for Pause (as the
+        official baselines), 0 for no scaling."""
+        if self.vanilla or not self.scale_embeds:
+            return 0.0
+        return 1.0 if self.ponder_method == "pause" and self.thoughts else 2.5
 
 
 @dataclass

@@ -8,7 +8,7 @@ window, as in Megatron's validation. The last, shorter window is scored too.
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Iterable, Iterator, List, Optional, Sequence
 
 import numpy
 import torch
@@ -37,10 +37,18 @@ def token_windows(data_prefix: str, seq_length: int,
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     dataset = IndexedDataset(data_prefix)
+    documents = (dataset[index] for index in range(len(dataset)))
+    return stream_windows(documents, seq_length, max_sequences)
+
+
+def stream_windows(documents: Iterable[Sequence[int]], seq_length: int,
+                   max_sequences: Optional[int] = None) -> Iterator[numpy.ndarray]:
+    """``documents`` (token id sequences) concatenated and cut into windows of ``seq_length +
+    1`` tokens that overlap by one; the last, shorter window too (if it predicts anything)."""
     leftover = numpy.zeros(0, dtype=numpy.int64)
     produced = 0
-    for index in range(len(dataset)):
-        stream = numpy.concatenate([leftover, numpy.asarray(dataset[index], dtype=numpy.int64)])
+    for document in documents:
+        stream = numpy.concatenate([leftover, numpy.asarray(document, dtype=numpy.int64)])
         start = 0
         while len(stream) - start >= seq_length + 1:
             yield stream[start:start + seq_length + 1]
@@ -60,6 +68,17 @@ def held_out_perplexity(model, data_prefix: str, seq_length: int = 2048, batch_s
     """Perplexity of ``model`` (a PonderForCausalLM) on the dataset at ``data_prefix``
     (path without .bin/.idx). ``max_sequences`` caps the number of full windows;
     ``jacobi_options`` go to the model's forward (``jacobi_iterations``, ...)."""
+    return windows_perplexity(model, token_windows(data_prefix, seq_length, max_sequences),
+                              data_prefix, seq_length, batch_size, show_progress,
+                              **jacobi_options)
+
+
+@torch.no_grad()
+def windows_perplexity(model, windows: Iterable[numpy.ndarray], name: str, seq_length: int,
+                       batch_size: int = 4, show_progress: bool = True,
+                       **jacobi_options) -> PerplexityResult:
+    """Perplexity of ``model`` over token ``windows`` (each scored on its own; see
+    ``stream_windows``); ``name`` labels the result."""
     device = next(model.parameters()).device
     total_nll, total_tokens, sequences = 0.0, 0, 0
     progress = tqdm(desc="perplexity", unit="seq", disable=not show_progress)
@@ -84,7 +103,7 @@ def held_out_perplexity(model, data_prefix: str, seq_length: int = 2048, batch_s
         sequences += len(windows)
         progress.update(len(windows))
 
-    for window in token_windows(data_prefix, seq_length, max_sequences):
+    for window in windows:
         batch.append(window)
         if len(batch) == batch_size:
             score(batch)
@@ -93,7 +112,7 @@ def held_out_perplexity(model, data_prefix: str, seq_length: int = 2048, batch_s
         score(batch)
     progress.close()
     if total_tokens == 0:
-        raise ValueError(f"{data_prefix}: fewer than 2 tokens, nothing to score")
-    return PerplexityResult(data_prefix=data_prefix, seq_length=seq_length,
+        raise ValueError(f"{name}: fewer than 2 tokens, nothing to score")
+    return PerplexityResult(data_prefix=name, seq_length=seq_length,
                             sequences=sequences, tokens=total_tokens,
                             nll=total_nll / total_tokens)

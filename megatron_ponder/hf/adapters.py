@@ -168,17 +168,29 @@ def _check_consumed(leftover: StateDict, side: str) -> None:
         raise ConversionError(f"{len(leftover)} unexpected {side} weight(s): {names}")
 
 
+# The Pause baseline's learned pause embedding (--ponder-method pause): same name both sides.
+PAUSE_EMBEDDING = "pause_embedding"
+
+
 def hf_to_megatron(model_config: ModelConfig, hf_state: StateDict) -> StateDict:
     """Map a full HF state dict to PonderGPTModel names; every HF tensor must be used."""
     hf_state = dict(hf_state)
+    pause = hf_state.pop(PAUSE_EMBEDDING, None)
     try:
         out = ADAPTERS[model_config.arch](model_config).to_megatron(hf_state)
     except KeyError as exc:
         raise ConversionError(f"missing weight {exc.args[0]!r} in the checkpoint") from None
     _check_consumed(hf_state, "checkpoint")
+    if pause is not None:
+        out[PAUSE_EMBEDDING] = pause
     return out
 
 
 def megatron_to_hf(model_config: ModelConfig, mg_state: StateDict) -> StateDict:
     """Map a full (TP=PP=1) PonderGPTModel state dict to HF names."""
-    return ADAPTERS[model_config.arch](model_config).to_hf(mg_state)
+    mg_state = dict(mg_state)
+    pause = mg_state.pop(PAUSE_EMBEDDING, None)
+    out = ADAPTERS[model_config.arch](model_config).to_hf(mg_state)
+    if pause is not None:
+        out[PAUSE_EMBEDDING] = pause
+    return out

@@ -117,6 +117,7 @@ def ponder_config_from_hf(hf: Dict[str, Any], arch: str,
         random_jacobi_iterations=tuple(random_j or ()),
         scale_embeds=overrides.get("scale_embeds", hf.get("scale_embeds", not vanilla)),
         vanilla=vanilla,
+        ponder_method=hf.get("ponder_method", "ponderlm2"),
     )
 
 
@@ -150,4 +151,6 @@ def hf_config_from(model: ModelConfig, ponder: PonderConfig) -> Dict[str, Any]:
         scale_embeds=ponder.scale_embeds,
         interpolation=False,
     )
+    if ponder.ponder_method != "ponderlm2":  # a baseline (Pause, Loop); absent = PonderLM-2
+        hf["ponder_method"] = ponder.ponder_method
     return hf

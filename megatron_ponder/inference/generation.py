@@ -50,10 +50,14 @@ def decode_token(model, token_ids: torch.Tensor, positions: torch.Tensor, cache:
     hidden = model.embed(token_ids[:, None])                    # [1, B, H]: e_t
     step_positions = positions[:, None]
     one_real_slot = torch.ones(token_ids.shape[0], 1, dtype=torch.bool, device=token_ids.device)
+    # Pause baseline: the slots after e_t hold the pause embedding, not the previous output.
+    pause = (model.pause_slots(hidden, 1)
+             if num_latent_thoughts and model.ponder_config.ponder_method == "pause" else None)
     with key_value_hook(model, cache):
-        for _ in range(num_latent_thoughts + 1):                 # e_t, then z_t^1 .. z_t^K
+        for step in range(num_latent_thoughts + 1):              # e_t, then z_t^1 .. z_t^K
             cache.extend(one_real_slot)
-            hidden = model.stack(hidden, 1, token_positions=step_positions)
+            inputs = pause if step and pause is not None else hidden
+            hidden = model.stack(inputs, 1, token_positions=step_positions)
     return vocab_logits(model, hidden[0])
 
 
@@ -118,6 +122,10 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
     if pad_token_id is None:
         pad_token_id = stop_ids[0] if stop_ids else 0
     num_thoughts = model.ponder_config.thoughts
+    if num_thoughts and model.ponder_config.ponder_method == "loop":
+        raise ValueError("generation with a KV cache is not supported for the Loop baseline "
+                         "(--ponder-method loop): each loop would need its own cache; score "
+                         "sequences with the model's forward instead")
     if jacobi is None:
         jacobi = JacobiSchedule(model.ponder_config.jacobi_iterations)
     batch, prompt_length = input_ids.shape

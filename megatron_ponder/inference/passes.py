@@ -24,6 +24,7 @@ from megatron_ponder.inference.attention_hooks import (
     key_value_hook,
     token_positions,
 )
+from megatron_ponder.model.baselines import loop_forward, pause_forward
 from megatron_ponder.model.ponder import pass_schedule, ponder_pass, select_slot
 
 ADAPTIVE = "adaptive"
@@ -128,6 +129,12 @@ def run_ponder_passes(model, input_ids: torch.Tensor, num_latent_thoughts: int,
     positions = None if token_is_real is None else token_positions(token_is_real)
     padding = None if token_is_real is None else PaddedPassMask(token_is_real)
 
+    if num_latent_thoughts and not model.ponder_config.is_ponderlm2:
+        hidden = _baseline_passes(model, input_ids, num_latent_thoughts, token_is_real,
+                                  positions, padding, cache)
+        return hidden, PassReport(passes=1 if cache is not None or
+                                  model.ponder_config.ponder_method == "pause"
+                                  else num_latent_thoughts + 1, jacobi_iterations=0)
     embeddings = model.embed(input_ids)
     schedule_slots = pass_schedule(num_latent_thoughts, schedule.iterations)
     hidden, report = None, PassReport(passes=0, jacobi_iterations=0)
@@ -154,3 +161,21 @@ def run_ponder_passes(model, input_ids: torch.Tensor, num_latent_thoughts: int,
         hidden = ponder_pass(model, embeddings, hidden, final_slots, token_positions=positions)
     report.passes += 1
     return select_slot(hidden, final_slots, final_slots - 1), report
+
+
+def _baseline_passes(model, input_ids, num_extra: int, token_is_real, positions, padding,
+                     cache: Optional[KVCache]) -> torch.Tensor:
+    """The Pause / Loop baselines' forward (model/baselines.py) with padding and, for Pause,
+    a KV cache holding its (K+1)L slots; their passes need no Jacobi schedule."""
+    method = model.ponder_config.ponder_method
+    if method == "loop":
+        if cache is not None:
+            raise ValueError("the Loop baseline (--ponder-method loop) has no KV-cache decode")
+        with key_value_hook(model, padding):
+            return loop_forward(model, input_ids, num_extra, token_positions=positions)
+    if cache is not None:
+        real = (token_is_real if token_is_real is not None
+                else torch.ones_like(input_ids, dtype=torch.bool))
+        cache.extend(real.repeat_interleave(num_extra + 1, dim=1))
+    with key_value_hook(model, cache if cache is not None else padding):
+        return pause_forward(model, input_ids, num_extra, token_positions=positions)

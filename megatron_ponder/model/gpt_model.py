@@ -5,6 +5,7 @@ three operations the multi-pass forward needs: ``embed``, ``stack`` and ``output
 loop itself lives in ``ponder.py``; this file only wires megatron-core together.
 """
 
+import contextlib
 import math
 from typing import Optional
 
@@ -20,6 +21,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.model.layer_specs import block_submodules
+from megatron_ponder.model.baselines import loop_forward, pause_forward
 from megatron_ponder.model.ponder import ponder_forward
 from megatron_ponder.model.rotary import RotaryAngles
 
@@ -46,15 +48,18 @@ class PonderGPTModel(MegatronModule):
         # all-reduce.
         self.share_embeddings_and_output_weights = False
         self.vocab_size = model_config.vocab_size
-        use_scale = ponder_config.scale_embeds and not ponder_config.vanilla
-        # Unit-RMS token embeddings under the paper's init std sqrt(2/(5H)).
-        self.embedding_scale = math.sqrt(2.5 * config.hidden_size) if use_scale else 1.0
+        # Unit-RMS token embeddings under the paper's init std sqrt(2/(5H)) (sqrt(2.5 H)).
+        scale_factor = ponder_config.embedding_scale_factor
+        self.embedding_scale = math.sqrt(scale_factor * config.hidden_size) if scale_factor \
+            else 1.0
 
         if pre_process:
             self.embedding = LanguageModelEmbedding(
                 config, vocab_size=self.vocab_size, max_sequence_length=0,
                 position_embedding_type="rope",
             )
+            if ponder_config.ponder_method == "pause" and ponder_config.thoughts:
+                self.pause_embedding = pause_embedding_parameter(config)
         self.rotary = RotaryAngles(config.kv_channels, model_config.rotary_percent,
                                    model_config.rotary_base)
         # The block always takes its input as an argument: the first stage feeds it from the
@@ -79,14 +84,22 @@ class PonderGPTModel(MegatronModule):
             embeddings = embeddings * self.embedding_scale
         return embeddings
 
+    def pause_slots(self, embeddings: torch.Tensor, num_pause_slots: int) -> torch.Tensor:
+        """The scaled pause embedding repeated for ``num_pause_slots`` slots of every token of
+        ``embeddings`` ([L, B, H]): [L * num_pause_slots, B, H], token-major."""
+        rows, batch, width = embeddings.shape
+        pause = (self.pause_embedding * self.embedding_scale).to(embeddings.dtype)
+        return pause.expand(rows * num_pause_slots, batch, width)
+
     def stack(self, hidden: torch.Tensor, num_slots: int,
               token_positions: Optional[torch.Tensor] = None,
               attention_mask: Optional[torch.Tensor] = None,
-              inference_context=None) -> torch.Tensor:
+              inference_context=None, final_norm: bool = True) -> torch.Tensor:
         """This stage's decoder layers (+ final norm on the last stage) over one pass.
 
         ``hidden`` is [rows, B, H] with ``num_slots`` slots per token; every slot of a token
         gets that token's position (``token_positions`` [L] or [B, L], default 0..L-1).
+        ``final_norm=False`` skips the final norm (the Loop baseline's inner loops).
         """
         total_rows = hidden.shape[0]
         if self.config.sequence_parallel:
@@ -94,12 +107,13 @@ class PonderGPTModel(MegatronModule):
         if token_positions is None:
             token_positions = torch.arange(total_rows // num_slots, device=hidden.device)
         slot_positions = token_positions.repeat_interleave(num_slots, dim=-1)
-        return self.decoder(
-            hidden_states=hidden,
-            attention_mask=attention_mask,
-            rotary_pos_emb=self.rotary(slot_positions),
-            inference_context=inference_context,
-        )
+        with _final_norm_skipped(self.decoder, skip=not final_norm):
+            return self.decoder(
+                hidden_states=hidden,
+                attention_mask=attention_mask,
+                rotary_pos_emb=self.rotary(slot_positions),
+                inference_context=inference_context,
+            )
 
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
         """[L, B, H] final-normed states -> vocab-parallel logits [L, B, V / TP]."""
@@ -115,13 +129,23 @@ class PonderGPTModel(MegatronModule):
 
     # ----------------------------------------------------------------- single-stage forward
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                jacobi_iterations: Optional[int] = None, **stack_kwargs) -> torch.Tensor:
+                jacobi_iterations: Optional[int] = None,
+                num_latent_thoughts: Optional[int] = None, **stack_kwargs) -> torch.Tensor:
         """All passes on one stage (PP=1). [B, L] ids -> per-token losses [B, L] when
-        ``labels`` ([B, L], already shifted targets) is given, else logits [B, L, V / TP]."""
+        ``labels`` ([B, L], already shifted targets) is given, else logits [B, L, V / TP].
+        ``num_latent_thoughts`` overrides K (0 during --ponder-warmup-iters)."""
+        ponder = self.ponder_config
         if jacobi_iterations is None:
-            jacobi_iterations = self.ponder_config.jacobi_iterations
-        final = ponder_forward(self, input_ids, self.ponder_config.thoughts, jacobi_iterations,
-                               **stack_kwargs)
+            jacobi_iterations = ponder.jacobi_iterations
+        thoughts = ponder.thoughts if num_latent_thoughts is None else num_latent_thoughts
+        if ponder.ponder_method == "pause" and thoughts:
+            final = pause_forward(self, input_ids, thoughts, **stack_kwargs)
+        elif ponder.ponder_method == "loop" and thoughts:
+            final = loop_forward(self, input_ids, thoughts, **stack_kwargs)
+        else:
+            grad_passes = ponder.ponder_grad_passes if self.training else None
+            final = ponder_forward(self, input_ids, thoughts, jacobi_iterations,
+                                   grad_passes=grad_passes, **stack_kwargs)
         if labels is None:
             return self.output(final).transpose(0, 1).contiguous()
         return self.token_losses(final, labels)
@@ -130,3 +154,31 @@ class PonderGPTModel(MegatronModule):
         """megatron's schedules call this before every forward step. With one stage there is
         nothing to receive; under pipeline parallelism the per-pass chunks of
         ``megatron_ponder.parallel.pipeline`` receive instead, so this stays a no-op."""
+
+
+def pause_embedding_parameter(config: TransformerConfig) -> torch.nn.Parameter:
+    """The Pause baseline's learned pause embedding [H], replicated on every tensor-parallel
+    rank. Drawn from its own fixed generator (N(0, init std)) so that every layout and rank
+    starts from the same vector without communicating. Marked ``sequence_parallel``: with
+    sequence parallelism each rank feeds it into its own slots, and megatron's gradient
+    finalisation then sums its gradient over the tensor-parallel group (as for norms)."""
+    generator = torch.Generator().manual_seed(0x9A05E)
+    values = torch.randn(config.hidden_size, generator=generator) * config.init_method_std
+    parameter = torch.nn.Parameter(values.to(config.params_dtype))
+    parameter.sequence_parallel = config.sequence_parallel
+    return parameter
+
+
+@contextlib.contextmanager
+def _final_norm_skipped(block: TransformerBlock, skip: bool):
+    """Run ``block`` without its final norm (megatron's TransformerBlock applies it whenever
+    the attribute is set; the Loop baseline normalises only after the last loop)."""
+    norm = block.final_layernorm
+    if not skip or norm is None:
+        yield
+        return
+    block.final_layernorm = None
+    try:
+        yield
+    finally:
+        block.final_layernorm = norm

@@ -12,10 +12,15 @@ next pass. The sequential dependency between thoughts is solved by Jacobi iterat
     logits = output_layer(h at slot K)              # only slot K is ever scored
 
 Gradients flow through every pass (nothing is detached). With K = 0 there is nothing to iterate
-and the forward is one ordinary pass.
+and the forward is one ordinary pass. ``grad_passes=N`` (``--ponder-grad-passes``, not in the
+paper) runs all but the last N passes without building a graph: the same forward values, a
+truncated gradient, and no backward (nor saved activations) for the early passes.
 """
 
-from typing import List, Sequence
+import contextlib
+from typing import List, Optional, Sequence
+
+import torch
 
 import numpy as np
 
@@ -34,18 +39,26 @@ def pass_schedule(num_latent_thoughts: int, jacobi_iterations: int) -> List[int]
 
 
 def ponder_forward(model, input_ids, num_latent_thoughts: int, jacobi_iterations: int,
-                   **stack_kwargs):
+                   grad_passes: Optional[int] = None, **stack_kwargs):
     """Run every pass and return the final pass's stack output at slot K, [L, B, H].
 
     ``model`` provides ``embed(input_ids)`` (scaled word embeddings, [L, B, H]) and
     ``stack(hidden, num_slots, **stack_kwargs)``; sequence-parallel shards work unchanged
-    because the splice only moves rows within a token's own slots.
+    because the splice only moves rows within a token's own slots. ``grad_passes``: build a
+    graph for the last N passes only (None: all).
     """
     embeddings = model.embed(input_ids)
     hidden = None
-    for num_slots in pass_schedule(num_latent_thoughts, jacobi_iterations):
-        hidden = ponder_pass(model, embeddings, hidden, num_slots, **stack_kwargs)
+    schedule = pass_schedule(num_latent_thoughts, jacobi_iterations)
+    for index, num_slots in enumerate(schedule):
+        with graph_unless(index < len(schedule) - (grad_passes or len(schedule))):
+            hidden = ponder_pass(model, embeddings, hidden, num_slots, **stack_kwargs)
     return select_slot(hidden, num_slots, num_slots - 1)
+
+
+def graph_unless(no_graph: bool):
+    """``torch.no_grad()`` for a pass outside the last ``grad_passes``, else nothing."""
+    return torch.no_grad() if no_graph else contextlib.nullcontext()
 
 
 def ponder_pass(model, embeddings, previous, num_slots: int, **stack_kwargs):

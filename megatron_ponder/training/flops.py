@@ -4,15 +4,16 @@ A pass over n = S*L slots (S slots per token) costs, per sequence, the standard 
 count: 2 FLOPs per multiply-add of every weight for every slot, plus attention scores and
 values (QK^T and AV: 2 * 2 * n * n * heads * head_dim per layer, counted without the causal
 discount, as Megatron-LM does); backward is twice the forward. Only the final pass runs the
-output layer, and only on the L slot-K positions. Activation recomputation is not counted
-(model FLOPs, not hardware FLOPs).
+output layer, and only on the L slot-K positions. Passes outside ``--ponder-grad-passes`` run
+forward only (1x instead of 3x). Activation recomputation is not counted (model FLOPs, not
+hardware FLOPs).
 """
 
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 
-from megatron_ponder.config import ModelConfig
+from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.model.ponder import pass_schedule
 
 # Dense bf16 peak TFLOP/s by device-name fragment (datasheet values, no sparsity).
@@ -32,25 +33,58 @@ def layer_weight_macs_per_slot(model: ModelConfig) -> int:
     return qkv + proj + mlp
 
 
-def pass_flops(model: ModelConfig, num_tokens: int, num_slots: int, with_output: bool) -> int:
-    """Forward + backward FLOPs of one pass over one sequence of ``num_tokens`` tokens."""
+def pass_flops(model: ModelConfig, num_tokens: int, num_slots: int, with_output: bool,
+               with_backward: bool = True) -> int:
+    """Forward (+ backward) FLOPs of one pass over one sequence of ``num_tokens`` tokens."""
     n = num_tokens * num_slots
     dense = 2 * layer_weight_macs_per_slot(model) * n
     attention = 4 * n * n * model.num_attention_heads * model.kv_channels
     forward = model.num_layers * (dense + attention)
     if with_output:
         forward += 2 * model.hidden_size * model.vocab_size * num_tokens
-    return 3 * forward
+    return 3 * forward if with_backward else forward
 
 
-def step_flops(model: ModelConfig, num_latent_thoughts: int, seq_length: int,
-               micro_batch_size: int, jacobi_per_microbatch: Iterable[int]) -> int:
-    """FLOPs of all micro-batches of a step (all data-parallel ranks' micro-batches)."""
+def forward_passes(ponder: PonderConfig, num_latent_thoughts: int, jacobi_iterations: int,
+                   training: bool = True) -> List[Tuple[int, bool, bool]]:
+    """(slots per token, runs the output layer, builds a graph) of every pass of one forward
+    with K = ``num_latent_thoughts``, for each ``--ponder-method``."""
+    k = num_latent_thoughts
+    if k and ponder.ponder_method == "pause":
+        slots = [k + 1]
+    elif k and ponder.ponder_method == "loop":
+        slots = [1] * (k + 1)
+    else:
+        slots = pass_schedule(k, jacobi_iterations)
+    count = len(slots)
+    graph_from = count - min(ponder.ponder_grad_passes or count, count) if training else 0
+    return [(n, index == count - 1, index >= graph_from) for index, n in enumerate(slots)]
+
+
+def inference_flops_per_token(model: ModelConfig, ponder: PonderConfig, seq_length: int,
+                              jacobi_iterations: Optional[int] = None) -> float:
+    """Forward FLOPs per token of generating with a KV cache: K+1 single-slot steps per token
+    (one for vanilla; the Loop baseline runs the stack K+1 times), attending to a cache of
+    ``(K+1) * seq_length / 2`` slots on average (one for Loop), plus one output layer. Prefill
+    (the Jacobi passes over the prompt) is not counted."""
+    k = ponder.thoughts
+    width = 1 if ponder.ponder_method == "loop" else k + 1
+    context = width * seq_length / 2
+    per_step = model.num_layers * (2 * layer_weight_macs_per_slot(model)
+                                   + 4 * context * model.num_attention_heads * model.kv_channels)
+    return (k + 1) * per_step + 2 * model.hidden_size * model.vocab_size
+
+
+def step_flops(model: ModelConfig, ponder: PonderConfig, seq_length: int,
+               micro_batch_size: int, jacobi_per_microbatch: Iterable[int],
+               num_latent_thoughts: Optional[int] = None) -> int:
+    """Training FLOPs of all micro-batches of a step (all data-parallel ranks' micro-batches).
+    ``num_latent_thoughts`` overrides K (0 during ``--ponder-warmup-iters``)."""
+    k = ponder.thoughts if num_latent_thoughts is None else num_latent_thoughts
     total = 0
     for jacobi in jacobi_per_microbatch:
-        schedule = pass_schedule(num_latent_thoughts, jacobi)
-        for index, slots in enumerate(schedule):
-            total += pass_flops(model, seq_length, slots, with_output=index == len(schedule) - 1)
+        for slots, with_output, with_graph in forward_passes(ponder, k, jacobi):
+            total += pass_flops(model, seq_length, slots, with_output, with_backward=with_graph)
     return total * micro_batch_size
 
 
@@ -63,3 +97,18 @@ def device_peak_tflops(device: Optional[torch.device] = None) -> Optional[float]
         if fragment in name:
             return peak
     return None
+
+
+def parameter_count(model: ModelConfig, ponder: Optional[PonderConfig] = None) -> int:
+    """Parameters of the whole model (untied embedding and output layer included)."""
+    h, d, ffn = model.hidden_size, model.kv_channels, model.ffn_hidden_size
+    neox = model.arch == "gpt_neox"
+    qkv_out = d * (model.num_attention_heads + 2 * model.num_query_groups)
+    norm = 2 * h if neox else h  # LayerNorm has a bias, RMSNorm not
+    layer = layer_weight_macs_per_slot(model) + 2 * norm
+    if neox:  # biases of qkv, the attention output, and both MLP linears
+        layer += qkv_out + h + ffn + h
+    total = model.num_layers * layer + norm + 2 * model.vocab_size * h
+    if ponder is not None and ponder.ponder_method == "pause" and ponder.thoughts:
+        total += h
+    return total

@@ -61,7 +61,9 @@ class PonderForwardStep:
         batch = self.prepare(next(data_iterator))
         jacobi = self.jacobi_used[self.microbatch]
         self.microbatch += 1
-        losses = model(batch["tokens"], labels=batch["labels"], jacobi_iterations=jacobi)
+        thoughts = self.ponder.thoughts_at(self.iteration, self.training)
+        losses = model(batch["tokens"], labels=batch["labels"], jacobi_iterations=jacobi,
+                       num_latent_thoughts=thoughts)
         return losses, self.loss_func_for(batch)
 
 

@@ -327,8 +327,9 @@ class Trainer:
             self.result.loss_scales.append(loss_scale)
             self.iteration += 1
             self.consumed_samples += train.global_batch_size
-            flops = step_flops(cfg.model, cfg.ponder.thoughts, cfg.data.seq_length,
-                               train.micro_batch_size, jacobi)
+            flops = step_flops(cfg.model, cfg.ponder, cfg.data.seq_length,
+                               train.micro_batch_size, jacobi,
+                               num_latent_thoughts=cfg.ponder.thoughts_at(self.iteration - 1))
             self.logger.record_step(seconds, flops, loss, jacobi, skipped)
             params_norm = None
             if logging.log_params_norm and self.logger.is_log_iteration(self.iteration):
@@ -407,7 +408,10 @@ def _grad_reduce_can_overlap(config: PretrainConfig) -> bool:
     parameter's gradient is complete only after pass 0 of the last micro-batch, leaving one
     pass's backward to overlap with.
     """
-    return not config.ponder.random_jacobi_iterations or config.ponder.thoughts == 0
+    ponder = config.ponder
+    if ponder.ponder_warmup_iters:  # the pass count changes when the thoughts start
+        return False
+    return not ponder.random_jacobi_iterations or not ponder.is_ponderlm2 or ponder.thoughts == 0
 
 
 def _is_logging_rank() -> bool:

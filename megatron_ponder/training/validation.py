@@ -83,6 +83,18 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
              f"--tensor-model-parallel-size {tp} with --sequence-parallel (each rank holds "
              f"whole tokens' slots)")
 
+    ponder = config.ponder
+    if pp > 1:
+        # The pipeline's pass ring (parallel/pipeline.py) drives PonderLM-2's own schedule.
+        for flag, used in (("--ponder-method " + ponder.ponder_method,
+                            not ponder.is_ponderlm2),
+                           ("--ponder-grad-passes", ponder.ponder_grad_passes is not None),
+                           ("--ponder-warmup-iters", ponder.ponder_warmup_iters > 0)):
+            need(not used, f"{flag} is not supported with --pipeline-model-parallel-size > 1 "
+                 f"yet; use tensor and data parallelism")
+    if ponder.ponder_warmup_iters and ponder.thoughts == 0:
+        warnings.warn("--ponder-warmup-iters has no effect with K = 0")
+
     need(train.micro_batch_size >= 1, "--micro-batch-size must be >= 1")
     if train.global_batch_size is None:
         train.global_batch_size = train.micro_batch_size * dp

@@ -134,6 +134,12 @@ def _config(*flags):
     (["--fp16", "--hysteresis", "0"], 1, "--hysteresis must be >= 1"),
     (["--exit-duration-in-mins", "0"], 1, "--exit-duration-in-mins must be > 0"),
     (["--log-interval", "0"], 1, "--log-interval"),
+    (["--ponder-method", "pause", "--pipeline-model-parallel-size", "2"], 2,
+     "--ponder-method pause is not supported with --pipeline-model-parallel-size > 1"),
+    (["--ponder-grad-passes", "2", "--pipeline-model-parallel-size", "2"], 2,
+     "--ponder-grad-passes is not supported with"),
+    (["--ponder-warmup-iters", "5", "--pipeline-model-parallel-size", "2"], 2,
+     "--ponder-warmup-iters is not supported with"),
 ])
 def test_validation_errors_say_what_to_change(flags, world, message):
     with pytest.raises(ConfigError, match=message.replace("-", r"\-")):

@@ -1,0 +1,186 @@
+"""The arms of the reproduction (``tools/reproduce.py``) and the recipes that size them.
+
+Every arm is one pretrain_ponder.py run of the same recipe (model size, data, batch, learning
+rate schedule shape, seed and data order), differing only in the flags that make it that arm:
+
+==========================  ===============================================================
+vanilla, vanilla-seed2      K=0 (one pass; embeddings scaled as in PonderLM-2), two seeds
+vanilla-2x-depth            K=0 with twice the layers: PonderLM-2 K=1's inference FLOPs
+ponderlm2-k1, -seed2        K=1, J drawn per micro-batch (the paper), two seeds
+pause-k1                    one learned pause slot after every token (the paper's baseline)
+loop-k1                     the tokens through the layer stack twice (the paper's baseline)
+vanilla-compute-matched     K=0 trained on as many FLOPs as ponderlm2-k1 (many more tokens)
+ponderlm2-k1-grad2          gradients through the last 2 passes only (--ponder-grad-passes 2)
+ponderlm2-k1-warmup         the first half of training as K=0 (--ponder-warmup-iters)
+vanilla-continued           the vanilla arm's final model, trained further as K=0
+ponderlm2-k1-continued      the vanilla arm's final model, trained further as K=1
+==========================  ===============================================================
+
+(``ponderlm2-k2`` is defined too, outside the default set.)
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+SEEDS = (1234, 4321)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The shared training setup of all arms at one scale."""
+
+    name: str
+    description: str
+    model_flags: Tuple[str, ...]
+    """Model size (a preset plus overrides); the 2x-depth arm doubles --num-layers."""
+    num_layers: int
+    seq_length: int
+    micro_batch_size: int
+    global_batch_size: int
+    train_iters: int
+    """Iterations of every arm but the compute-matched and continued ones."""
+    lr: float
+    jacobi_flags: Tuple[str, ...] = ("--random-jacobi-iterations",)
+    continue_iters: Optional[int] = None
+    """Iterations of the continued-pretraining arms (default: half of train_iters)."""
+    eval_points: int = 10
+    """Validation evaluations during training (the curves)."""
+    eval_iters: int = 8
+    checkpoints_per_arm: int = 6
+    extra_flags: Tuple[str, ...] = ()
+    """Platform flags (bf16 on GPUs, ...)."""
+    needs_data: bool = False
+    """True for GPU scales: the user passes --data-path / --tokenizer-model."""
+
+    @property
+    def tokens_per_iteration(self) -> int:
+        return self.global_batch_size * self.seq_length
+
+    @property
+    def continued_iters(self) -> int:
+        return self.continue_iters or max(self.train_iters // 2, 1)
+
+    @property
+    def eval_interval(self) -> int:
+        """Evaluations at the same token counts in every arm (the compute-matched arm just has
+        more of them): every train_iters / eval_points iterations of the recipe."""
+        return max(self.train_iters // self.eval_points, 1)
+
+    def save_interval(self, train_iters: int) -> int:
+        return max(math.ceil(train_iters / self.checkpoints_per_arm), 1)
+
+
+RECIPES: Dict[str, Recipe] = {
+    # Sized for 2 CPU cores in at most 90 minutes with two arms at a time (see docs/results.md
+    # for the timing): the launcher's tiny GPT-NeoX model (H=128, 4 layers) on a 2,048-token
+    # byte-level BPE of the default corpus, so that the embedding does not dominate the
+    # parameters and the model learns context within 300 steps.
+    "small": Recipe(
+        name="small",
+        description="tiny GPT-NeoX (H=128, 4 layers), BPE-2048, 300 x 16 x 128 tokens",
+        model_flags=("--model-preset", "tiny"), num_layers=4, seq_length=128,
+        micro_batch_size=16, global_batch_size=16, train_iters=300, lr=2e-3),
+    # The same arms three times longer (about 1.8M tokens, half an epoch): 4-5 hours on 2 cores.
+    "long": Recipe(
+        name="long",
+        description="as small, 900 iterations (1.84M tokens)",
+        model_flags=("--model-preset", "tiny"), num_layers=4, seq_length=128,
+        micro_batch_size=16, global_batch_size=16, train_iters=900, lr=2e-3),
+    # GPU scale: the paper's Pythia-70M ablation model on 2B tokens of the user's corpus
+    # (GPT-NeoX tokenizer), bf16. Pass --data-path and, for several GPUs, --nproc-per-node.
+    "gpu-70m": Recipe(
+        name="gpu-70m",
+        description="Pythia-70M, seq 2048, 256 x 2048 tokens/step, 3,815 steps (2B tokens)",
+        model_flags=("--model-preset", "pythia-70m"), num_layers=6, seq_length=2048,
+        micro_batch_size=8, global_batch_size=256, train_iters=3815, lr=1e-3,
+        extra_flags=("--bf16",), needs_data=True, eval_iters=20),
+    # The paper's Table 3 setting: Llama-1.4B on 26B tokens (J in {2,3}), bf16.
+    "paper": Recipe(
+        name="paper",
+        description="Llama-1.4B, seq 2048, 512 x 2048 tokens/step, 24,796 steps (26B tokens)",
+        model_flags=("--model-preset", "llama-1.4b"), num_layers=24, seq_length=2048,
+        micro_batch_size=4, global_batch_size=512, train_iters=24796, lr=4e-4,
+        extra_flags=("--bf16", "--recompute-granularity", "full"), needs_data=True,
+        eval_iters=20),
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training run of the reproduction."""
+
+    name: str
+    description: str
+    flags: Tuple[str, ...]
+    """pretrain_ponder.py flags on top of the recipe's."""
+    seed: int = SEEDS[0]
+    deeper: bool = False
+    """Twice the recipe's layers."""
+    init_from: Optional[str] = None
+    """Continued pretraining: start from this arm's final checkpoint (weights only)."""
+    train_iters: Optional[int] = None
+    """Iterations when not the recipe's (continued arms); the compute-matched arm is sized
+    from the FLOPs of ``flops_matched_to`` instead."""
+    flops_matched_to: Optional[str] = None
+    group: str = "baseline"
+    """For the plots: baseline, ponderlm2, cheaper or continued."""
+    tags: Tuple[str, ...] = field(default=())
+
+
+def arms_for(recipe: Recipe) -> List[Arm]:
+    """Every arm of ``recipe``, in a valid run order (sources before their continuations)."""
+    k0 = ("--num-latent-thoughts", "0")
+    k1 = ("--num-latent-thoughts", "1") + recipe.jacobi_flags
+    half = str(max(recipe.train_iters // 2, 1))
+    return [
+        Arm("vanilla", "K=0, same size", k0),
+        Arm("vanilla-seed2", "K=0, second seed", k0, seed=SEEDS[1]),
+        Arm("vanilla-2x-depth", "K=0, 2x layers (inference FLOPs of K=1)", k0, deeper=True),
+        Arm("ponderlm2-k1", "PonderLM-2, K=1", k1, group="ponderlm2"),
+        Arm("ponderlm2-k1-seed2", "PonderLM-2, K=1, second seed", k1, seed=SEEDS[1],
+            group="ponderlm2"),
+        Arm("pause-k1", "Pause, 1 pause slot per token", ("--num-latent-thoughts", "1",
+                                                          "--ponder-method", "pause")),
+        Arm("loop-k1", "Loop, stack run twice", ("--num-latent-thoughts", "1",
+                                                 "--ponder-method", "loop")),
+        Arm("vanilla-compute-matched", "K=0 on the training FLOPs of ponderlm2-k1", k0,
+            flops_matched_to="ponderlm2-k1"),
+        Arm("ponderlm2-k1-grad2", "K=1, gradients through the last 2 passes",
+            k1 + ("--ponder-grad-passes", "2"), group="cheaper"),
+        Arm("ponderlm2-k1-warmup", f"K=1 after {half} iterations as K=0",
+            k1 + ("--ponder-warmup-iters", half), group="cheaper"),
+        Arm("vanilla-continued", "vanilla's final model, further as K=0", k0,
+            init_from="vanilla", train_iters=recipe.continued_iters, group="continued"),
+        Arm("ponderlm2-k1-continued", "vanilla's final model, further as K=1", k1,
+            init_from="vanilla", train_iters=recipe.continued_iters, group="continued"),
+        Arm("ponderlm2-k2", "PonderLM-2, K=2", ("--num-latent-thoughts", "2")
+            + recipe.jacobi_flags, group="ponderlm2", tags=("optional",)),
+    ]
+
+
+def default_arm_names(recipe: Recipe) -> List[str]:
+    return [arm.name for arm in arms_for(recipe) if "optional" not in arm.tags]
+
+
+def select_arms(recipe: Recipe, names: Optional[Sequence[str]]) -> List[Arm]:
+    """The named arms (default: all but the optional ones) plus the arms they depend on,
+    in run order. Unknown names raise with the list of known ones."""
+    arms = arms_for(recipe)
+    by_name = {arm.name: arm for arm in arms}
+    wanted = list(names) if names else default_arm_names(recipe)
+    unknown = [name for name in wanted if name not in by_name]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(by_name)}")
+    needed = set(wanted)
+    for name in wanted:  # the compute-matched arm needs only the other arm's definition
+        if by_name[name].init_from:
+            needed.add(by_name[name].init_from)
+    return [arm for arm in arms if arm.name in needed]
+
+
+def find_arm(recipe: Recipe, name: str) -> Arm:
+    for arm in arms_for(recipe):
+        if arm.name == name:
+            return arm
+    raise ValueError(f"unknown arm {name!r}")

@@ -1,0 +1,86 @@
+"""The reproduction's table (Markdown and JSON) and its two plots (validation loss against
+training tokens and against training FLOPs)."""
+
+import math
+import os
+from typing import List, Sequence
+
+COLUMNS = ("arm", "parameters", "training tokens", "training FLOPs", "inference FLOPs/token",
+           "wall time", "valid loss", "valid ppl", "held-out loss", "held-out ppl")
+
+
+def _si(value: float) -> str:
+    for factor, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"),
+                           (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(round(seconds % 60)):02d}s"
+
+
+def table_rows(results: Sequence[dict]) -> List[List[str]]:
+    rows = []
+    for result in results:
+        held_out = result.get("heldout_loss")
+        rows.append([
+            result["arm"], _si(result["parameters"]), _si(result["training_tokens"]),
+            _si(result["training_flops"]), _si(result["inference_flops_per_token"]),
+            _minutes(result["train_seconds"]), f"{result['valid_loss']:.4f}",
+            f"{math.exp(result['valid_loss']):.2f}",
+            "-" if held_out is None else f"{held_out:.4f}",
+            "-" if held_out is None else f"{math.exp(held_out):.2f}",
+        ])
+    return rows
+
+
+def markdown_table(results: Sequence[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    return "\n".join(lines)
+
+
+def plain_table(results: Sequence[dict]) -> str:
+    rows = [list(COLUMNS)] + table_rows(results)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths))
+                     for row in rows)
+
+
+def plot_curves(results: Sequence[dict], output_dir: str) -> List[str]:
+    """valid_loss_vs_tokens.png and valid_loss_vs_flops.png in ``output_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"baseline": "-", "ponderlm2": "-", "cheaper": "--", "continued": ":"}
+    paths = []
+    for key, label, name in (("tokens", "training tokens", "valid_loss_vs_tokens.png"),
+                             ("flops", "training FLOPs (all passes)",
+                              "valid_loss_vs_flops.png")):
+        fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+        for index, result in enumerate(results):
+            curve = result.get("curve") or []
+            if not curve:
+                continue
+            xs = [point[key] for point in curve]
+            ys = [point["loss"] for point in curve]
+            ax.plot(xs, ys, styles.get(result.get("group"), "-"), marker="o", markersize=2.5,
+                    color=f"C{index % 10}", linewidth=1.3, label=result["arm"])
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.grid(True, which="both", alpha=0.3)
+        finals = [result["valid_loss"] for result in results]
+        if finals:  # zoom on the end of training, where the arms differ
+            ax.set_ylim(min(finals) - 0.15, max(finals) + 0.9)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = os.path.join(output_dir, name)
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths

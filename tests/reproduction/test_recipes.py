@@ -1,0 +1,130 @@
+"""The reproduction's arms, their flags, resume rules and cost accounting (no training)."""
+
+import os
+
+import pytest
+
+from megatron_ponder.reproduction.accounting import cumulative_training_flops
+from megatron_ponder.reproduction.recipes import RECIPES, arms_for, default_arm_names, \
+    find_arm, select_arms
+from megatron_ponder.reproduction.report import markdown_table, plot_curves
+from megatron_ponder.reproduction.runner import TRACKER_FILE, Setup, arm_train_iters, \
+    resume_flags, training_flags, validation_curve
+from megatron_ponder.training.arguments import parse_args
+
+SMALL = RECIPES["small"]
+
+
+def _setup(tmp_path, recipe=SMALL):
+    return Setup(recipe=recipe, output_dir=str(tmp_path),
+                 data_flags=["--mock-data", "--tokenizer-type", "NullTokenizer",
+                             "--vocab-size", "256"])
+
+
+def test_default_arms_cover_the_issue_and_leave_out_the_optional_ones():
+    names = default_arm_names(SMALL)
+    assert names == ["vanilla", "vanilla-seed2", "vanilla-2x-depth", "ponderlm2-k1",
+                     "ponderlm2-k1-seed2", "pause-k1", "loop-k1", "vanilla-compute-matched",
+                     "ponderlm2-k1-grad2", "ponderlm2-k1-warmup", "vanilla-continued",
+                     "ponderlm2-k1-continued"]
+    assert "ponderlm2-k2" in [arm.name for arm in arms_for(SMALL)]
+
+
+def test_selecting_a_continued_arm_brings_its_source_first():
+    assert [arm.name for arm in select_arms(SMALL, ["ponderlm2-k1-continued"])] == \
+        ["vanilla", "ponderlm2-k1-continued"]
+    # the compute-matched arm needs only the other arm's definition, not its run
+    assert [arm.name for arm in select_arms(SMALL, ["vanilla-compute-matched"])] == \
+        ["vanilla-compute-matched"]
+    with pytest.raises(ValueError, match="unknown arm.*known: vanilla"):
+        select_arms(SMALL, ["vanila"])
+
+
+def test_arm_flags_differ_only_where_the_arm_does(tmp_path):
+    setup = _setup(tmp_path)
+    configs = {arm.name: parse_args(training_flags(setup, arm, 300)) for arm in arms_for(SMALL)}
+    vanilla, ponder = configs["vanilla"], configs["ponderlm2-k1"]
+    assert vanilla.ponder.thoughts == 0 and ponder.ponder.thoughts == 1
+    assert ponder.ponder.random_jacobi_iterations == (2, 3, 4)  # the GPT-NeoX recipe
+    assert configs["vanilla-2x-depth"].model.num_layers == 2 * vanilla.model.num_layers
+    assert configs["vanilla-seed2"].train.seed != vanilla.train.seed
+    assert configs["pause-k1"].ponder.ponder_method == "pause"
+    assert configs["loop-k1"].ponder.ponder_method == "loop"
+    assert configs["ponderlm2-k1-grad2"].ponder.ponder_grad_passes == 2
+    assert configs["ponderlm2-k1-warmup"].ponder.ponder_warmup_iters == 150
+    for config in configs.values():  # same schedule shape, batch and data everywhere
+        assert (config.optim.lr, config.train.global_batch_size, config.data.seq_length) == \
+            (SMALL.lr, SMALL.global_batch_size, SMALL.seq_length)
+        assert config.checkpoint.save_interval == 50
+
+
+def test_compute_matched_iterations_divide_the_flops(tmp_path):
+    setup = _setup(tmp_path)
+    costs = {"ponderlm2-k1": 900.0, "vanilla-compute-matched": 1.0}
+
+    def flops_of(arm, iterations):
+        return costs[arm.name] * (iterations if arm.name != "ponderlm2-k1" else 1)
+
+    matched = find_arm(SMALL, "vanilla-compute-matched")
+    assert arm_train_iters(setup, matched, flops_of) == 900
+    assert arm_train_iters(setup, find_arm(SMALL, "vanilla-continued"), flops_of) == 150
+
+
+def test_cumulative_flops_use_the_training_j_draws():
+    from megatron_ponder.model.ponder import draw_jacobi_iterations
+    from megatron_ponder.training.flops import step_flops
+
+    config = parse_args(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads",
+                         "4", "--seq-length", "8", "--micro-batch-size", "2",
+                         "--global-batch-size", "6", "--random-jacobi-iterations", "1", "5",
+                         "--ponder-warmup-iters", "1", "--seed", "9", "--mock-data"])
+    curve = cumulative_training_flops(config, 3)
+    first = step_flops(config.model, config.ponder, 8, 2, [3, 3, 3], num_latent_thoughts=0)
+    second = step_flops(config.model, config.ponder, 8, 2,
+                        [draw_jacobi_iterations((1, 5), 9, 1, m) for m in range(3)])
+    assert curve[0] == first and curve[1] == first + second
+    assert curve[2] > curve[1]
+
+
+def test_resume_flags(tmp_path):
+    setup = _setup(tmp_path)
+    continued = find_arm(SMALL, "ponderlm2-k1-continued")
+    with pytest.raises(RuntimeError, match="continues vanilla, which has no checkpoint"):
+        resume_flags(setup, continued)
+    source = tmp_path / "vanilla" / "checkpoints"
+    source.mkdir(parents=True)
+    (source / TRACKER_FILE).write_text("300")
+    assert resume_flags(setup, continued) == ["--load", str(source), "--finetune"]
+    own = tmp_path / continued.name / "checkpoints"
+    own.mkdir(parents=True)
+    (own / TRACKER_FILE).write_text("50")
+    assert resume_flags(setup, continued) == ["--load", str(own)]
+    vanilla = find_arm(SMALL, "vanilla")
+    assert resume_flags(setup, vanilla) == ["--load", str(source)]
+
+
+def test_validation_curve_keeps_the_last_value_per_iteration(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(
+        " validation loss at iteration 0 | lm loss value: 7.5E+00 | lm loss PPL: 1 |\n"
+        " iteration 10/ 20 | lm loss: 6.0E+00 |\n"
+        " validation loss at iteration 10 | lm loss value: 6.25E+00 | lm loss PPL: 1 |\n"
+        " validation loss at iteration 10 | lm loss value: 6.5E+00 | lm loss PPL: 1 |\n")
+    assert validation_curve(str(log)) == [[0, 7.5], [10, 6.5]]
+    assert validation_curve(str(tmp_path / "missing.log")) == []
+
+
+def test_report_table_and_plots(tmp_path):
+    results = [dict(arm=name, group="baseline", parameters=1.2e6, training_tokens=6.1e5,
+                    training_flops=4.3e12, inference_flops_per_token=2.5e6,
+                    train_seconds=75.0, valid_loss=loss, heldout_loss=None,
+                    curve=[dict(tokens=1e4, flops=1e11, loss=6.0),
+                           dict(tokens=6.1e5, flops=4.3e12, loss=loss)])
+               for name, loss in (("vanilla", 4.6), ("ponderlm2-k1", 4.5))]
+    table = markdown_table(results)
+    assert table.splitlines()[2] == ("| vanilla | 1.2M | 610k | 4.3T | 2.5M | 1m15s | 4.6000 "
+                                     "| 99.48 | - | - |")
+    paths = plot_curves(results, str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == ["valid_loss_vs_tokens.png",
+                                                    "valid_loss_vs_flops.png"]
+    assert all(os.path.getsize(p) > 1000 for p in paths)

@@ -10,6 +10,7 @@ table.md, results.json and two PNGs. Run it again to resume after an interruptio
     python tools/reproduce.py                          # --scale small: 2 CPU cores, ~90 min
     python tools/reproduce.py --arms vanilla ponderlm2-k1 --eval-text notes.txt
     python tools/reproduce.py --scale gpu-70m --data-path /data/pile_text_document \\
+        --valid-data-path /data/pile_val_text_document \\
         --tokenizer-model EleutherAI/gpt-neox-20b --nproc-per-node 8 --jobs 1
 """
 
@@ -55,8 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--data-path", nargs="+", default=None)
     data.add_argument("--split", default="969,30,1")
     data.add_argument("--valid-data-path", default=None,
-                      help="prefix scored for the final validation loss (default: with "
-                           "--data-path, its first prefix)")
+                      help="held-out .bin/.idx prefix scored for the final validation loss "
+                           "(GPU scales; required with --data-path)")
     data.add_argument("--tokenizer-model", default=None)
     data.add_argument("--vocab-size", type=int, default=2048,
                       help="BPE size for the small/long scales (default: %(default)s)")
@@ -66,14 +67,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def data_setup(args, recipe):
     """(data flags, validation prefix, held-out text or None)."""
     if recipe.needs_data:
-        if not args.data_path:
-            raise ValueError(f"--scale {recipe.name} needs --data-path (a Megatron .bin/.idx "
-                             f"prefix) and usually --tokenizer-model")
+        if not args.data_path or not args.valid_data_path:
+            raise ValueError(f"--scale {recipe.name} needs --data-path (Megatron .bin/.idx "
+                             f"prefixes to train on) and --valid-data-path (a held-out prefix "
+                             f"scored at the end), and usually --tokenizer-model")
         flags = ["--data-path", *args.data_path, "--split", args.split]
         if args.tokenizer_model:
             flags += ["--tokenizer-model", args.tokenizer_model]
-        valid = args.valid_data_path or args.data_path[-1]
-        return flags, valid, args.eval_text
+        return flags, args.valid_data_path, args.eval_text
     from megatron_ponder.reproduction.data import prepare_held_out_text, prepare_small_corpus
 
     corpus_dir = os.path.join(REPO_ROOT, "data", "default")

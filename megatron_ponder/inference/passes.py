@@ -132,9 +132,9 @@ def run_ponder_passes(model, input_ids: torch.Tensor, num_latent_thoughts: int,
     if num_latent_thoughts and not model.ponder_config.is_ponderlm2:
         hidden = _baseline_passes(model, input_ids, num_latent_thoughts, token_is_real,
                                   positions, padding, cache)
-        return hidden, PassReport(passes=1 if cache is not None or
-                                  model.ponder_config.ponder_method == "pause"
-                                  else num_latent_thoughts + 1, jacobi_iterations=0)
+        loops = model.ponder_config.ponder_method == "loop"
+        return hidden, PassReport(passes=num_latent_thoughts + 1 if loops else 1,
+                                  jacobi_iterations=0)
     embeddings = model.embed(input_ids)
     schedule_slots = pass_schedule(num_latent_thoughts, schedule.iterations)
     hidden, report = None, PassReport(passes=0, jacobi_iterations=0)

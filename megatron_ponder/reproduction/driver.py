@@ -162,9 +162,9 @@ class Reproduction:
     def write_report(self) -> str:
         results = self.results()
         write_json(os.path.join(self.setup.output_dir, "results.json"), results)
-        table = report.markdown_table(results)
         with open(os.path.join(self.setup.output_dir, "table.md"), "w",
                   encoding="utf-8") as handle:
-            handle.write(table + "\n")
+            handle.write(report.markdown_table(results) + "\n\n")
+            handle.write(report.claims_table(results) + "\n")
         report.plot_curves(results, self.setup.output_dir)
-        return report.plain_table(results)
+        return report.plain_table(results) + "\n\n" + report.claims_table(results)

@@ -49,7 +49,7 @@ def evaluate_checkpoint(load: str, valid_prefix: str, seq_length: int, eval_text
                         batch_size: int = 16) -> dict:
     from megatron_ponder.inference.loading import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(load, device="cpu" if not _has_cuda() else None)
+    model, tokenizer = load_model_and_tokenizer(load)  # on a GPU when there is one
     start = time.time()
     result = {}
     valid = held_out_perplexity(model, valid_prefix, seq_length=seq_length,
@@ -63,12 +63,6 @@ def evaluate_checkpoint(load: str, valid_prefix: str, seq_length: int, eval_text
         result["eval_text"] = os.path.abspath(eval_text)
     result["eval_seconds"] = time.time() - start
     return result
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@ training tokens and against training FLOPs)."""
 
 import math
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 COLUMNS = ("arm", "parameters", "training tokens", "training FLOPs", "inference FLOPs/token",
            "wall time", "valid loss", "valid ppl", "held-out loss", "held-out ppl")
@@ -84,3 +84,53 @@ def plot_curves(results: Sequence[dict], output_dir: str) -> List[str]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+# (claim, arm, compared with): each row says how much lower the arm's final validation loss is.
+CLAIMS = (
+    ("one thought beats vanilla of the same size", "ponderlm2-k1", "vanilla"),
+    ("one thought beats 2x depth (equal inference FLOPs)", "ponderlm2-k1", "vanilla-2x-depth"),
+    ("PonderLM-2 beats Pause", "ponderlm2-k1", "pause-k1"),
+    ("PonderLM-2 beats Loop", "ponderlm2-k1", "loop-k1"),
+    ("PonderLM-2 beats vanilla at equal training FLOPs", "ponderlm2-k1",
+     "vanilla-compute-matched"),
+    ("2x depth beats vanilla (the experiment's power)", "vanilla-2x-depth", "vanilla"),
+    ("two thoughts beat one", "ponderlm2-k2", "ponderlm2-k1"),
+    ("continued: PonderLM-2 beats continuing vanilla", "ponderlm2-k1-continued",
+     "vanilla-continued"),
+    ("cheaper: last 2 passes' gradients only", "ponderlm2-k1-grad2", "ponderlm2-k1"),
+    ("cheaper: first half as K=0", "ponderlm2-k1-warmup", "ponderlm2-k1"),
+)
+SEED_PAIRS = (("vanilla", "vanilla-seed2"), ("ponderlm2-k1", "ponderlm2-k1-seed2"))
+
+
+def seed_spread(results: Sequence[dict]) -> Optional[float]:
+    """The largest final validation loss difference between two seeds of the same arm."""
+    by_arm = {result["arm"]: result for result in results}
+    spreads = [abs(by_arm[a]["valid_loss"] - by_arm[b]["valid_loss"])
+               for a, b in SEED_PAIRS if a in by_arm and b in by_arm]
+    return max(spreads) if spreads else None
+
+
+def claims_table(results: Sequence[dict]) -> str:
+    """Markdown: per claim, the loss gain (compared arm minus arm, positive = the arm is
+    better), the held-out gain, the training-FLOPs ratio, and whether the gain exceeds twice the
+    seed-to-seed spread."""
+    by_arm = {result["arm"]: result for result in results}
+    spread = seed_spread(results)
+    lines = ["| claim | arm vs compared | valid loss gain | held-out gain | training FLOPs "
+             "ratio | beyond 2x seed spread |", "|---|---|---|---|---|---|"]
+    for claim, arm, other in CLAIMS:
+        if arm not in by_arm or other not in by_arm:
+            continue
+        mine, theirs = by_arm[arm], by_arm[other]
+        gain = theirs["valid_loss"] - mine["valid_loss"]
+        held_out = ("-" if mine.get("heldout_loss") is None or theirs.get("heldout_loss") is None
+                    else f"{theirs['heldout_loss'] - mine['heldout_loss']:+.4f}")
+        verdict = "-" if spread is None else ("yes" if abs(gain) > 2 * spread else "no")
+        lines.append(f"| {claim} | {arm} vs {other} | {gain:+.4f} | {held_out} | "
+                     f"{mine['training_flops'] / theirs['training_flops']:.2f}x | {verdict} |")
+    if spread is not None:
+        lines.append(f"\nSeed-to-seed spread (largest of vanilla and PonderLM-2 K=1): "
+                     f"{spread:.4f} nats.")
+    return "\n".join(lines)

@@ -128,3 +128,21 @@ def test_report_table_and_plots(tmp_path):
     assert [os.path.basename(p) for p in paths] == ["valid_loss_vs_tokens.png",
                                                     "valid_loss_vs_flops.png"]
     assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+def test_claims_table_states_gains_against_the_seed_spread():
+    from megatron_ponder.reproduction.report import claims_table, seed_spread
+
+    def row(arm, loss, flops=1.0):
+        return dict(arm=arm, valid_loss=loss, heldout_loss=loss + 1, training_flops=flops)
+
+    results = [row("vanilla", 4.60), row("vanilla-seed2", 4.61), row("vanilla-2x-depth", 4.50),
+               row("ponderlm2-k1", 4.59, 8.0), row("ponderlm2-k1-seed2", 4.58, 8.0)]
+    assert seed_spread(results) == pytest.approx(0.01)
+    lines = claims_table(results).splitlines()
+    assert lines[2] == ("| one thought beats vanilla of the same size | ponderlm2-k1 vs vanilla "
+                        "| +0.0100 | +0.0100 | 8.00x | no |")
+    assert lines[3].endswith("| -0.0900 | -0.0900 | 8.00x | yes |")
+    assert any(line.startswith("| 2x depth beats vanilla") and "+0.1000" in line
+               for line in lines)
+    assert not any("Pause" in line for line in lines)  # arms that did not run are left out

@@ -20,8 +20,8 @@ from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.model.layer_specs import block_submodules
 from megatron_ponder.model.baselines import loop_forward, pause_forward
+from megatron_ponder.model.layer_specs import block_submodules
 from megatron_ponder.model.ponder import ponder_forward
 from megatron_ponder.model.rotary import RotaryAngles
 

@@ -20,9 +20,8 @@ truncated gradient, and no backward (nor saved activations) for the early passes
 import contextlib
 from typing import List, Optional, Sequence
 
-import torch
-
 import numpy as np
+import torch
 
 from megatron_ponder.ops import splice
 

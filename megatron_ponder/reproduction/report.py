@@ -63,7 +63,8 @@ def plot_curves(results: Sequence[dict], output_dir: str) -> List[str]:
                               "valid_loss_vs_flops.png")):
         fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
         for index, result in enumerate(results):
-            curve = result.get("curve") or []
+            # Log x axis: the iteration-0 point (no tokens, no FLOPs) cannot be drawn.
+            curve = [point for point in result.get("curve") or [] if point[key] > 0]
             if not curve:
                 continue
             xs = [point[key] for point in curve]

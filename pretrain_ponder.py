@@ -12,8 +12,17 @@ import warnings
 # megatron-core says this once per import site; the fallbacks are expected without TE/apex.
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
+import os
+import sys
+
 from megatron_ponder.training.arguments import parse_args
+from megatron_ponder.training.exit import FatalRunError
 from megatron_ponder.training.trainer import pretrain
 
 if __name__ == "__main__":  # dist_checkpointing starts helper processes: keep the guard
-    pretrain(parse_args())
+    try:
+        pretrain(parse_args())
+    except FatalRunError as error:  # one line (on rank 0), not a traceback from every rank
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)

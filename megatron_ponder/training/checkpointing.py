@@ -17,7 +17,7 @@ import json
 import os
 import random
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -25,21 +25,40 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from megatron_ponder.training.exit import FatalRunError
+from megatron_ponder.training.integrity import (MANIFEST_FILE, check_pickles, has_manifest,
+                                               verify_checkpoint, write_manifest)
 from megatron_ponder.training.optimizer_state import (
     DP_RESHARDABLE, FULLY_RESHARDABLE, keep_adam_step_on_reshardable_load,
     materialize_adam_state, optimizer_metadata, prime_distributed_optimizer,
     restore_adam_steps, restore_zero_common_step, uses_distributed_optimizer)
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+MANIFEST_CHECKPOINT_VERSION = 2  # checkpoints from this version on always have a manifest
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(FatalRunError):
+    """A checkpoint that cannot be loaded; the message is one line saying which and why."""
 
 
 def checkpoint_dir(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def saved_iterations(root: str) -> List[int]:
+    """Iterations with a directory under ``root`` (complete or not), newest first."""
+    if not os.path.isdir(root):
+        return []
+    found = [int(name[5:]) for name in os.listdir(root)
+             if name.startswith("iter_") and name[5:].isdigit()
+             and os.path.isdir(os.path.join(root, name))]
+    return sorted(found, reverse=True)
+
+
+def _log(message: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(message, flush=True)
 
 
 def read_latest_iteration(root: str) -> Optional[int]:
@@ -127,11 +146,14 @@ class AsyncCheckpointWriter:
 
 
 def _save(root: str, iteration: int, state: Dict[str, Any],
-          async_writer: Optional[AsyncCheckpointWriter] = None) -> str:
+          async_writer: Optional[AsyncCheckpointWriter] = None,
+          retain: Optional[int] = None) -> str:
     """Write ``state`` (plus the fields every checkpoint has) as iteration ``iteration`` and,
-    only once every rank has finished, point the tracker file at it (with ``async_writer``:
-    when the writer's ``poll`` finds the background save complete on every rank)."""
+    only once every rank has finished, write its manifest and point the tracker file at it
+    (with ``async_writer``: when the writer's ``poll`` finds the background save complete on
+    every rank); then, with ``retain``, delete all but the newest ``retain`` checkpoints."""
     path = checkpoint_dir(root, iteration)
+    _VERIFIED_IN_THIS_PROCESS.discard(path)
     if dist.get_rank() == 0:
         # A directory here that the tracker does not name is an interrupted save: replace it.
         if os.path.isdir(path):
@@ -143,8 +165,11 @@ def _save(root: str, iteration: int, state: Dict[str, Any],
 
     def point_tracker_at_it():
         dist.barrier()
+        write_manifest(path)  # collective: the files are split over the ranks
         if dist.get_rank() == 0:
             _write_tracker_atomically(root, iteration)
+            if retain:
+                _apply_retention(root, iteration, retain)
         dist.barrier()
 
     if async_writer is None:
@@ -157,13 +182,31 @@ def _save(root: str, iteration: int, state: Dict[str, Any],
     return path
 
 
+def _apply_retention(root: str, newest: int, retain: int) -> None:
+    """--save-retain: keep the ``retain`` newest checkpoints up to ``newest`` (which has just
+    been completed, so the newest complete one is never deleted). Directories past ``newest``
+    (damaged ones a resumed run fell back from) are left for the run to overwrite."""
+    problem = check_pickles(checkpoint_dir(root, newest))
+    if problem is not None:  # the new one does not read back: keep the older ones
+        _log(f"not applying --save-retain: the new checkpoint does not read back: {problem}")
+        return
+    older = [i for i in saved_iterations(root) if i <= newest][retain:]
+    for iteration in older:
+        shutil.rmtree(checkpoint_dir(root, iteration), ignore_errors=True)
+    if older:
+        _log(f"--save-retain {retain}: deleted checkpoints at iterations "
+             f"{', '.join(map(str, sorted(older)))}")
+
+
 def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
                     consumed_samples: int, config, optim_fully_reshardable: bool = False,
-                    async_writer: Optional[AsyncCheckpointWriter] = None) -> str:
+                    async_writer: Optional[AsyncCheckpointWriter] = None,
+                    retain: Optional[int] = None) -> str:
     """Model, optimizer, scheduler, RNG, progress and config: everything a resume needs.
 
     ``optim_fully_reshardable`` picks the distributed optimizer's format (see FULLY_RESHARDABLE);
-    with ``async_writer`` the files are written in the background (see AsyncCheckpointWriter).
+    with ``async_writer`` the files are written in the background (see AsyncCheckpointWriter);
+    ``retain``: keep only that many newest checkpoints (--save-retain).
     """
     materialize_adam_state(optimizer)
     sharding_type = FULLY_RESHARDABLE if optim_fully_reshardable else DP_RESHARDABLE
@@ -178,7 +221,7 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
         "rng_state": _rng_sharded_object(_rng_state()),
         "consumed_samples": consumed_samples,
         "config": config_to_json(config),
-    }, async_writer)
+    }, async_writer, retain)
 
 
 def save_model_only_checkpoint(root: str, model, config, iteration: int = 0) -> str:
@@ -193,6 +236,102 @@ def _layout() -> Dict[str, int]:
             "pp": parallel_state.get_pipeline_model_parallel_world_size()}
 
 
+def _verified(root: str, iteration: int) -> Optional[str]:
+    """Collective: None if the checkpoint is complete and intact (or, saved before manifests
+    existed, at least present), else one line naming the file and the problem."""
+    path = checkpoint_dir(root, iteration)
+    if not os.path.isdir(path):
+        return f"{path}: missing"
+    if path in _VERIFIED_IN_THIS_PROCESS:  # e.g. read_checkpoint_config, then load_checkpoint
+        return None
+    problem = verify_checkpoint(path)
+    if problem is None and not has_manifest(path):
+        # Saved before manifests existed (version 1), or its manifest was lost.
+        common = torch.load(os.path.join(path, "common.pt"), map_location="cpu",
+                            weights_only=True)  # check_pickles loaded it already
+        if common.get("checkpoint_version", 1) >= MANIFEST_CHECKPOINT_VERSION:
+            problem = f"{os.path.join(path, MANIFEST_FILE)}: missing"
+    if problem is None:
+        _VERIFIED_IN_THIS_PROCESS.add(path)
+    return problem
+
+
+_VERIFIED_IN_THIS_PROCESS: set = set()
+
+
+def find_checkpoint(root: str, iteration: Optional[int] = None) -> Optional[int]:
+    """Collective (every rank gets the same answer): the iteration to load from ``root``.
+
+    With ``iteration`` (--ckpt-step) that checkpoint or a CheckpointError of one line. Else the
+    one the tracker names, or, if it is damaged or incomplete, the newest older one that is
+    intact (each damaged one reported in one line, the fallback logged). Without a tracker
+    (deleted) the newest checkpoint with an intact manifest. None when ``root`` holds nothing.
+    """
+    if iteration is not None:
+        path = checkpoint_dir(root, iteration)
+        if not os.path.isdir(path):
+            saved = [f"iter_{i:07d}" for i in sorted(saved_iterations(root))]
+            raise CheckpointError(f"no checkpoint for iteration {iteration} ({path}); "
+                                  f"{root} holds: {', '.join(saved) or 'none'}")
+        problem = _verified(root, iteration)
+        if problem is not None:
+            raise CheckpointError(f"checkpoint at iteration {iteration} is damaged: {problem}")
+        _note_unverified(path)
+        return iteration
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        try:
+            latest, tracker_problem = read_latest_iteration(root), None
+        except CheckpointError as exc:
+            latest, tracker_problem = None, str(exc)
+        saved = saved_iterations(root)
+        with_manifest = [i for i in saved if has_manifest(checkpoint_dir(root, i))]
+        plan = (latest, tracker_problem, saved, with_manifest)
+    else:
+        plan = None
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [plan]
+        dist.broadcast_object_list(box, src=0)
+        plan = box[0]
+    latest, tracker_problem, saved, with_manifest = plan
+    if latest is None:
+        if not saved:
+            return None
+        if not with_manifest:
+            raise CheckpointError(
+                f"{root} holds {len(saved)} checkpoint directories but "
+                f"{tracker_problem or f'no {TRACKER_FILE}'}, and none has a manifest to show it "
+                f"is complete: pick one with --ckpt-step")
+        _log(f"{tracker_problem or f'{os.path.join(root, TRACKER_FILE)} is missing'}: "
+             f"looking for the newest complete checkpoint in {root}")
+        candidates = with_manifest
+    else:
+        # Directories past the tracker are interrupted saves; older ones were complete.
+        candidates = [latest] + [i for i in saved if i < latest]
+    for position, candidate in enumerate(candidates):
+        problem = _verified(root, candidate)
+        if problem is not None:
+            _log(f"checkpoint at iteration {candidate} is damaged: {problem}")
+            continue
+        if position > 0:
+            _log(f"falling back to the checkpoint at iteration {candidate}: the newest complete "
+                 f"one (the newer ones are damaged, see above)")
+        _note_unverified(checkpoint_dir(root, candidate))
+        return candidate
+    raise CheckpointError(f"no intact checkpoint in {root}: every one is damaged (see above)")
+
+
+def _note_unverified(path: str) -> None:
+    if not has_manifest(path):
+        _log(f"{path} has no manifest (saved before checkpoint manifests existed): loading it "
+             f"unverified")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: bool = True,
                     iteration: Optional[int] = None,
                     ddp_model=None) -> Optional[Dict[str, Any]]:
@@ -204,20 +343,14 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
     Returns ``{"iteration", "consumed_samples", "config"}`` or None when ``root`` holds no
     checkpoint yet (a fresh run with --load == --save).
     """
-    explicit = iteration is not None
+    iteration = find_checkpoint(root, iteration)
     if iteration is None:
-        iteration = read_latest_iteration(root)
-        if iteration is None:
-            return None
+        return None
     path = checkpoint_dir(root, iteration)
-    if not os.path.isdir(path):
-        if explicit:
-            saved = sorted(name for name in os.listdir(root) if name.startswith("iter_")) \
-                if os.path.isdir(root) else []
-            raise CheckpointError(f"no checkpoint for iteration {iteration} ({path}); "
-                                  f"{root} holds: {', '.join(saved) or 'none'}")
-        raise CheckpointError(f"checkpoint {path} named by {TRACKER_FILE} does not exist")
-    common = dist_checkpointing.load_common_state_dict(path)
+    try:
+        common = dist_checkpointing.load_common_state_dict(path)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be read ({_first_line(exc)})") from exc
     if optimizer is not None and not common.get("has_optimizer", True):
         raise CheckpointError(
             f"{path} holds model weights only (converted from Hugging Face?): resume it with "
@@ -250,7 +383,12 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
             model_state, is_loading=True, metadata=optimizer_metadata(optimizer, sharding_type))
     if load_rng and same_layout:
         request["rng_state"] = _rng_sharded_object(_rng_state())
-    loaded = dist_checkpointing.load(request, path)
+    try:
+        loaded = dist_checkpointing.load(request, path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a damaged checkpoint saved before manifests existed
+        raise CheckpointError(f"{path}: cannot be loaded ({_first_line(exc)})") from exc
     # Copies into parameters (and the distributed optimizer's views of them) are not training.
     with torch.no_grad():
         model.load_state_dict(loaded["model"])

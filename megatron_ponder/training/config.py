@@ -80,6 +80,13 @@ class TrainConfig:
         None, "stop (saving first, with --save) once the job has run this many minutes")
     exit_signal_handler: bool = _opt(
         False, "on SIGTERM finish the iteration, save (with --save) and stop")
+    check_for_nan_in_loss_and_grad: bool = _opt(
+        True, "check every step for NaN/inf in the loss and the gradients on every rank; a bad "
+        "step is skipped (no optimizer or learning-rate update) and logged (with --fp16 only "
+        "the loss is checked: overflowing gradients are the loss scaler's)")
+    max_consecutive_nan_steps: int = _opt(
+        10, "stop the run (exit status 1, no checkpoint written) after this many consecutive "
+        "steps with NaN/inf; 0 = never stop")
 
 
 @dataclass
@@ -91,6 +98,9 @@ class CheckpointConfig:
     ckpt_step: Optional[int] = _opt(None, "load this iteration's checkpoint from --load instead "
                                     "of the latest (e.g. to roll back before a loss spike)")
     save_interval: Optional[int] = _opt(None, "save every N iterations (and at the end)")
+    save_retain: Optional[int] = _opt(
+        None, "keep only the newest N checkpoints in --save (older ones are deleted once a new "
+        "one is complete; default: keep all)")
     no_load_optim: bool = _opt(False, "do not load optimizer state when resuming")
     no_load_rng: bool = _opt(False, "do not load RNG states when resuming")
     finetune: bool = _opt(False, "load model weights only and start at iteration 0")

@@ -23,7 +23,7 @@ from megatron_ponder.model.build import build_model
 from megatron_ponder.parallel.state import ensure_single_process_parallel_state
 from megatron_ponder.tokenizer import HuggingFaceTokenizer, TokenizerSpec, build_tokenizer
 from megatron_ponder.training.checkpointing import CheckpointError, checkpoint_dir, \
-    load_checkpoint, read_latest_iteration, save_model_only_checkpoint
+    find_checkpoint, load_checkpoint, save_model_only_checkpoint
 from megatron_ponder.training.config import PretrainConfig, TokenizerConfig
 
 
@@ -37,7 +37,7 @@ def read_checkpoint_config(root: str, iteration: Optional[int] = None) -> dict:
     """The run config stored in a checkpoint (a plain dict of config sections)."""
     from megatron.core import dist_checkpointing
 
-    iteration = read_latest_iteration(root) if iteration is None else iteration
+    iteration = find_checkpoint(root, iteration)  # verified; a damaged newest: the fallback
     if iteration is None:
         raise CheckpointError(f"no checkpoint in {root!r} (no latest_checkpointed_iteration.txt)")
     common = dist_checkpointing.load_common_state_dict(checkpoint_dir(root, iteration))

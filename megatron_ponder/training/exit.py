@@ -18,6 +18,12 @@ import torch.distributed as dist
 from megatron_ponder.parallel.state import default_device
 
 
+class FatalRunError(RuntimeError):
+    """The run cannot go on, for a reason its message states in one line (a damaged
+    checkpoint, too many non-finite steps): pretrain_ponder.py prints that line on rank 0 and
+    exits with status 1, without a traceback on every rank."""
+
+
 class ExitPolicy:
     """Usage: ``with ExitPolicy(...) as policy:`` around the loop, ``policy.reason(it)`` after
     every iteration (a collective when duration or signal is watched)."""

@@ -102,17 +102,18 @@ class TrainingLogger:
         self.steps = 0
 
     def record_step(self, seconds: float, flops: float, loss: Optional[float],
-                    jacobi: List[int], skipped: bool) -> None:
+                    jacobi: List[int], skipped: bool, nan: bool = False) -> None:
+        """``nan``: the step was skipped for NaN/inf in its loss or gradients (on any rank);
+        counted, like a non-finite loss, as a nan iteration and left out of the mean loss."""
         self.steps += 1
         self.seconds += seconds
         self.flops += flops
         self.jacobi.extend(jacobi)
         self.skipped += int(skipped)
-        if loss is not None:
-            if math.isfinite(loss):
-                self.losses.append(loss)
-            else:
-                self.nan += 1
+        if nan or (loss is not None and not math.isfinite(loss)):
+            self.nan += 1
+        elif loss is not None:
+            self.losses.append(loss)
 
     def is_log_iteration(self, iteration: int) -> bool:
         return iteration % self.log_interval == 0 or iteration == self.train_iters

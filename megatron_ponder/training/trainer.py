@@ -25,7 +25,7 @@ from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
 from megatron_ponder.training.checkpointing import (AsyncCheckpointWriter, config_to_json,
                                                    load_checkpoint, save_checkpoint)
 from megatron_ponder.training.config import PretrainConfig, TrainConfig
-from megatron_ponder.training.exit import ExitPolicy
+from megatron_ponder.training.exit import ExitPolicy, FatalRunError
 from megatron_ponder.training.flops import step_flops
 from megatron_ponder.training.initialize import initialize_distributed, shutdown
 from megatron_ponder.training.logger import TrainingLogger, WandbSettings
@@ -42,7 +42,10 @@ class TrainingResult:
     """Token-mean training loss of every iteration run in this process."""
     grad_norms: List[Optional[float]] = field(default_factory=list)
     skipped: List[bool] = field(default_factory=list)
-    """Per iteration: whether the update was skipped (an fp16 overflow)."""
+    """Per iteration: whether the update was skipped (an fp16 overflow, or NaN/inf)."""
+    nan_iterations: List[int] = field(default_factory=list)
+    """Iterations skipped because of NaN/inf in the loss or gradients
+    (--check-for-nan-in-loss-and-grad)."""
     loss_scales: List[float] = field(default_factory=list)
     """Per iteration: the loss scale after its step (1.0 unless --fp16)."""
     params_norms: List[Tuple[int, float]] = field(default_factory=list)
@@ -51,6 +54,10 @@ class TrainingResult:
     """(iteration, validation loss) of every evaluation."""
     exit_reason: Optional[str] = None
     """Why the run stopped before --train-iters (--exit-interval/-duration/-signal), else None."""
+
+
+class NumericalFaultError(FatalRunError):
+    """Too many consecutive steps with NaN/inf (--max-consecutive-nan-steps)."""
 
 
 def print_rank_0(message: str) -> None:
@@ -88,6 +95,8 @@ class Trainer:
         self.forward_step = PonderForwardStep(config.ponder, train.seed)
         self.iteration = 0
         self.consumed_samples = 0
+        self.non_finite: Optional[str] = None
+        """What NaN/inf the last train_step found (and skipped for), else None."""
         self.result = TrainingResult()
         self.async_writer = AsyncCheckpointWriter() if config.checkpoint.async_save else None
         logging = config.logging
@@ -233,9 +242,45 @@ class Trainer:
         return grad_norm, not update_successful
 
     def train_step(self, data_iterator):
+        """One step: (loss, grad norm, skipped). With --check-for-nan-in-loss-and-grad a step
+        with NaN/inf anywhere is skipped before the optimizer and ``self.non_finite`` says
+        what was found (else None)."""
         reports = self.compute_gradients(data_iterator)
+        self.non_finite = None
+        if self.config.train.check_for_nan_in_loss_and_grad:
+            self.non_finite = self.find_non_finite(reports)
+            if self.non_finite is not None:  # no optimizer step, no scheduler step
+                return reduce_reported_loss(reports), None, True
         grad_norm, skipped = self.apply_update()
         return reduce_reported_loss(reports), grad_norm, skipped
+
+    def find_non_finite(self, reports: List[dict]) -> Optional[str]:
+        """Collective over all ranks: None if the loss of every micro-batch and every gradient
+        is finite on every rank, else what was found where ("NaN/inf in the gradients on rank
+        1"), the same on every rank. Gradients are not checked with --fp16: overflows there
+        are the dynamic loss scaler's to handle (it skips the step and lowers the scale)."""
+        local = torch.zeros(2, dtype=torch.float32, device=default_device())
+        for report in reports:
+            if not torch.isfinite(report["lm loss"]).all():
+                local[0] = 1
+        if not self.config.model.fp16:
+            for buffer in self.model.buffers + self.model.expert_parallel_buffers:
+                if not torch.isfinite(buffer.grad_data).all():
+                    local[1] = 1
+                    break
+        found = local.clone()
+        dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        if not found.any():
+            return None
+        flags = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(flags, local)
+        parts = []
+        for index, what in enumerate(("the loss", "the gradients")):
+            ranks = [rank for rank, flag in enumerate(flags) if flag[index]]
+            if ranks:
+                parts.append(f"{what} on rank{'s' if len(ranks) > 1 else ''} "
+                             f"{', '.join(map(str, ranks))}")
+        return "NaN/inf in " + " and ".join(parts)
 
     def evaluate(self) -> Optional[float]:
         """Mean validation loss over ``eval_iters`` global batches, always the same batches
@@ -269,7 +314,7 @@ class Trainer:
         path = save_checkpoint(ckpt.save, self.iteration, self.model.module, self.optimizer,
                                self.scheduler, self.consumed_samples, self.config,
                                optim_fully_reshardable=ckpt.dist_ckpt_optim_fully_reshardable,
-                               async_writer=self.async_writer)
+                               async_writer=self.async_writer, retain=ckpt.save_retain)
         print_rank_0(f"{'started saving' if self.async_writer else 'saved'} checkpoint at "
                      f"iteration {self.iteration} to {path}")
 
@@ -310,6 +355,7 @@ class Trainer:
         cfg = self.config
         train, logging, ckpt = cfg.train, cfg.logging, cfg.checkpoint
         first_iteration = self.iteration
+        consecutive_nan = 0
         while self.iteration < train.train_iters:
             step = self.iteration - first_iteration
             self.profiler.step_begin(step)
@@ -327,10 +373,17 @@ class Trainer:
             self.result.loss_scales.append(loss_scale)
             self.iteration += 1
             self.consumed_samples += train.global_batch_size
+            non_finite = self.non_finite
+            consecutive_nan = consecutive_nan + 1 if non_finite else 0
+            if non_finite:
+                self.result.nan_iterations.append(self.iteration)
+                print_rank_0(f"iteration {self.iteration}: {non_finite}: step skipped (no "
+                             f"optimizer or learning-rate update; {consecutive_nan} in a row)")
             flops = step_flops(cfg.model, cfg.ponder, cfg.data.seq_length,
                                train.micro_batch_size, jacobi,
                                num_latent_thoughts=cfg.ponder.thoughts_at(self.iteration - 1))
-            self.logger.record_step(seconds, flops, loss, jacobi, skipped)
+            self.logger.record_step(seconds, flops, loss, jacobi,
+                                    skipped and not non_finite, nan=bool(non_finite))
             params_norm = None
             if logging.log_params_norm and self.logger.is_log_iteration(self.iteration):
                 params_norm = params_l2_norm(self.model.module)
@@ -338,6 +391,14 @@ class Trainer:
             self.logger.maybe_log(self.iteration, self.consumed_samples,
                                   self.optimizer.param_groups[0]["lr"], grad_norm, loss_scale,
                                   params_norm)
+            if train.max_consecutive_nan_steps and \
+                    consecutive_nan >= train.max_consecutive_nan_steps:
+                raise NumericalFaultError(
+                    f"stopping after iteration {self.iteration}: {consecutive_nan} consecutive "
+                    f"steps with NaN/inf (--max-consecutive-nan-steps "
+                    f"{train.max_consecutive_nan_steps}), the last {non_finite}; no checkpoint "
+                    f"was written for them: resume from the last one (--ckpt-step to go "
+                    f"further back)")
             done = self.iteration == train.train_iters
             if logging.eval_interval and (self.iteration % logging.eval_interval == 0 or done):
                 self._validate_and_log()

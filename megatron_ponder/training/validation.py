@@ -57,6 +57,11 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
          "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler exclude each "
          "other: pick one")
     need(optim.loss_scale is None or optim.loss_scale > 0, "--loss-scale must be > 0")
+    need(config.checkpoint.save_retain is None or config.checkpoint.save_retain >= 1,
+         "--save-retain must be >= 1 (it keeps the newest N checkpoints)")
+    need(config.checkpoint.save_retain is None or config.checkpoint.save,
+         "--save-retain needs --save")
+    need(train.max_consecutive_nan_steps >= 0, "--max-consecutive-nan-steps must be >= 0")
     need(optim.initial_loss_scale > 0 and optim.min_loss_scale > 0,
          "--initial-loss-scale and --min-loss-scale must be > 0")
     need(optim.loss_scale_window >= 1 and optim.hysteresis >= 1,

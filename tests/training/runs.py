@@ -54,3 +54,37 @@ def convert(direction, source, target):
     if direction == "to-hf":
         return checkpoint_to_hf(source, target)
     return hf_to_checkpoint(source, target)
+
+
+def pretrain_with_nan(flags, injections):
+    """``pretrain_from_flags`` with NaN injected after the backward of chosen steps:
+    ``injections`` maps a 1-based iteration to (rank, "loss" or "grad"). A "grad" injection
+    poisons one gradient on that rank after the data-parallel reduction, so only that rank
+    sees it unless the check communicates. Returns the result, or on FatalRunError
+    ``{"error": message, **result so far}``."""
+    import dataclasses
+
+    import torch.distributed as dist
+
+    from megatron_ponder.training.exit import FatalRunError
+    from megatron_ponder.training.trainer import Trainer
+
+    real = Trainer.compute_gradients
+    trainers = []
+
+    def compute_gradients(self, data_iterator):
+        trainers[:] = [self]
+        reports = real(self, data_iterator)
+        rank, what = injections.get(self.iteration + 1, (None, None))
+        if dist.get_rank() == rank:
+            if what == "grad":
+                self.model.buffers[0].grad_data[0] = float("nan")
+            elif reports:
+                reports[0]["lm loss"][0] = float("inf")
+        return reports
+
+    Trainer.compute_gradients = compute_gradients
+    try:
+        return pretrain_from_flags(flags)
+    except FatalRunError as error:
+        return {"error": str(error), **dataclasses.asdict(trainers[0].result)}

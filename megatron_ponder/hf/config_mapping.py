@@ -12,8 +12,7 @@ from megatron_ponder.config import RANDOM_JACOBI_RECIPES, ModelConfig, PonderCon
 HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "GPTNeoXForCausalLM": "gpt_neox"}
 NATIVE_MODEL_TYPE = "ponderlm2"
 """model_type of the transformers-native format (hf/remote/*_ponderlm2.py)."""
-NATIVE_ARCHITECTURES = {"llama": "PonderLM2LlamaForCausalLM",
-                        "gpt_neox": "PonderLM2GPTNeoXForCausalLM"}
+NATIVE_ARCHITECTURE = "PonderLM2ForCausalLM"
 NATIVE_CONFIG_CLASS = "configuration_ponderlm2.PonderLM2Config"
 PONDER_OVERRIDES = ("num_latent_thoughts", "jacobi_iterations", "vanilla", "scale_embeds")
 
@@ -199,7 +198,7 @@ def native_config_from(model: ModelConfig, ponder: PonderConfig) -> Dict[str, An
     """config.json of the transformers-native format (``PonderLM2Config``): its own model_type
     and architecture names, and ``auto_map`` to the modeling files next to the weights."""
     official = hf_config_from(model, ponder)
-    architecture = NATIVE_ARCHITECTURES[model.arch]
+    architecture = NATIVE_ARCHITECTURE
     config = dict(
         model_type=NATIVE_MODEL_TYPE, arch=model.arch, architectures=[architecture],
         auto_map={"AutoConfig": NATIVE_CONFIG_CLASS,

@@ -4,8 +4,8 @@ Two layouts, both with ``model.safetensors`` under the parameter names of transf
 ``LlamaForCausalLM`` / ``GPTNeoXForCausalLM``:
 
 * ``"transformers"`` (default): the transformers-native format. ``config.json`` has
-  ``model_type: ponderlm2``, the architecture ``PonderLM2LlamaForCausalLM`` /
-  ``PonderLM2GPTNeoXForCausalLM`` and an ``auto_map`` to ``configuration_ponderlm2.py`` and
+  ``model_type: ponderlm2``, the architecture ``PonderLM2ForCausalLM`` (``arch``: llama or
+  gpt_neox) and an ``auto_map`` to ``configuration_ponderlm2.py`` and
   ``modeling_ponderlm2.py``, copied next to the weights (``hf/remote/``), so that
   ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` runs the real
   PonderLM-2 forward and generation, and loading without trust_remote_code raises. Also
@@ -144,5 +144,6 @@ def _write_tokenizer_configs(folder: str, special: dict) -> None:
     tokens = {f"{name}_token": token for name, (token, _) in special.items()}
     _write_json(os.path.join(folder, "tokenizer_config.json"),
                 dict(tokens, tokenizer_class="PreTrainedTokenizerFast",
+                     model_input_names=["input_ids", "attention_mask"],
                      clean_up_tokenization_spaces=False))
     _write_json(os.path.join(folder, "special_tokens_map.json"), tokens)

@@ -73,9 +73,9 @@ def test_logits_equal_ours(exported, arch, k):
     model, folder = exported(arch, k)
     hf = _load(folder)
     assert isinstance(hf, transformers.PreTrainedModel)
-    assert type(hf).__name__ == ("PonderLM2LlamaForCausalLM" if arch == "llama"
-                                 else "PonderLM2GPTNeoXForCausalLM")
+    assert type(hf).__name__ == "PonderLM2ForCausalLM"
     assert hf.config.model_type == "ponderlm2" and hf.config.thoughts == k
+    assert hf.config.arch == arch
     ids = _ids()
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding
@@ -113,9 +113,8 @@ def test_loading_without_trust_remote_code_raises(exported):
     with open(os.path.join(folder, "config.json")) as f:
         config = json.load(f)
     assert config["model_type"] == "ponderlm2"
-    assert config["architectures"] == ["PonderLM2LlamaForCausalLM"]
-    assert config["auto_map"]["AutoModelForCausalLM"] == \
-        "modeling_ponderlm2.PonderLM2LlamaForCausalLM"
+    assert config["architectures"] == ["PonderLM2ForCausalLM"] and config["arch"] == "llama"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_ponderlm2.PonderLM2ForCausalLM"
     assert os.path.isfile(os.path.join(folder, "generation_config.json"))
 
 
@@ -239,6 +238,8 @@ def test_dtype_and_tokenizer_files(tmp_path):
     assert hf.dtype == torch.bfloat16
     hf32 = _load(folder, dtype=torch.float32)
     assert hf32.dtype == torch.float32
+    inputs = auto_tokenizer("w1 w2 w3", return_tensors="pt")  # the README's five lines
+    assert hf32.generate(**inputs, max_new_tokens=3).shape == (1, 6)
     generator = transformers.pipeline("text-generation", model=hf32, tokenizer=auto_tokenizer)
     text = generator("w1 w2 w3", max_new_tokens=4, do_sample=False)[0]["generated_text"]
     assert text.startswith("w1 w2 w3") and len(text.split()) > 3
@@ -267,3 +268,28 @@ def test_modeling_files_need_only_torch_and_transformers(exported, tmp_path):
     result = subprocess.run([sys.executable, "-c", _STANDALONE, folder], cwd=str(tmp_path),
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_official_to_hf(tmp_path, arch):
+    """Both parametrizations write folders named "native": transformers then shares one
+    dynamic module (and registered class) between the two architectures."""
+    from tests.tools.conftest import load_tool
+
+    model = _model(arch, 2)
+    official = save_pretrained(model, str(tmp_path / "official"), format="official",
+                               dtype=torch.bfloat16)
+    with open(os.path.join(official, "config.json")) as f:
+        assert json.load(f)["model_type"] == arch  # the old layout, loaded by stock classes
+    output = str(tmp_path / "native")
+    assert load_tool("convert_checkpoint").main(["official-to-hf", "--input", official,
+                                                 "--output", output]) == 0
+    hf = _load(output)
+    assert hf.config.model_type == "ponderlm2" and hf.dtype == torch.bfloat16
+    reference = from_pretrained(official)  # float32 of the same bf16 weights
+    ids = _ids()
+    with torch.no_grad():
+        torch.testing.assert_close(_load(output, dtype=torch.float32)(ids).logits,
+                                   reference(ids).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(from_pretrained(output)(ids).logits, reference(ids).logits,
+                                   atol=0, rtol=0)

@@ -356,20 +356,19 @@ def _default_tolerance(dtype: torch.dtype) -> float:
 
 
 class PonderLM2ForCausalLM(PonderLM2PreTrainedModel, GenerationMixin):
-    """Shared implementation; the exported folders name ``PonderLM2LlamaForCausalLM`` or
-    ``PonderLM2GPTNeoXForCausalLM``, whose parameter names are those of transformers'
-    ``LlamaForCausalLM`` / ``GPTNeoXForCausalLM`` (plus ``pause_embedding`` for Pause)."""
+    """PonderLM-2 with a language-model head, for both architectures. Parameter names are
+    those of transformers' ``LlamaForCausalLM`` (``model.*``, ``lm_head``) or
+    ``GPTNeoXForCausalLM`` (``gpt_neox.*``, ``embed_out``), plus ``pause_embedding`` for the
+    Pause baseline, so the weights file is the same as the official release layout's."""
 
-    _base_name, _head_name = "model", "lm_head"
+    base_model_prefix = "model"
 
     def __init__(self, config: PonderLM2Config):
         super().__init__(config)
-        expected = "gpt_neox" if self._base_name == "gpt_neox" else "llama"
-        if type(self) is not PonderLM2ForCausalLM and config.arch != expected:
-            raise ValueError(f"{type(self).__name__} needs arch={expected!r}, got "
-                             f"{config.arch!r}")
-        if type(self) is PonderLM2ForCausalLM and config.arch == "gpt_neox":
-            self._base_name, self._head_name = "gpt_neox", "embed_out"
+        neox = config.arch == "gpt_neox"
+        self._base_name, self._head_name = ("gpt_neox", "embed_out") if neox \
+            else ("model", "lm_head")
+        self.base_model_prefix = self._base_name
         setattr(self, self._base_name, PonderLM2Model(config))
         setattr(self, self._head_name,
                 nn.Linear(config.hidden_size, config.vocab_size, bias=False))
@@ -613,12 +612,3 @@ class PonderLM2ForCausalLM(PonderLM2PreTrainedModel, GenerationMixin):
         model_kwargs["ponder_cache"] = getattr(outputs, "ponder_cache", None)
         return model_kwargs
 
-
-class PonderLM2LlamaForCausalLM(PonderLM2ForCausalLM):
-    base_model_prefix = "model"
-    _base_name, _head_name = "model", "lm_head"
-
-
-class PonderLM2GPTNeoXForCausalLM(PonderLM2ForCausalLM):
-    base_model_prefix = "gpt_neox"
-    _base_name, _head_name = "gpt_neox", "embed_out"

@@ -10,6 +10,10 @@ from typing import Any, Dict, Optional, Tuple
 from megatron_ponder.config import RANDOM_JACOBI_RECIPES, ModelConfig, PonderConfig
 
 HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "GPTNeoXForCausalLM": "gpt_neox"}
+NATIVE_MODEL_TYPE = "ponderlm2"
+"""model_type of the transformers-native format (hf/remote/*_ponderlm2.py)."""
+NATIVE_ARCHITECTURE = "PonderLM2ForCausalLM"
+NATIVE_CONFIG_CLASS = "configuration_ponderlm2.PonderLM2Config"
 PONDER_OVERRIDES = ("num_latent_thoughts", "jacobi_iterations", "vanilla", "scale_embeds")
 
 
@@ -17,7 +21,39 @@ class UnsupportedConfigError(ValueError):
     """The config asks for something this project does not implement."""
 
 
+def is_native(hf: Dict[str, Any]) -> bool:
+    return hf.get("model_type") == NATIVE_MODEL_TYPE
+
+
+def official_fields(hf: Dict[str, Any]) -> Dict[str, Any]:
+    """A native (model_type ponderlm2) config in the official layout's spellings; other
+    configs unchanged."""
+    if not is_native(hf):
+        return hf
+    # transformers' save_pretrained leaves out fields equal to the defaults: fill them in.
+    from megatron_ponder.hf.remote.configuration_ponderlm2 import PonderLM2Config
+
+    try:
+        hf = dict(PonderLM2Config(**{k: v for k, v in hf.items()
+                                     if k not in ("model_type", "transformers_version")}
+                                  ).to_dict(), **hf)
+    except ValueError as error:
+        raise UnsupportedConfigError(str(error)) from None
+    arch = hf["arch"]
+    out = dict(hf, model_type=arch)
+    if arch == "llama":
+        out.update(architectures=["LlamaForCausalLM"], rms_norm_eps=hf.get("norm_eps", 1e-5))
+        if hf.get("partial_rotary_factor", 1.0) != 1.0:
+            raise UnsupportedConfigError("llama with partial rotary is not supported")
+    else:
+        out.update(architectures=["GPTNeoXForCausalLM"],
+                   layer_norm_eps=hf.get("norm_eps", 1e-5),
+                   partial_rotary_factor=hf.get("partial_rotary_factor", 0.25))
+    return out
+
+
 def detect_architecture(hf: Dict[str, Any]) -> str:
+    hf = official_fields(hf)
     names = list(hf.get("architectures") or [])
     for name in names:
         if name in HF_ARCHITECTURES:
@@ -51,6 +87,7 @@ def _check_rope_type(hf: Dict[str, Any]) -> None:
 
 
 def model_config_from_hf(hf: Dict[str, Any]) -> ModelConfig:
+    hf = official_fields(hf)
     arch = detect_architecture(hf)
     _check_rope_type(hf)
     common = dict(
@@ -92,6 +129,7 @@ def model_config_from_hf(hf: Dict[str, Any]) -> ModelConfig:
 def ponder_config_from_hf(hf: Dict[str, Any], arch: str,
                           overrides: Optional[Dict[str, Any]] = None) -> PonderConfig:
     """PonderLM-2 fields: ``recurrent_model`` false/absent means a vanilla checkpoint."""
+    hf = official_fields(hf)
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(PONDER_OVERRIDES))
     if unknown:
@@ -154,3 +192,29 @@ def hf_config_from(model: ModelConfig, ponder: PonderConfig) -> Dict[str, Any]:
     if ponder.ponder_method != "ponderlm2":  # a baseline (Pause, Loop); absent = PonderLM-2
         hf["ponder_method"] = ponder.ponder_method
     return hf
+
+
+def native_config_from(model: ModelConfig, ponder: PonderConfig) -> Dict[str, Any]:
+    """config.json of the transformers-native format (``PonderLM2Config``): its own model_type
+    and architecture names, and ``auto_map`` to the modeling files next to the weights."""
+    official = hf_config_from(model, ponder)
+    architecture = NATIVE_ARCHITECTURE
+    config = dict(
+        model_type=NATIVE_MODEL_TYPE, arch=model.arch, architectures=[architecture],
+        auto_map={"AutoConfig": NATIVE_CONFIG_CLASS,
+                  "AutoModelForCausalLM": f"modeling_ponderlm2.{architecture}"},
+        vocab_size=model.vocab_size, hidden_size=model.hidden_size,
+        intermediate_size=model.ffn_hidden_size, num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_attention_heads,
+        num_key_value_heads=model.num_query_groups, head_dim=model.kv_channels,
+        hidden_act="silu" if model.arch == "llama" else "gelu", norm_eps=model.norm_epsilon,
+        rope_theta=model.rotary_base, partial_rotary_factor=model.rotary_percent,
+        use_parallel_residual=model.parallel_residual,
+        attention_bias=model.arch == "gpt_neox", tie_word_embeddings=False,
+        torch_dtype="float32", use_cache=True,
+        jacobi_tolerance=None, max_jacobi_iterations=32,
+        ponder_method=ponder.ponder_method)
+    for key in ("recurrent_model", "num_latent_thoughts", "num_jacobi_iterations",
+                "random_jacobi_iterations", "scale_embeds"):
+        config[key] = official[key]
+    return config

@@ -75,9 +75,10 @@ def checkpoint_tokenizer(root: str, iteration: Optional[int] = None):
 
 def checkpoint_to_hf(root: str, folder: str, iteration: Optional[int] = None,
                      dtype: Optional[torch.dtype] = None,
-                     tokenizer_file: Optional[str] = None) -> str:
-    """Write the checkpoint as a HF folder; the run's tokenizer goes along as tokenizer.json
-    when it is a Hugging Face tokenizer (unless ``tokenizer_file`` names another)."""
+                     tokenizer_file: Optional[str] = None, format: str = "transformers") -> str:
+    """Write the checkpoint as a HF folder (``format``: see ``hf.export.save_pretrained``); the
+    run's tokenizer goes along as tokenizer.json when it is a Hugging Face tokenizer (unless
+    ``tokenizer_file`` names another)."""
     model = load_checkpoint_for_inference(root, iteration)
     with tempfile.TemporaryDirectory() as scratch:
         if tokenizer_file is None:
@@ -85,7 +86,8 @@ def checkpoint_to_hf(root: str, folder: str, iteration: Optional[int] = None,
             if isinstance(tokenizer, HuggingFaceTokenizer):
                 tokenizer_file = os.path.join(scratch, "tokenizer.json")
                 tokenizer.save(tokenizer_file)
-        save_pretrained(model, folder, dtype=dtype, tokenizer_file=tokenizer_file)
+        save_pretrained(model, folder, dtype=dtype, tokenizer_file=tokenizer_file,
+                        format=format)
     return folder
 
 

@@ -1,5 +1,6 @@
-"""save_pretrained: round trip through from_pretrained (both architectures, K in {0, 1, 2}),
-vanilla folders load in transformers, dtype and tokenizer options."""
+"""save_pretrained: round trip through from_pretrained (both architectures, K in {0, 1, 2}, both
+formats), vanilla official folders load in stock transformers, dtype and tokenizer options.
+The transformers-native format itself: test_transformers_native.py."""
 
 import json
 
@@ -27,11 +28,12 @@ def _ids():
     return torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
 
 
+@pytest.mark.parametrize("export_format", ["transformers", "official"])
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
 @pytest.mark.parametrize("k", [0, 1, 2])
-def test_round_trip_gives_identical_logits(tmp_path, arch, k):
+def test_round_trip_gives_identical_logits(tmp_path, arch, k, export_format):
     model = _model(arch, k, jacobi_iterations=2)
-    save_pretrained(model, str(tmp_path))
+    save_pretrained(model, str(tmp_path), format=export_format)
     loaded = from_pretrained(str(tmp_path))
     assert loaded.ponder_config.thoughts == k
     assert loaded.ponder_config.jacobi_iterations == 2
@@ -45,11 +47,11 @@ def test_round_trip_gives_identical_logits(tmp_path, arch, k):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
-def test_vanilla_folder_loads_in_transformers(tmp_path, arch):
+def test_vanilla_official_folder_loads_in_transformers(tmp_path, arch):
     import transformers
 
     model = _model(arch, 0)
-    save_pretrained(model, str(tmp_path))
+    save_pretrained(model, str(tmp_path), format="official")
     reference = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
     with torch.no_grad():
         torch.testing.assert_close(reference(_ids()).logits, model(_ids()), atol=1e-5, rtol=0)
@@ -60,7 +62,7 @@ def test_wrapper_dtype_and_tokenizer(tmp_path):
     tokenizer = tmp_path / "tokenizer.json"
     tokenizer.write_text('{"not": "checked here"}')
     folder = save_pretrained(model, str(tmp_path / "b"), dtype=torch.bfloat16,
-                             tokenizer_file=str(tokenizer))
+                             tokenizer_file=str(tokenizer), format="official")
     with open(f"{folder}/config.json") as f:
         assert json.load(f)["torch_dtype"] == "bfloat16"
     assert (tmp_path / "b" / "tokenizer.json").read_text() == tokenizer.read_text()
@@ -72,8 +74,12 @@ def test_wrapper_dtype_and_tokenizer(tmp_path):
     with torch.no_grad():
         diff = (reloaded(_ids()).logits - model(_ids()).logits).abs().max()
     assert 0 < diff < 0.5
+    with pytest.raises(ValueError, match="cannot read tokenizer"):  # the native format parses it
+        save_pretrained(model, str(tmp_path / "c"), tokenizer_file=str(tokenizer))
 
 
 def test_rejects_other_objects(tmp_path):
     with pytest.raises(TypeError):
         save_pretrained(torch.nn.Linear(2, 2), str(tmp_path))
+    with pytest.raises(ValueError, match="format"):
+        save_pretrained(_model("llama", 0), str(tmp_path), format="onnx")

@@ -18,7 +18,7 @@ def test_checkpoint_to_hf_round_trip(tmp_path):
     run_ranks(pretrain_from_flags, 1, FLAGS + ["--train-iters", "2", "--save", save])
     run_ranks(convert, 1, "to-hf", save, exported)
     config = json.load(open(os.path.join(exported, "config.json")))
-    assert config["architectures"] == ["GPTNeoXForCausalLM"] and config["recurrent_model"]
+    assert config["architectures"] == ["PonderLM2ForCausalLM"] and config["recurrent_model"]
     assert config["num_latent_thoughts"] == 1 and config["random_jacobi_iterations"]
     from_checkpoint, from_hf = run_ranks(checkpoint_and_hf_logits, 1, save, exported,
                                          [row[:6] for row in IDS])[0]

@@ -3,7 +3,7 @@
 # splice kernels and run a short bf16 training smoke, each step under its own time limit, with
 # every log written to $OUT (at most 8 files) and a summary printed last.
 #
-# Made for a lent H100/H200 that has CUDA torch, triton and nvcc but no network and no
+# Made for an H100/H200 machine that has CUDA torch, triton and nvcc but no network and no
 # megatron-core: that one comes as a wheel carried in .whl/ (prepare it on the development
 # machine first). From the repository root:
 #
@@ -16,7 +16,7 @@
 # next one (the summary says which failed); the exit status is non-zero if any did. Outputs:
 # $OUT (default runs/device_check): summary.txt (with the env step's output), build.log,
 # tests.log, bench.txt, bench_kernels.json, train.log, train_torch.log, features.log (8 files,
-# the most a device call brings back).
+# a small number of files to copy back).
 # Record the results in docs/benchmarks.md with the card's name and the command.
 set -u
 
@@ -34,7 +34,7 @@ if [ "${1:-}" = "--prepare" ]; then
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$WHEELS" "$MEGATRON_WHEEL" || exit 1
-  echo "prepared $WHEELS/ ($(ls "$WHEELS" | tr '\n' ' ')); on the device call run with carry=[\".whl\"]"
+  echo "prepared $WHEELS/ ($(ls "$WHEELS" | tr '\n' ' ')); copy .whl/ to the GPU machine and run there"
   exit 0
 fi
 
@@ -61,7 +61,7 @@ summary="$OUT/summary.txt"
 failed=0
 start_all=$SECONDS
 
-# All steps together stay inside one device call (600 s at most): each step's limit is cut to
+# All steps together stay inside one 600 s window: each step's limit is cut to
 # what is left of this budget, and a step with under 10 s left is skipped.
 BUDGET="${DEVICE_CHECK_BUDGET:-540}"
 
@@ -90,7 +90,7 @@ run_step() {
 has_step() { case " ${steps[*]} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if has_step env; then
-  # Its log is folded into summary.txt at the end (a device call brings back 8 files at most).
+  # Its log is folded into summary.txt at the end (8 files at most, easy to copy back).
   run_step env 60 "$OUT/env.txt" bash -c "
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
     nvcc --version | tail -n 2

@@ -6,7 +6,7 @@ import glob
 import os
 from typing import List, Tuple
 
-from megatron_ponder.data.default_corpus import prepare_default_corpus
+from megatron_ponder.data.default_corpus import prepare_default_corpus, prepare_default_jsonl
 from megatron_ponder.data.default_corpus.sources import extract_debian_packages, \
     fetch_debian_packages
 from megatron_ponder.tokenizer import TokenizerSpec
@@ -20,12 +20,12 @@ def prepare_small_corpus(corpus_dir: str, vocab_size: int, workers: int = 1
                          ) -> Tuple[List[str], str]:
     """(training flags, validation prefix): the default corpus tokenized with a byte-level
     BPE of ``vocab_size`` trained on its training split (each step skipped when done)."""
-    corpus = prepare_default_corpus(output_dir=corpus_dir, workers=workers)
+    jsonl_paths, _ = prepare_default_jsonl(corpus_dir)
     tokenizer_path = os.path.join(corpus_dir, "tokenizers", f"bpe-{vocab_size}",
                                   "tokenizer.json")
     if not os.path.isfile(tokenizer_path):
-        train_jsonl = os.path.join(corpus_dir, "jsonl", "train.jsonl")
-        train_byte_level_bpe(iter_jsonl_texts([train_jsonl]), vocab_size, tokenizer_path)
+        train_byte_level_bpe(iter_jsonl_texts([jsonl_paths["train"]]), vocab_size,
+                             tokenizer_path)
     corpus = prepare_default_corpus(
         output_dir=corpus_dir, workers=workers,
         tokenizer=TokenizerSpec(tokenizer_model=tokenizer_path))

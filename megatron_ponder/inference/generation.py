@@ -1,4 +1,4 @@
-"""Generation with a KV cache, for PonderLM-2 and vanilla models (DESIGN.md "Inference").
+"""Generation with a KV cache, for PonderLM-2 and vanilla models (docs/method.md, "Inference").
 
 Prefill: the scoring forward on the (left-padded) prompts; its final pass writes all (K+1)L
 slots to the cache. Decode: each new token t runs K+1 single-slot steps at position t: step 0

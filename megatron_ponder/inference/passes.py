@@ -7,7 +7,7 @@ inference needs on top:
   Jacobi pass, stop when the largest absolute change of any fed-back slot (slots 0..K-1 of real
   tokens) is at most ``tolerance`` (0 = bit-identical), or after ``iterations`` passes (the
   cap). Identical thoughts give the next pass identical inputs, so the final pass then runs at
-  the Jacobi fixed point, which is the exact sequential computation (DESIGN.md "Fixed point").
+  the Jacobi fixed point, which is the exact sequential computation (docs/method.md, "The fixed point").
 * **Padding.** ``token_is_real`` [B, L] gives per-row positions and key masks to every pass.
 * **Cache.** Only the final pass writes to a ``KVCache``: its (K+1)L slots are the ones decoding
   continues from; earlier passes hold not-yet-converged thoughts.

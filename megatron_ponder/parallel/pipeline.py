@@ -8,7 +8,7 @@ arrives at stage 0 as the input of chunk ``c + 1``, and gradients take the same 
 The schedule is megatron's own 1F1B over the unrolled (micro-batch, pass) units, so the bubble
 shrinks with passes x micro-batches.
 
-How it is wired (MEGATRON_CPU.md records the prototype this follows):
+How it is wired:
 
 * Parallel state has no virtual size: each rank builds its ``num_layers / PP`` layers once, wraps
   them once in megatron DDP and gives them once to the optimizer. Per step, ``PassChunk``

@@ -2,7 +2,7 @@
 
 Values are ModelConfig / PonderConfig / TrainConfig field names; explicit flags override them.
 Pythia sizes follow the Pythia suite (EleutherAI/pythia-*: parallel residual, rotary on 25% of
-each head, LayerNorm, GeLU); the Llama sizes are the paper's (DESIGN.md "Paper settings").
+each head, LayerNorm, GeLU); the Llama sizes are the paper's (docs/method.md, "The paper's recipe").
 """
 
 _PYTHIA = dict(arch="gpt_neox", seq_length=2048)

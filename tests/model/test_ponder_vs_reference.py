@@ -1,4 +1,4 @@
-"""The megatron-core model equals the independent reference (tests/reference) of DESIGN.md §1:
+"""The megatron-core model equals the independent reference (tests/reference) of docs/method.md:
 logits, loss and every parameter gradient, for both architectures, K in {0,1,2}, J in {0,1,3}."""
 
 import json

@@ -8,7 +8,7 @@ from tests.ops.splice_cases import KS, VARIANTS, slots
 
 
 def splice_by_definition(emb, prev, num_slots):
-    """DESIGN.md, written out: new[t, 0] = e_t, new[t, s] = prev[t, s - 1]."""
+    """docs/method.md, written out: new[t, 0] = e_t, new[t, s] = prev[t, s - 1]."""
     tokens, batch, hidden = emb.shape
     prev_slots = prev.shape[0] // tokens
     out = torch.empty(tokens * num_slots, batch, hidden, dtype=emb.dtype)

@@ -1,8 +1,8 @@
-"""Independent plain-PyTorch reference of the PonderLM-2 computation (DESIGN.md section 1).
+"""Independent plain-PyTorch reference of the PonderLM-2 computation (docs/method.md).
 
-This module is the spec in executable form, used only by tests. It was written from
-``/work/shared/DESIGN.md`` section 1 without looking at ``megatron_ponder``; it imports nothing but
-``torch`` and the Python standard library, and it shares no code with the real model.
+This module is the spec in executable form, used only by tests. It was written from the
+specification in ``docs/method.md`` without looking at ``megatron_ponder``; it imports nothing
+but ``torch`` and the Python standard library, and it shares no code with the real model.
 
 Weights come as a Hugging Face ``state_dict`` (``LlamaForCausalLM`` or ``GPTNeoXForCausalLM`` key
 names) plus the ``config.json`` dict. Everything (attention, rotary, norms, activations) is written
@@ -18,7 +18,7 @@ Public functions
 Numerics: computation runs in ``promote_types(weight dtype, float32)``: float32 weights give
 float32, float64 weights give float64, bf16/fp16 weights are upcast to float32. Nothing is
 detached, so gradients with respect to the ``state_dict`` tensors (if they require grad) flow
-through every pass (DESIGN.md section 1, "Training forward" step 4).
+through every pass (docs/method.md, "Training and scoring forward" step 4).
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
 
     q: [B, nh, S, d]; k, v: [B, nkv, S, d]. GQA: query head h reads kv head h // (nh / nkv)
     (HF repeat_kv ordering). The mask is the plain causal mask over the flat sequence: position i
-    attends to j <= i (DESIGN.md section 1: "plain causal mask over the flat (K+1)L sequence").
+    attends to j <= i (docs/method.md: the ordinary causal mask over all (K+1)L slots).
     """
     num_heads, seq_len, head_dim = q.shape[1], q.shape[2], q.shape[3]
     group = num_heads // k.shape[1]
@@ -401,7 +401,7 @@ def _neox_layer(cfg: RefConfig, w: _Weights, i: int, x: torch.Tensor, cos, sin) 
 
 
 def _stack(cfg: RefConfig, w: _Weights, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """DESIGN.md `stack(.)`: all decoder layers followed by the final norm.
+    """docs/method.md `stack(.)`: all decoder layers followed by the final norm.
 
     x: [B, S, H] input slots (already embedded / thoughts); position_ids: LongTensor [S].
     Returns the final-normed hidden states [B, S, H] (before the output layer).
@@ -423,12 +423,12 @@ def _output_layer(w: _Weights, hidden: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# The ponder method (DESIGN.md section 1)
+# The ponder method (docs/method.md)
 # --------------------------------------------------------------------------------------------
 
 
 def embedding_scale(hidden_size: int) -> float:
-    """e_t = sqrt(2.5 * H) * E[x_t] (DESIGN.md: only word embeddings are scaled)."""
+    """e_t = sqrt(2.5 * H) * E[x_t] (docs/method.md: only word embeddings are scaled)."""
     return math.sqrt(2.5 * hidden_size)
 
 
@@ -440,7 +440,7 @@ def slot_position_ids(num_tokens: int, slots_per_token: int) -> torch.Tensor:
 def pass_slot_counts(num_latent_thoughts: int, jacobi_iterations: int) -> list[int]:
     """Slots per token in each pass: growth k=0..K-1 -> k+1; J Jacobi -> K+1; final -> K+1.
 
-    K = 0 is a single plain pass (DESIGN.md: Jacobi passes cannot change anything without thoughts).
+    K = 0 is a single plain pass (Jacobi passes cannot change anything without thoughts).
     """
     K, J = num_latent_thoughts, jacobi_iterations
     if K == 0:
@@ -484,7 +484,7 @@ def reference_forward(
     scale_embeds: bool = True,
     vanilla: bool = False,
 ) -> dict:
-    """The PonderLM-2 training / scoring forward (DESIGN.md section 1, "Training forward").
+    """The PonderLM-2 training / scoring forward (docs/method.md, "Training and scoring forward").
 
     - e_t = sqrt(2.5*H) * E[x_t] if ``scale_embeds`` else E[x_t]; thoughts are never scaled.
     - K = ``num_latent_thoughts``; each token owns K+1 token-major slots
@@ -567,7 +567,7 @@ def reference_sequential(
     num_latent_thoughts: int,
     scale_embeds: bool = True,
 ) -> torch.Tensor:
-    """The exact sequential computation = the Jacobi fixed point (DESIGN.md section 1, "Fixed point").
+    """The exact sequential computation = the Jacobi fixed point (docs/method.md, "The fixed point").
 
     Slots are filled in flat order. Thought z_t^{s+1} is the ``stack`` output at the LAST position
     of the prefix that ends at slot s of token t, where every earlier slot already holds its final

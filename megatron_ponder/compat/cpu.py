@@ -12,10 +12,10 @@ built and only when CUDA is absent, makes those calls mean "the CPU":
   functions, because torch-function modes are not active inside autograd backward).
 
 Everything here is tied to the pinned megatron-core version (checked at activation) and is
-proven by equivalence tests (tests/compat, and every multi-rank parity test).
+checked by the test suite, which runs entirely through it: its parity tests hold multi-rank
+runs equal to one process and the model equal to an independent plain-PyTorch reference.
 """
 
-import contextlib
 import threading
 
 import torch
@@ -116,16 +116,3 @@ def activate_if_needed() -> bool:
         _active = True
     return True
 
-
-def is_active() -> bool:
-    return _active
-
-
-@contextlib.contextmanager
-def cuda_as_cpu_in_this_thread():
-    """For worker threads that call megatron code while the layer is active."""
-    if not _active:
-        yield
-        return
-    with _CudaAsCpuMode():
-        yield

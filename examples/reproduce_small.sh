@@ -3,7 +3,7 @@
 #
 #   bash examples/reproduce_small.sh                         # every arm, 2 CPU cores, ~90 min
 #   bash examples/reproduce_small.sh --eval-text my.jsonl    # also score your held-out text
-#   bash examples/reproduce_small.sh --scale long            # 3x the tokens (4-5 hours on CPU)
+#   bash examples/reproduce_small.sh --scale long            # 3.75x the tokens (4-5 hours on CPU)
 #   bash examples/reproduce_small.sh --scale gpu-70m --data-path /data/pile_text_document \
 #       --valid-data-path /data/pile_val_text_document \
 #       --tokenizer-model EleutherAI/gpt-neox-20b --nproc-per-node 8

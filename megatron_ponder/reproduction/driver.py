@@ -166,5 +166,10 @@ class Reproduction:
                   encoding="utf-8") as handle:
             handle.write(report.markdown_table(results) + "\n\n")
             handle.write(report.claims_table(results) + "\n")
+            gaps = report.gap_table(results)
+            if gaps:
+                handle.write("\nValidation loss of vanilla minus each arm's during training "
+                             "(positive = better than vanilla; seeds averaged):\n\n" + gaps
+                             + "\n")
         report.plot_curves(results, self.setup.output_dir)
         return report.plain_table(results) + "\n\n" + report.claims_table(results)

@@ -135,3 +135,37 @@ def claims_table(results: Sequence[dict]) -> str:
         lines.append(f"\nSeed-to-seed spread (largest of vanilla and PonderLM-2 K=1): "
                      f"{spread:.4f} nats.")
     return "\n".join(lines)
+
+
+GAP_ROWS = (("PonderLM-2 K=1", ("ponderlm2-k1", "ponderlm2-k1-seed2")),
+            ("vanilla 2x depth", ("vanilla-2x-depth",)),
+            ("Loop K=1", ("loop-k1",)))
+
+
+def gap_table(results: Sequence[dict]) -> str:
+    """Markdown: the in-training validation loss of vanilla minus that of each arm, at every
+    evaluation of the recipe's iterations (positive = better than vanilla); arms with two seeds
+    (and vanilla) are the mean over their seeds. Empty without vanilla."""
+    by_arm = {result["arm"]: result for result in results}
+
+    def mean_curve(names):
+        curves = [{point["iteration"]: point["loss"] for point in by_arm[name]["curve"]}
+                  for name in names if name in by_arm]
+        if not curves:
+            return {}
+        shared = set.intersection(*(set(curve) for curve in curves))
+        return {it: sum(curve[it] for curve in curves) / len(curves) for it in shared}
+
+    vanilla = mean_curve(("vanilla", "vanilla-seed2"))
+    iterations = sorted(it for it in vanilla if it > 0)
+    if not iterations:
+        return ""
+    lines = ["| iteration | " + " | ".join(map(str, iterations)) + " |",
+             "|---|" + "---|" * len(iterations)]
+    for label, names in GAP_ROWS:
+        curve = mean_curve(names)
+        if curve:
+            lines.append(f"| {label} | " + " | ".join(
+                f"{vanilla[it] - curve[it]:+.3f}" if it in curve else "-" for it in iterations)
+                + " |")
+    return "\n".join(lines)

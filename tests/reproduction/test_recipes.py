@@ -146,3 +146,21 @@ def test_claims_table_states_gains_against_the_seed_spread():
     assert any(line.startswith("| 2x depth beats vanilla") and "+0.1000" in line
                for line in lines)
     assert not any("Pause" in line for line in lines)  # arms that did not run are left out
+
+
+def test_gap_table_subtracts_each_arm_from_the_mean_vanilla_curve():
+    from megatron_ponder.reproduction.report import gap_table
+
+    def row(arm, losses):
+        return dict(arm=arm, curve=[dict(iteration=i * 10, loss=loss)
+                                    for i, loss in enumerate(losses)])
+
+    results = [row("vanilla", [7.0, 5.0, 4.0]), row("vanilla-seed2", [7.0, 5.2, 4.2]),
+               row("ponderlm2-k1", [7.0, 5.3, 4.0]), row("ponderlm2-k1-seed2", [7.0, 5.1, 4.0]),
+               row("loop-k1", [7.0, 4.9])]
+    lines = gap_table(results).splitlines()
+    assert lines[0] == "| iteration | 10 | 20 |"
+    assert lines[2] == "| PonderLM-2 K=1 | -0.100 | +0.100 |"
+    assert lines[3] == "| Loop K=1 | +0.200 | - |"
+    assert len(lines) == 4  # no 2x-depth arm ran
+    assert gap_table([row("loop-k1", [7.0, 4.9])]) == ""

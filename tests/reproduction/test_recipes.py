@@ -51,7 +51,7 @@ def test_arm_flags_differ_only_where_the_arm_does(tmp_path):
     assert configs["pause-k1"].ponder.ponder_method == "pause"
     assert configs["loop-k1"].ponder.ponder_method == "loop"
     assert configs["ponderlm2-k1-grad2"].ponder.ponder_grad_passes == 2
-    assert configs["ponderlm2-k1-warmup"].ponder.ponder_warmup_iters == 150
+    assert configs["ponderlm2-k1-warmup"].ponder.ponder_warmup_iters == SMALL.train_iters // 2
     for config in configs.values():  # same schedule shape, batch and data everywhere
         assert (config.optim.lr, config.train.global_batch_size, config.data.seq_length) == \
             (SMALL.lr, SMALL.global_batch_size, SMALL.seq_length)
@@ -67,7 +67,8 @@ def test_compute_matched_iterations_divide_the_flops(tmp_path):
 
     matched = find_arm(SMALL, "vanilla-compute-matched")
     assert arm_train_iters(setup, matched, flops_of) == 900
-    assert arm_train_iters(setup, find_arm(SMALL, "vanilla-continued"), flops_of) == 150
+    continued = find_arm(SMALL, "vanilla-continued")
+    assert arm_train_iters(setup, continued, flops_of) == SMALL.train_iters // 2
 
 
 def test_cumulative_flops_use_the_training_j_draws():

@@ -1,4 +1,5 @@
-"""tools/device_check.sh: step selection, per-step logs under $OUT, failures counted.
+"""tools/gpu_check.sh: options and step selection, per-step logs in the output directory, failures
+counted.
 
 The real run needs a GPU; here the build step meets a CPU-only torch, which must be reported as a
 failed step (with setup.py's reason in its log) without stopping the script or hiding the failure.
@@ -13,27 +14,38 @@ import torch
 
 from tests.tools.conftest import REPO_ROOT
 
-SCRIPT = os.path.join(REPO_ROOT, "tools", "device_check.sh")
+SCRIPT = os.path.join(REPO_ROOT, "tools", "gpu_check.sh")
 
 
-def _run(out_dir, *steps, **env_vars):
-    env = dict(os.environ, OUT=str(out_dir), PYTHON=sys.executable, **env_vars)
-    return subprocess.run(["bash", SCRIPT, *steps], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+def _run(*args):
+    env = dict(os.environ, PYTHON=sys.executable)
+    return subprocess.run(["bash", SCRIPT, *map(str, args)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
-def test_unknown_step_is_rejected(tmp_path):
-    result = _run(tmp_path, "build", "benchmark")
+@pytest.mark.parametrize("args, message", [
+    (["build", "benchmark"], "unknown step 'benchmark'"),
+    (["--frobnicate"], "unknown option '--frobnicate'"),
+    (["--budget", "soon"], "--budget must be a whole number of seconds, got 'soon'"),
+])
+def test_bad_arguments_are_rejected_before_anything_runs(tmp_path, args, message):
+    result = _run("--out", tmp_path / "out", *args)
     assert result.returncode == 2
-    assert "unknown step 'benchmark'" in result.stderr
-    assert "env build tests bench train train_torch features" in result.stderr
-    assert not (tmp_path / "summary.txt").exists()
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_wheels_folder_without_wheels_is_rejected(tmp_path):
+    (tmp_path / "wheels").mkdir()
+    result = _run("--out", tmp_path / "out", "--wheels", tmp_path / "wheels", "env")
+    assert result.returncode == 2
+    assert "no .whl files there" in result.stderr
 
 
 def test_failed_step_is_logged_and_counted(tmp_path):
     if torch.version.cuda is not None:
         pytest.skip("this torch has CUDA, so the extension may build; the check needs a CPU torch")
-    result = _run(tmp_path, "build")
+    result = _run("--out", tmp_path, "build")
     assert result.returncode == 1, result.stdout + result.stderr
     summary = (tmp_path / "summary.txt").read_text().splitlines()
     assert len(summary) == 1 and summary[0].split()[:3] == ["build", "FAILED", "(rc"]
@@ -44,7 +56,7 @@ def test_failed_step_is_logged_and_counted(tmp_path):
 
 
 def test_steps_past_the_time_budget_are_skipped_and_counted(tmp_path):
-    result = _run(tmp_path, "build", "tests", DEVICE_CHECK_BUDGET="5")
+    result = _run("--out", tmp_path, "--budget", "5", "build", "tests")
     assert result.returncode == 1
     summary = (tmp_path / "summary.txt").read_text().splitlines()
     assert [line.split()[:3] for line in summary] == [["build", "SKIPPED", "(budget)"],

@@ -1,7 +1,8 @@
 """A small rule-based sentence splitter for ``--split-sentences``.
 
-Megatron-LM splits with NLTK's punkt model, whose data files are a separate download (neither
-PyPI nor Debian ships them), so this package uses its own rules, which need nothing offline:
+Megatron-LM splits with NLTK's punkt model, whose data files NLTK downloads from its own
+servers (the PyPI ``nltk`` package and Debian's ``python3-nltk`` ship none), so this package
+uses its own rules, which need nothing offline:
 
 - a sentence ends after ``.``, ``!`` or ``?`` (a run of them, like ``?!`` or ``...``), plus any
   closing quotes or brackets, when whitespace follows and the next word starts with an

@@ -6,6 +6,8 @@ Example (the default tokenizer is GPT-NeoX-20B, the Pythia tokenizer, read offli
     python tools/preprocess_data.py --input corpus.jsonl --output-prefix data/corpus \\
         --append-eod --workers 8
     # -> data/corpus_text_document.bin and data/corpus_text_document.idx
+    python tools/preprocess_data.py --input pile/train --output-prefix data/pile \\
+        --append-eod --workers 16 --partitions 4    # a directory of .jsonl.zst shards
 
 Exit status: 0 on success, 1 on bad input or arguments (the message names file:line),
 2 on a usage error, 130 when interrupted. Nothing is left under the output names unless the
@@ -54,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("input data")
     group.add_argument(
         "--input", nargs="+", required=True, metavar="PATH",
-        help="input files or globs (quote globs; '**' recurses); read in the order given",
+        help="input files, globs (quote them; '**' recurses) or directories (their .jsonl/.json "
+             "files, plain, .gz or .zst, recursively; with --input-format text every file); read "
+             "in the order given, compressed files as a stream",
     )
     group.add_argument(
         "--input-format", choices=INPUT_FORMATS, default=JSONL,
@@ -70,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--text-document", choices=TEXT_DOCUMENT_UNITS, default=TEXT_DOCUMENT_PER_FILE,
         help="with --input-format text: one document per file (default), or per block of "
              "lines separated by blank lines",
+    )
+    group.add_argument(
+        "--split-sentences", action="store_true",
+        help="split each document into sentences (a built-in rule-based splitter), stored as "
+             "the document's sequences; outputs are <prefix>_<key>_sentence.bin/.idx",
+    )
+    group.add_argument(
+        "--keep-newlines", action="store_true",
+        help="with --split-sentences: keep the line breaks between sentences (otherwise the "
+             "whitespace between sentences is dropped)",
     )
     group.add_argument(
         "--skip-invalid", action="store_true",
@@ -112,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokenizing processes; 1 tokenizes in the main process. The output is identical "
              "for any value (default: the usable CPUs, %(default)s here)",
     )
+    group.add_argument(
+        "--partitions", type=int, default=1,
+        help="cut the input into N contiguous pieces (whole files, or line ranges of plain "
+             "files) read and tokenized in parallel, each with --workers/N workers, then "
+             "concatenated; the output is the same for any N (default: %(default)s)",
+    )
     group.add_argument("--log-interval", type=int, default=100,
                        help="documents between progress reports (default: %(default)s)")
     return parser
@@ -132,6 +152,9 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         ),
         append_eod=args.append_eod,
         workers=args.workers,
+        partitions=args.partitions,
+        split_sentences=args.split_sentences,
+        keep_newlines=args.keep_newlines,
         log_interval=args.log_interval,
         skip_invalid=args.skip_invalid,
         overwrite=args.overwrite,

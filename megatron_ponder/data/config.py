@@ -83,6 +83,15 @@ class DataConfig:
             )
         if self.seq_length <= 0:
             raise DataConfigError(f"--seq-length must be positive, got {self.seq_length}")
+        # The blends' syntax (pairs, positive weights) is checked now, before any process
+        # group exists; whether the prefixes exist is checked when the datasets are built.
+        from megatron_ponder.data.datasets import parse_blend
+
+        for flag, tokens in (("--data-path", self.data_path),
+                             ("--train-data-path", self.train_data_path),
+                             ("--valid-data-path", self.valid_data_path),
+                             ("--test-data-path", self.test_data_path)):
+            parse_blend(tokens, flag)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -19,24 +19,37 @@ from megatron_ponder.tokenizer import TextTokenizer
 Blend = Tuple[List[str], Optional[List[float]]]
 
 
-def parse_blend(tokens: Optional[Sequence[str]]) -> Optional[Blend]:
+def parse_blend(tokens: Optional[Sequence[str]], flag: str = "--data-path") -> Optional[Blend]:
     """``--data-path`` tokens -> (prefixes, weights or None), as Megatron-LM reads them.
 
     ``["a"]`` -> (["a"], None); ``["a", "b"]`` -> (["a", "b"], None), blended by size;
-    ``["30", "a", "70", "b"]`` -> (["a", "b"], [30.0, 70.0]).
+    ``["30", "a", "70", "b"]`` -> (["a", "b"], [30.0, 70.0]). Anything else (a weight
+    without its prefix, a weight that is not positive, numbers among prefixes) is a
+    DataConfigError naming ``flag``.
     """
     if not tokens:
         return None
     tokens = list(tokens)
-    if len(tokens) % 2 == 0 and all(_is_number(token) for token in tokens[0::2]):
-        weights = [float(token) for token in tokens[0::2]]
-        if any(weight <= 0 for weight in weights):
-            raise DataConfigError(f"blend weights must be positive: {tokens}")
-        return [prefix.strip() for prefix in tokens[1::2]], weights
-    if any(_is_number(token) for token in tokens):
+    if _is_number(tokens[0]):
+        if len(tokens) % 2:
+            raise DataConfigError(
+                f"{flag} has {len(tokens)} items; a weighted blend needs weight/prefix pairs "
+                f"('W1 P1 W2 P2 ...'): {' '.join(tokens)}")
+        for weight, prefix in zip(tokens[0::2], tokens[1::2]):
+            if not _is_number(weight) or _is_number(prefix):
+                raise DataConfigError(
+                    f"{flag}: expected 'weight prefix' pairs, got {weight!r} {prefix!r} "
+                    f"in: {' '.join(tokens)}")
+            if not float(weight) > 0 or float(weight) == float("inf"):
+                raise DataConfigError(
+                    f"{flag}: the weight of {prefix.strip()!r} must be a positive number, "
+                    f"got {weight}")
+        return [prefix.strip() for prefix in tokens[1::2]], [float(w) for w in tokens[0::2]]
+    numbers = [token for token in tokens if _is_number(token)]
+    if numbers:
         raise DataConfigError(
-            f"cannot read data path {tokens}: give prefixes only, or 'weight prefix' pairs"
-        )
+            f"{flag}: {numbers[0]!r} looks like a weight, but the list does not start with "
+            f"one; give prefixes only, or 'weight prefix' pairs: {' '.join(tokens)}")
     return [prefix.strip() for prefix in tokens], None
 
 
@@ -47,9 +60,9 @@ def gpt_dataset_config(config: DataConfig, tokenizer: TextTokenizer):
     blend = parse_blend(config.data_path)
     blend_per_split = None
     if config.train_data_path:
-        blend_per_split = [parse_blend(config.train_data_path),
-                           parse_blend(config.valid_data_path),
-                           parse_blend(config.test_data_path)]
+        blend_per_split = [parse_blend(config.train_data_path, "--train-data-path"),
+                           parse_blend(config.valid_data_path, "--valid-data-path"),
+                           parse_blend(config.test_data_path, "--test-data-path")]
     for candidate in [blend] + (blend_per_split or []):
         if candidate is not None:
             _check_prefixes_exist(candidate[0])
@@ -95,14 +108,54 @@ def build_datasets(
         if count < 0:
             raise DataConfigError(f"{name}_samples must be >= 0, got {count}")
     dataset_class = MockGPTDataset if config.mock_data else GPTDataset
+    dataset_config = gpt_dataset_config(config, tokenizer)
+    if config.data_cache_path is not None:
+        check_cache_is_shared(config.data_cache_path)
     builder = BlendedMegatronDatasetBuilder(
         dataset_class,
         [train_samples, valid_samples, test_samples],
         is_built_on_rank or (lambda: True),
-        gpt_dataset_config(config, tokenizer),
+        dataset_config,
     )
     train, valid, test = builder.build()
     return train, valid, test
+
+
+def check_cache_is_shared(cache_path: str) -> None:
+    """Under torch.distributed: make sure every rank sees the same ``--data-cache-path``.
+
+    megatron-core builds the index caches on global rank 0 only, while the other ranks wait at
+    a barrier and then read the files. A cache directory that is local to each node would leave
+    the other nodes without the files; this check turns that into one clear error on every
+    rank, before anything is built. Costs a broadcast and two barriers.
+    """
+    import socket
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    token = [None]
+    marker = None
+    if dist.get_rank() == 0:
+        token[0] = f".shared-check-{os.getpid()}-{os.urandom(4).hex()}"
+        os.makedirs(cache_path, exist_ok=True)
+        marker = os.path.join(cache_path, token[0])
+        with open(marker, "w"):
+            pass
+    dist.broadcast_object_list(token, src=0)
+    seen = os.path.exists(os.path.join(cache_path, token[0]))
+    verdicts = [None] * dist.get_world_size()
+    dist.all_gather_object(verdicts, (seen, socket.gethostname()))
+    if marker is not None:
+        os.remove(marker)
+    blind = [rank for rank, (ok, _) in enumerate(verdicts) if not ok]
+    if blind:
+        raise DataConfigError(
+            f"--data-cache-path {cache_path} is not shared: ranks {blind} (on "
+            f"{', '.join(sorted({verdicts[rank][1] for rank in blind}))}) do not see what rank "
+            "0 writes there; rank 0 builds the dataset indices once for all ranks, so put the "
+            "cache on storage every node shares")
 
 
 def is_dataset_built_on_rank() -> bool:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_ponder.config import build_transformer_config
+from megatron_ponder.data.config import DataConfigError
 from megatron_ponder.data.datasets import build_datasets
 from megatron_ponder.data.iterators import build_iterators
 from megatron_ponder.model.gpt_model import PonderGPTModel
@@ -200,9 +201,13 @@ class Trainer:
         train, data = self.config.train, self.config.data
         eval_runs = (train.train_iters // self.config.logging.eval_interval
                      if self.config.logging.eval_interval else 0) + 1
-        datasets = build_datasets(
-            data, self.tokenizer, train_samples=train.train_iters * train.global_batch_size,
-            valid_samples=self.config.logging.eval_iters * train.global_batch_size * eval_runs)
+        try:
+            datasets = build_datasets(
+                data, self.tokenizer, train_samples=train.train_iters * train.global_batch_size,
+                valid_samples=self.config.logging.eval_iters * train.global_batch_size
+                * eval_runs)
+        except DataConfigError as error:  # a missing prefix, an unshared cache: one line
+            raise FatalRunError(str(error)) from error
         self.valid_dataset = datasets[1]
         train_iter, _, _ = build_iterators(
             datasets, data, train.micro_batch_size,

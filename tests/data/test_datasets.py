@@ -6,6 +6,7 @@ be traced back to the documents it came from.
 """
 
 import collections
+import re
 
 import numpy
 import pytest
@@ -168,10 +169,24 @@ def test_parse_blend_reads_megatron_data_paths(tokens, expected):
     assert parse_blend(tokens) == expected
 
 
-@pytest.mark.parametrize("tokens", [["30", "a", "b"], ["a", "30", "b", "70"], ["0", "a"]])
-def test_parse_blend_rejects_ambiguous_lists(tokens):
-    with pytest.raises(DataConfigError):
+@pytest.mark.parametrize("tokens, message", [
+    (["30", "a", "b"], "--data-path has 3 items; a weighted blend needs weight/prefix pairs"),
+    (["0.3", "a", "0.7"], "--data-path has 3 items"),
+    (["a", "30", "b", "70"], "'30' looks like a weight"),
+    (["30", "a", "b", "70"], "expected 'weight prefix' pairs, got 'b' '70'"),
+    (["0", "a"], "the weight of 'a' must be a positive number, got 0"),
+    (["1", "a", "-2", "b"], "the weight of 'b' must be a positive number, got -2"),
+    (["nan", "a"], "must be a positive number"),
+])
+def test_parse_blend_rejects_bad_lists_in_one_line(tokens, message):
+    with pytest.raises(DataConfigError, match=re.escape(message)) as error:
         parse_blend(tokens)
+    assert "\n" not in str(error.value)
+
+
+def test_blend_syntax_is_checked_with_the_flags():
+    with pytest.raises(DataConfigError, match="--valid-data-path has 3 items"):
+        DataConfig(train_data_path=["a"], valid_data_path=["1", "b", "2"])
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -179,6 +194,7 @@ def test_parse_blend_rejects_ambiguous_lists(tokens):
     ({"mock_data": True, "data_path": ["a"]}, "--mock-data cannot"),
     ({"data_path": ["a"], "train_data_path": ["b"]}, "cannot be combined"),
     ({"valid_data_path": ["b"]}, "need --train-data-path"),
+    ({"data_path": ["1", "a"], "test_data_path": ["b"]}, "cannot be combined"),
     ({"data_path": ["a"], "seq_length": 0}, "--seq-length"),
 ])
 def test_data_config_rejects_contradictions(kwargs, message):
@@ -199,3 +215,104 @@ def test_blend_cached_under_a_process_group(prefixes, tmp_path, single_process):
     counts = collections.Counter(int(train[i]["dataset_id"]) for i in range(100))
     assert (counts[0], counts[1]) == (25, 75)
     assert len(list(tmp_path.glob("*-BlendedDataset-train-dataset_index.npy"))) == 1
+
+
+def test_blend_proportions_match_the_weights_at_every_prefix(prefixes, tmp_path):
+    """megatron-core assigns blend samples greedily (each next sample goes to the dataset
+    furthest below its share), not at random, so after any number n of samples dataset i has
+    held w_i * n samples to within one. A random sampler would need a tolerance of several
+    sqrt(n w (1 - w)); one sample is the exact bound, so the test allows exactly that."""
+    third = _write_dataset(str(tmp_path / "third"), 3, num_documents=40)
+    weights = [0.2, 0.5, 0.3]
+    config = DataConfig(data_path=["2", prefixes[0], "5", prefixes[1], "3", third],
+                        split="1,0,0", seq_length=16, num_workers=0)
+    train, _, _ = build_datasets(config, TOKENIZER, train_samples=1500, valid_samples=0)
+    counts = numpy.zeros(3)
+    for n in range(1, 1501):
+        sample = train[n - 1]
+        owner = int(sample["dataset_id"])
+        counts[owner] += 1
+        assert numpy.abs(counts - numpy.array(weights) * n).max() <= 1.0, (n, counts)
+        assert all(token // 1000 == owner + 1 for token in _documents_of(sample))
+
+
+def test_data_parallel_ranks_consume_the_global_batches_of_one_rank(prefixes):
+    """Single-process counterpart of the 2-rank test below: the micro-batches of DP ranks 0
+    and 1 together hold exactly the samples of each DP=1 global batch."""
+    from tests.data.ranks import consumed_tokens
+
+    config = DataConfig(data_path=["1", prefixes[0], "2", prefixes[1]], split="1,0,0",
+                        seq_length=16, num_workers=0)
+    datasets = build_datasets(config, TOKENIZER, train_samples=40, valid_samples=0)
+    single = consumed_tokens(datasets, config, 0, 1, steps=5)
+    ranks = [consumed_tokens(datasets, config, rank, 2, steps=5) for rank in (0, 1)]
+    for step in range(5):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(single[step])
+        assert len(single[step]) == 8 and len(ranks[0][step]) == 4
+    assert single[0] != single[1]
+
+
+def test_a_second_build_reads_the_cached_indices(prefixes, tmp_path, monkeypatch):
+    """What the ranks after rank 0 do: the cache exists, so building writes nothing."""
+    config = DataConfig(data_path=["1", prefixes[0], "3", prefixes[1]], split="1,0,0",
+                        seq_length=16, num_workers=0, data_cache_path=str(tmp_path))
+    first, _, _ = build_datasets(config, TOKENIZER, train_samples=50, valid_samples=0)
+    cached = sorted(path.name for path in tmp_path.iterdir())
+    assert any(name.endswith("GPTDataset-train-shuffle_index.npy") for name in cached)
+    saved = []
+    real_save = numpy.save
+    monkeypatch.setattr(numpy, "save", lambda file, *a, **k: saved.append(file)
+                        or real_save(file, *a, **k))
+    second, _, _ = build_datasets(config, TOKENIZER, train_samples=50, valid_samples=0)
+    assert saved == [] and sorted(path.name for path in tmp_path.iterdir()) == cached
+    assert [second[i]["tokens"].tolist() for i in range(50)] == [
+        first[i]["tokens"].tolist() for i in range(50)]
+
+
+@pytest.mark.slow
+def test_two_ranks_build_the_indices_once_and_see_the_samples_of_one(prefixes, tmp_path):
+    """2 gloo ranks: only rank 0 writes the index caches (the other waits and reads them), a
+    per-rank cache directory is refused on every rank, and DP=2 consumes exactly the global
+    batches of DP=1."""
+    from tests.data.ranks import build_once_and_consume, consumed_tokens
+    from tests.distributed import run_ranks
+
+    kwargs = dict(data_path=["1", prefixes[0], "2", prefixes[1]], split="1,0,0",
+                  seq_length=16, num_workers=0)
+    shared = str(tmp_path / "shared")
+    results = run_ranks(build_once_and_consume, 2, kwargs, shared, str(tmp_path / "local"),
+                        EOD, 5)
+    for result in results:
+        assert "is not shared: ranks [1]" in result["refused"]
+    assert any(name.endswith("shuffle_index.npy") for name in results[0]["saved"])
+    assert any(name.endswith("dataset_index.npy") for name in results[0]["saved"])
+    assert results[1]["saved"] == []
+    config = DataConfig(**kwargs, data_cache_path=shared)
+    datasets = build_datasets(config, TOKENIZER, train_samples=40, valid_samples=0)
+    single = consumed_tokens(datasets, config, 0, 1, steps=5)
+    for step in range(5):
+        assert sorted(results[0]["tokens"][step] + results[1]["tokens"][step]) == sorted(
+            single[step])
+
+
+@pytest.mark.slow
+def test_a_weighted_blend_trains_and_a_missing_prefix_is_one_line(prefixes, tmp_path):
+    """pretrain_ponder.py on a weighted blend of two datasets for 3 iterations."""
+    from tests.distributed import run_ranks
+    from tests.training.runs import pretrain_from_flags
+
+    flags = ["--model-arch", "gpt_neox", "--num-layers", "2", "--hidden-size", "64",
+             "--num-attention-heads", "4", "--seq-length", "16", "--tokenizer-type",
+             "NullTokenizer", "--vocab-size", str(EOD), "--micro-batch-size", "2",
+             "--global-batch-size", "4", "--lr", "1e-3", "--num-latent-thoughts", "1",
+             "--jacobi-iterations", "2", "--num-workers", "0", "--log-interval", "1",
+             "--eval-iters", "1", "--eval-interval", "3", "--train-iters", "3", "--split",
+             "90,10,0", "--data-cache-path", str(tmp_path / "cache")]
+    (result,) = run_ranks(pretrain_from_flags, 1,
+                          flags + ["--data-path", "0.25", prefixes[0], "0.75", prefixes[1]])
+    assert len(result["train_losses"]) == 3
+    assert all(numpy.isfinite(result["train_losses"]))
+    assert list(tmp_path.glob("cache/*-BlendedDataset-train-dataset_index.npy"))
+    with pytest.raises(AssertionError, match=r"FatalRunError: dataset '.*absent' is missing"):
+        run_ranks(pretrain_from_flags, 1,
+                  flags + ["--data-path", "1", prefixes[0], "1", str(tmp_path / "absent")])

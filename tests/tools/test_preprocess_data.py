@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -228,7 +229,8 @@ def test_existing_outputs_need_overwrite(tmp_path, preprocess_tool, neox, capsys
 @pytest.mark.parametrize("argv_tail, message", [
     (["--input", "{tmp}/absent.jsonl"], "input file not found"),
     (["--input", "{tmp}/*.none"], "matches no files"),
-    (["--input", "{tmp}"], "is a directory"),
+    (["--input", "{tmp}/empty_dir"], "holds no"),
+    (["--input", "{tmp}/in.jsonl", "--partitions", "0"], "--partitions must be at least 1"),
     (["--input", "{tmp}/in.jsonl", "--output-prefix", "{tmp}/missing/dir/out"],
      "output directory does not exist"),
     (["--input", "{tmp}/in.jsonl", "--input-format", "text", "--json-keys", "text"],
@@ -242,12 +244,13 @@ def test_unusable_arguments_fail_cleanly(tmp_path, preprocess_tool, capsys, argv
     # A missing tokenizer path would otherwise be tried as a hub name, with retries.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _write_jsonl(tmp_path / "in.jsonl", [{"text": "x"}])
+    (tmp_path / "empty_dir").mkdir()
     argv = ["--output-prefix", str(tmp_path / "out")] + [
         part.format(tmp=tmp_path) for part in argv_tail]
     status, _, err = _run(preprocess_tool, argv, capsys)
     assert status == 1
     assert err.startswith("error: ") and message in err, err
-    assert os.listdir(tmp_path) == ["in.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["empty_dir", "in.jsonl"]
 
 
 def test_help_documents_every_flag():
@@ -257,6 +260,7 @@ def test_help_documents_every_flag():
     for flag in ("--input", "--input-format", "--json-keys", "--text-document",
                  "--skip-invalid", "--tokenizer-type", "--tokenizer-model", "--vocab-file",
                  "--merge-file", "--append-eod", "--output-prefix", "--overwrite", "--workers",
+                 "--partitions", "--split-sentences", "--keep-newlines",
                  "--log-interval", "HuggingFaceTokenizer", "GPT2BPETokenizer"):
         assert flag in completed.stdout
 
@@ -271,3 +275,85 @@ def test_a_real_process_reports_bad_input_without_a_traceback(tmp_path):
         "error: in.jsonl:2: malformed JSON: Expecting property name enclosed in double quotes "
         "at column 14 (pass --skip-invalid to skip invalid records)")
     assert os.listdir(tmp_path) == ["in.jsonl"]
+
+
+def test_compressed_shards_directory_and_partitions_give_the_same_output(
+        tmp_path, preprocess_tool, neox, corpus, capsys):
+    """A directory of .jsonl, .jsonl.gz and .jsonl.zst shards, tokenized with 1, 2 and 3
+    partitions (plain shards are cut inside), is byte-identical to the plain concatenation."""
+    import gzip
+
+    import zstandard
+
+    texts, expected_ids = corpus
+    lines = [json.dumps({"text": text}) + "\n" for text in texts]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    thirds = [lines[:800], lines[800:1600], lines[1600:]]
+    _write_jsonl(shards / "00.jsonl", thirds[0])
+    with gzip.open(shards / "01.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.writelines(thirds[1])
+    (shards / "02.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress("".join(thirds[2]).encode()))
+    _write_jsonl(tmp_path / "all.jsonl", lines)
+
+    status, _, err = _run(preprocess_tool, ["--input", tmp_path / "all.jsonl", "--output-prefix",
+                                            tmp_path / "plain", "--workers", 1], capsys)
+    assert status == 0, err
+    reference = [(tmp_path / f"plain_text_document{ext}").read_bytes() for ext in (".bin", ".idx")]
+    _, documents = _read_documents(str(tmp_path / "plain_text_document"))
+    assert documents == expected_ids
+
+    for partitions, workers in ((1, 2), (2, 2), (3, 1)):
+        prefix = tmp_path / f"p{partitions}"
+        status, out, err = _run(preprocess_tool, [
+            "--input", shards, "--output-prefix", prefix, "--workers", workers,
+            "--partitions", partitions, "--log-interval", 500], capsys)
+        assert status == 0, err
+        assert [(tmp_path / f"p{partitions}_text_document{ext}").read_bytes()
+                for ext in (".bin", ".idx")] == reference
+        assert f"documents: {len(texts)} |" in out
+        if partitions > 1:
+            assert re.search(r"^partition \d/\d: processed documents", err, re.M)
+    assert not [name for name in os.listdir(tmp_path) if ".part" in name or ".tmp-" in name]
+
+
+def test_bad_record_in_a_later_partition_names_its_file_line(tmp_path, preprocess_tool, capsys):
+    lines = [json.dumps({"text": f"document {index}"}) + "\n" for index in range(3000)]
+    lines[2500] = '{"text": 7}\n'
+    _write_jsonl(tmp_path / "in.jsonl", lines)
+    status, out, err = _run(preprocess_tool, [
+        "--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "out",
+        "--workers", 2, "--partitions", 2], capsys)
+    assert status == 1
+    assert err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'in.jsonl'}:2501: key 'text' holds a number, expected a string "
+        "(pass --skip-invalid to skip invalid records)")
+    assert os.listdir(tmp_path) == ["in.jsonl"]
+
+
+def test_split_sentences_writes_sentences_as_sequences(tmp_path, preprocess_tool, neox, capsys):
+    from megatron_ponder.data.preprocess.sentences import split_sentences
+
+    texts = ["First sentence. Second one!\nStill second? Third.", "Only one", "A.\n\nB. C."]
+    _write_jsonl(tmp_path / "in.jsonl", [{"text": text} for text in texts])
+    for keep in (False, True):
+        prefix = tmp_path / f"keep{int(keep)}"
+        status, _, err = _run(preprocess_tool, [
+            "--input", tmp_path / "in.jsonl", "--output-prefix", prefix, "--workers", 1,
+            "--append-eod", "--split-sentences"] + (["--keep-newlines"] if keep else []),
+            capsys)
+        assert status == 0, err
+        dataset, sequences = _read_documents(f"{prefix}_text_sentence")
+        expected = [[neox.tokenize(s) for s in split_sentences(text, keep)] for text in texts]
+        for sentences in expected:
+            sentences[-1].append(neox.eod)
+        assert sequences == [ids for sentences in expected for ids in sentences]
+        counts = [0] + [len(sentences) for sentences in expected]
+        assert dataset.document_indices.tolist() == numpy.cumsum(counts).tolist()
+    assert not (tmp_path / "keep0_text_document.bin").exists()
+
+    status, _, err = _run(preprocess_tool, [
+        "--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "nl", "--workers", 1,
+        "--keep-newlines"], capsys)
+    assert status == 0 and "--keep-newlines has no effect without --split-sentences" in err

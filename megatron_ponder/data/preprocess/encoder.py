@@ -13,6 +13,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy
 
 from megatron_ponder.data.preprocess.inputs import JSONL, RawRecord
+from megatron_ponder.data.preprocess.sentences import split_sentences
 from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
 
 # Reasons a record is not written. The first two are normal (counted); the others mean the input
@@ -44,8 +45,16 @@ class RecordProblem(NamedTuple):
         return self.reason not in NORMAL_SKIP_REASONS
 
 
-# One token array per output key, in key order.
-EncodedDocument = Tuple[numpy.ndarray, ...]
+class SplitDocument(NamedTuple):
+    """A document tokenized sentence by sentence (``--split-sentences``): all its ids, and the
+    length of each sentence's ids (stored as the document's sequences)."""
+
+    ids: numpy.ndarray
+    sentence_lengths: Tuple[int, ...]
+
+
+# One token array (or, with split_sentences, one SplitDocument) per output key, in key order.
+EncodedDocument = Tuple[Union[numpy.ndarray, SplitDocument], ...]
 RecordOutcome = Union[EncodedDocument, RecordProblem]
 
 
@@ -58,6 +67,8 @@ class EncoderSettings:
     keys: Tuple[str, ...]
     append_eod: bool
     token_dtype: str
+    split_sentences: bool = False
+    keep_newlines: bool = False
 
 
 class DocumentEncoder:
@@ -128,6 +139,12 @@ class DocumentEncoder:
     def _tokenize_all(self, line: int, texts: List[str]) -> RecordOutcome:
         arrays = []
         for text in texts:
+            if self._settings.split_sentences:
+                document = self._tokenize_sentences(text)
+                if document is None:
+                    return RecordProblem(line, EMPTY_DOCUMENT, "empty document")
+                arrays.append(document)
+                continue
             ids = self._tokenizer.tokenize(text)
             # Empty in any key skips the whole record, so the outputs of several keys stay
             # aligned document by document.
@@ -137,6 +154,20 @@ class DocumentEncoder:
                 ids.append(self._tokenizer.eod)
             arrays.append(numpy.array(ids, dtype=self._dtype))
         return tuple(arrays)
+
+    def _tokenize_sentences(self, text: str) -> Optional[SplitDocument]:
+        """Each sentence tokenized on its own (sentences without tokens dropped), EOD after the
+        last one, as Megatron-LM does; None when nothing is left."""
+        sentences = [ids for ids in (self._tokenizer.tokenize(sentence) for sentence in
+                                     split_sentences(text, self._settings.keep_newlines))
+                     if ids]
+        if not sentences:
+            return None
+        if self._settings.append_eod:
+            sentences[-1].append(self._tokenizer.eod)
+        ids = numpy.fromiter((token for sentence in sentences for token in sentence),
+                             dtype=self._dtype)
+        return SplitDocument(ids, tuple(len(sentence) for sentence in sentences))
 
 
 def _decode_utf8(raw: bytes, first_line: int) -> Union[str, RecordProblem]:

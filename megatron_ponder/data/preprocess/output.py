@@ -8,7 +8,7 @@ truncated dataset under the final names.
 
 import os
 import warnings
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy
 
@@ -26,9 +26,14 @@ class OutputExistsError(Exception):
     """An output file appeared after the run started; its path is the message."""
 
 
-def dataset_prefix(output_prefix: str, key: str) -> str:
-    """Megatron-LM's naming: prefix ``corpus`` and key ``text`` give ``corpus_text_document``."""
-    return f"{output_prefix}_{key}_document"
+DOCUMENT_LEVEL = "document"
+SENTENCE_LEVEL = "sentence"
+
+
+def dataset_prefix(output_prefix: str, key: str, level: str = DOCUMENT_LEVEL) -> str:
+    """Megatron-LM's naming: prefix ``corpus`` and key ``text`` give ``corpus_text_document``
+    (``corpus_text_sentence`` with ``--split-sentences``)."""
+    return f"{output_prefix}_{key}_{level}"
 
 
 def dataset_files(prefix: str) -> List[str]:
@@ -44,20 +49,32 @@ def token_dtype_for_vocab(vocab_size: int) -> numpy.dtype:
 class AtomicDatasetWriter:
     """One dataset prefix being written under temporary names."""
 
-    def __init__(self, prefix: str, dtype: numpy.dtype) -> None:
+    def __init__(self, prefix: str, dtype: numpy.dtype, temp_prefix: Optional[str] = None) -> None:
+        """``temp_prefix``: write ``<temp_prefix>.bin/.idx`` instead of the default temporary
+        names (a partition's part, which megatron-core reads back by prefix to merge it)."""
         self.prefix = prefix
         self.final_bin, self.final_idx = dataset_files(prefix)
-        suffix = f".tmp-{os.getpid()}"
-        self.temp_bin = self.final_bin + suffix
-        self.temp_idx = self.final_idx + suffix
+        if temp_prefix is None:
+            suffix = f".tmp-{os.getpid()}"
+            self.temp_bin = self.final_bin + suffix
+            self.temp_idx = self.final_idx + suffix
+        else:
+            self.temp_bin, self.temp_idx = dataset_files(temp_prefix)
         self._builder = _indexed_dataset_module().IndexedDatasetBuilder(
             self.temp_bin, dtype=dtype.type
         )
 
-    def add_document(self, token_ids: numpy.ndarray) -> None:
-        """Append one document, stored as a single sequence as Megatron-LM does without
-        sentence splitting."""
-        self._builder.add_document(token_ids, [token_ids.size])
+    def add_document(self, token_ids: numpy.ndarray,
+                     sequence_lengths: Optional[Sequence[int]] = None) -> None:
+        """Append one document: one sequence (as Megatron-LM stores it without sentence
+        splitting), or the given sequences (sentences), whose lengths sum to its size."""
+        self._builder.add_document(
+            token_ids, [token_ids.size] if sequence_lengths is None else list(sequence_lengths))
+
+    def add_dataset(self, prefix: str) -> None:
+        """Append every document of the finished dataset ``prefix`` (megatron-core's
+        ``add_index``: the index is concatenated, the data file copied)."""
+        self._builder.add_index(prefix)
 
     def finalize(self) -> None:
         """Close the data file and write the index, both still under temporary names."""

@@ -4,15 +4,25 @@ The reading process streams batches of raw records to a pool of worker processes
 results in input order, so the output is byte-identical for any ``workers``. At most a few
 batches per worker are in flight: memory stays bounded however large the input (``Pool.imap``
 would queue the whole input when the workers fall behind the reader).
+
+With ``partitions`` > 1 the inputs are cut into that many contiguous pieces (files, or line
+ranges of plain files), each read and tokenized by its own process (with ``workers //
+partitions`` workers) into a temporary dataset; the parts are then concatenated in input order,
+so the output is again byte-identical.
 """
 
 import collections
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+
+import numpy
 
 from megatron_ponder.data.preprocess import encoder as encoder_module
 from megatron_ponder.data.preprocess.encoder import (
@@ -20,6 +30,7 @@ from megatron_ponder.data.preprocess.encoder import (
     EncoderSettings,
     RecordOutcome,
     RecordProblem,
+    SplitDocument,
 )
 from megatron_ponder.data.preprocess.inputs import (
     INPUT_FORMATS,
@@ -28,11 +39,15 @@ from megatron_ponder.data.preprocess.inputs import (
     TEXT_DOCUMENT_UNITS,
     InputError,
     RecordBatch,
+    Segment,
     expand_inputs,
     iter_record_batches,
+    plan_segments,
     total_input_bytes,
 )
 from megatron_ponder.data.preprocess.output import (
+    DOCUMENT_LEVEL,
+    SENTENCE_LEVEL,
     AtomicDatasetWriter,
     OutputExistsError,
     commit,
@@ -57,7 +72,7 @@ class PreprocessConfig:
     """One run of ``tools/preprocess_data.py``; field names follow its flags."""
 
     inputs: Sequence[str]
-    """``--input``: JSONL or text files, or globs."""
+    """``--input``: JSONL (plain, .gz or .zst) or text files, globs or directories."""
 
     output_prefix: str
     """``--output-prefix``: outputs are ``<prefix>_<key>_document.bin/.idx``."""
@@ -79,7 +94,18 @@ class PreprocessConfig:
     """``--append-eod``: end every document with the tokenizer's EOD id."""
 
     workers: int = 1
-    """``--workers``: tokenizing processes; 1 tokenizes in the reading process."""
+    """``--workers``: tokenizing processes in all; 1 tokenizes in the reading process."""
+
+    partitions: int = 1
+    """``--partitions``: read and tokenize this many contiguous pieces of the input in parallel
+    (each with ``workers // partitions`` workers), then concatenate them."""
+
+    split_sentences: bool = False
+    """``--split-sentences``: store each sentence as a sequence of its document; outputs are
+    ``<prefix>_<key>_sentence.bin/.idx``."""
+
+    keep_newlines: bool = False
+    """``--keep-newlines``: with ``split_sentences``, keep the line breaks between sentences."""
 
     log_interval: int = 100
     """``--log-interval``: documents between progress reports."""
@@ -135,10 +161,11 @@ def run_preprocessing(
     setup_start = time.monotonic()
     keys = _validated_keys(config)
     try:
-        paths = expand_inputs(config.inputs)
+        paths = expand_inputs(config.inputs, config.input_format)
     except InputError as error:
         raise PreprocessError(str(error)) from error
-    prefixes = [dataset_prefix(config.output_prefix, key) for key in keys]
+    level = SENTENCE_LEVEL if config.split_sentences else DOCUMENT_LEVEL
+    prefixes = [dataset_prefix(config.output_prefix, key, level) for key in keys]
     _check_outputs(prefixes, config.overwrite)
     try:
         tokenizer = build_tokenizer(config.tokenizer)
@@ -148,7 +175,13 @@ def run_preprocessing(
     settings = EncoderSettings(
         tokenizer=config.tokenizer, input_format=config.input_format, keys=tuple(keys),
         append_eod=config.append_eod, token_dtype=dtype.name,
+        split_sentences=config.split_sentences, keep_newlines=config.keep_newlines,
     )
+    if config.keep_newlines and not config.split_sentences:
+        log.write("warning: --keep-newlines has no effect without --split-sentences "
+                  "(documents are always stored with their line breaks)\n")
+    # Cutting inside a file is safe only where a record is one line.
+    plan = plan_segments(paths, config.partitions, splittable=config.input_format == JSONL)
 
     writers: List[AtomicDatasetWriter] = []
     progress: Optional[ProgressReporter] = None
@@ -156,14 +189,19 @@ def run_preprocessing(
     # reported separately.
     start = time.monotonic()
     try:
-        # The pool starts before any output file is open or progress thread runs, so forked
-        # workers inherit neither.
-        with _EncodingBackend(settings, config.workers) as encode_in_order:
-            for prefix in prefixes:
-                writers.append(AtomicDatasetWriter(prefix, dtype))
-            progress = ProgressReporter(log, total_input_bytes(paths), config.log_interval)
-            batches = iter_record_batches(paths, config.input_format, config.text_document)
-            counts = _write_documents(encode_in_order(batches), writers, config, progress, log)
+        if len(plan) == 1:
+            # The pool starts before any output file is open or progress thread runs, so
+            # forked workers inherit neither.
+            with _EncodingBackend(settings, config.workers) as encode_in_order:
+                for prefix in prefixes:
+                    writers.append(AtomicDatasetWriter(prefix, dtype))
+                progress = ProgressReporter(log, total_input_bytes(paths), config.log_interval)
+                batches = iter_record_batches(plan[0], config.input_format,
+                                              config.text_document)
+                counts = _write_documents(encode_in_order(batches), writers, config, progress,
+                                          log)
+        else:
+            counts = _run_partitions(plan, prefixes, dtype, settings, config, log, writers)
         for writer in writers:
             writer.finalize()
         commit(writers, config.overwrite)
@@ -203,7 +241,7 @@ def _write_documents(
         for batch, outcomes in encoded:
             for outcome in outcomes:
                 if isinstance(outcome, RecordProblem):
-                    location = f"{batch.source}:{outcome.line}"
+                    location = batch.location(outcome.line)
                     if outcome.is_invalid:
                         if not config.skip_invalid:
                             raise PreprocessError(
@@ -215,9 +253,13 @@ def _write_documents(
                         invalid_shown += 1
                     skipped[outcome.reason] += 1
                     continue
-                for writer, token_ids in zip(writers, outcome):
-                    writer.add_document(token_ids)
-                    tokens += token_ids.size
+                for writer, encoded in zip(writers, outcome):
+                    if isinstance(encoded, SplitDocument):
+                        writer.add_document(encoded.ids, encoded.sentence_lengths)
+                        tokens += encoded.ids.size
+                    else:
+                        writer.add_document(encoded)
+                        tokens += encoded.size
                 documents += 1
             input_bytes += batch.num_bytes
             progress.update(batch.num_bytes, documents, tokens)
@@ -247,6 +289,8 @@ def _validated_keys(config: PreprocessConfig) -> List[str]:
         )
     if config.workers < 1:
         raise PreprocessError(f"--workers must be at least 1, got {config.workers}")
+    if config.partitions < 1:
+        raise PreprocessError(f"--partitions must be at least 1, got {config.partitions}")
     if config.input_format != JSONL:
         return ["text"]
     keys = list(config.json_keys)
@@ -319,3 +363,152 @@ class _EncodingBackend:
         while in_flight:
             finished, result = in_flight.popleft()
             yield finished, result.get()
+
+
+# --- partitions -------------------------------------------------------------------------------
+
+class _PartitionStopped(BaseException):
+    """SIGTERM in a partition process (its parent stops it): clean up, then exit."""
+
+
+def _run_partitions(
+    plan: List[List[Segment]],
+    prefixes: Sequence[str],
+    dtype,
+    settings: EncoderSettings,
+    config: PreprocessConfig,
+    log: TextIO,
+    writers: List[AtomicDatasetWriter],
+) -> Tuple[int, int, collections.Counter, int]:
+    """Tokenize every partition in its own process, then append the parts, in input order, to
+    new ``writers`` (added to the list given, so the caller cleans them up on failure)."""
+    workers_each = max(1, config.workers // len(plan))
+    context = multiprocessing.get_context()
+    part_prefixes = [[f"{prefix}.part{index}-tmp{os.getpid()}" for prefix in prefixes]
+                     for index in range(len(plan))]
+    processes, connections = [], {}
+    try:
+        for index, segments in enumerate(plan):
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_partition_main, name=f"preprocess-partition-{index}",
+                args=(index, len(plan), segments, settings, config, workers_each,
+                      part_prefixes[index], prefixes, sender))
+            process.start()
+            sender.close()
+            processes.append(process)
+            connections[receiver] = index
+        results = _collect_partition_results(connections, processes, log)
+        for prefix in prefixes:
+            writers.append(AtomicDatasetWriter(prefix, dtype))
+        for parts in part_prefixes:
+            for writer, part in zip(writers, parts):
+                writer.add_dataset(part)
+                for path in dataset_files(part):
+                    os.remove(path)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join()
+        for parts in part_prefixes:
+            for part in parts:
+                for path in dataset_files(part):
+                    if os.path.exists(path):
+                        os.remove(path)
+    documents = tokens = input_bytes = 0
+    skipped: collections.Counter = collections.Counter()
+    for part_documents, part_tokens, part_skipped, part_bytes in results:
+        documents += part_documents
+        tokens += part_tokens
+        skipped.update(part_skipped)
+        input_bytes += part_bytes
+    return documents, tokens, skipped, input_bytes
+
+
+def _collect_partition_results(connections: Dict, processes: List, log: TextIO) -> List:
+    """Relay the partitions' log lines until each has reported its counts; the first error
+    stops the whole run."""
+    results = [None] * len(processes)
+    while connections:
+        for connection in multiprocessing.connection.wait(list(connections)):
+            index = connections[connection]
+            try:
+                kind, payload = connection.recv()
+            except EOFError:
+                processes[index].join()
+                raise PreprocessError(
+                    f"partition {index} stopped unexpectedly (exit code "
+                    f"{processes[index].exitcode})") from None
+            if kind == "log":
+                log.write(payload)
+                log.flush()
+            elif kind == "error":
+                raise PreprocessError(payload)
+            else:
+                results[index] = payload
+                del connections[connection]
+    return results
+
+
+class _PipeLog:
+    """A text stream that sends whole lines, prefixed, to the parent process."""
+
+    def __init__(self, connection, prefix: str) -> None:
+        self._connection = connection
+        self._prefix = prefix
+
+    def write(self, text: str) -> None:
+        lines = "".join(self._prefix + line for line in text.splitlines(keepends=True))
+        self._connection.send(("log", lines))
+
+    def flush(self) -> None:
+        pass
+
+
+def _partition_main(index, count, segments, settings, config, workers, part_prefixes,
+                    final_prefixes, connection) -> None:
+    """A partition process: tokenize ``segments`` into the temporary datasets
+    ``part_prefixes`` and send ("done", counts) or ("error", message) to the parent."""
+    # Ctrl-C reaches the whole process group; the parent decides, and stops partitions with
+    # SIGTERM, which must clean up here (stop this partition's pool, remove its files).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def stop(signum, frame):
+        raise _PartitionStopped()
+
+    signal.signal(signal.SIGTERM, stop)
+    log = _PipeLog(connection, f"partition {index + 1}/{count}: ")
+    writers: List[AtomicDatasetWriter] = []
+    dtype = numpy.dtype(settings.token_dtype)
+    try:
+        with _EncodingBackend(settings, workers) as encode_in_order:
+            for final, part in zip(final_prefixes, part_prefixes):
+                writers.append(AtomicDatasetWriter(final, dtype, temp_prefix=part))
+            progress = ProgressReporter(log, None, config.log_interval, use_bar=False)
+            batches = iter_record_batches(segments, config.input_format, config.text_document)
+            documents, tokens, skipped, input_bytes = _write_documents(
+                encode_in_order(batches), writers, config, progress, log)
+        for writer in writers:
+            writer.finalize()
+        connection.send(("done", (documents, tokens, dict(skipped), input_bytes)))
+    except _PartitionStopped:
+        for writer in writers:
+            writer.discard()
+    except BaseException as error:  # reported to the parent, which stops the run
+        for writer in writers:
+            writer.discard()
+        if isinstance(error, PreprocessError):
+            message = str(error)
+        elif isinstance(error, OSError):
+            message = _describe_os_error(error)
+        else:
+            message = (f"partition {index + 1}/{count} failed: "
+                       f"{''.join(traceback.format_exception_only(type(error), error)).strip()}")
+        try:
+            connection.send(("error", message))
+        except OSError:
+            pass
+    finally:
+        connection.close()

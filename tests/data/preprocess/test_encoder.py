@@ -94,3 +94,31 @@ def test_text_documents_tokenize_exactly(tokenizer):
     text = "First paragraph.\n\nSecond one, with ünïcode.\n"
     (outcome,) = _encoder(TEXT, append_eod=True).encode_batch([(1, text.encode())])
     assert outcome[0].tolist() == tokenizer.tokenize(text) + [0]
+
+
+def _sentence_encoder(keep_newlines=False, append_eod=True):
+    return DocumentEncoder(EncoderSettings(TokenizerSpec(), JSONL, ("text",), append_eod,
+                                           "uint16", split_sentences=True,
+                                           keep_newlines=keep_newlines))
+
+
+def test_split_sentences_tokenizes_each_sentence_with_eod_after_the_last(tokenizer):
+    from megatron_ponder.data.preprocess.encoder import SplitDocument
+
+    (outcome,) = _sentence_encoder().encode_batch(
+        [(1, b'{"text": "First one. Second one!\\n\\nThird."}')])
+    (document,) = outcome
+    assert isinstance(document, SplitDocument)
+    sentences = [tokenizer.tokenize(s) for s in ("First one.", "Second one!", "Third.")]
+    sentences[-1].append(tokenizer.eod)
+    assert document.sentence_lengths == tuple(map(len, sentences))
+    assert document.ids.tolist() == sum(sentences, [])
+    (outcome,) = _sentence_encoder(keep_newlines=True, append_eod=False).encode_batch(
+        [(1, b'{"text": "First one. Second one!\\n\\nThird."}')])
+    assert outcome[0].ids.tolist() == sum((tokenizer.tokenize(s) for s in
+                                           ("First one.", "Second one!\n\n", "Third.")), [])
+
+
+def test_split_sentences_of_a_blank_document_is_empty():
+    (outcome,) = _sentence_encoder().encode_batch([(3, b'{"text": " \\n\\n "}')])
+    assert (outcome.line, outcome.reason) == (3, EMPTY_DOCUMENT)

@@ -76,8 +76,9 @@ def test_lm_eval_cli_equals_tools_evaluate(tmp_path):
     """The two command lines on the same exported folder and task folder."""
     _, folder = export_tiny(tmp_path / "model")
     tasks = write_tasks(tmp_path)
-    env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
+    path = [REPO] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     ours_json = tmp_path / "ours.json"
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "evaluate.py"), "--hf", folder,
                     "--tasks", ",".join(TASKS), "--include-path", tasks, "--batch-size", "3",

@@ -90,13 +90,13 @@ def main(argv=None) -> int:
 
 
 def official_to_hf(source: str, output: str, dtype_name=None) -> str:
-    """An official release folder (or any folder from_pretrained reads) -> the native format,
+    """An official release folder (or any folder load_megatron reads) -> the native format,
     with its tokenizer.json; the weights keep the release's dtype unless ``dtype_name``."""
     import torch
 
     from megatron_ponder.compat import activate_if_needed
-    from megatron_ponder.hf import from_pretrained, save_pretrained
-    from megatron_ponder.hf.loading import load_hf_config
+    from megatron_ponder.hf import save_pretrained
+    from megatron_ponder.hf.loading import load_hf_config, load_megatron
 
     activate_if_needed()
     config = load_hf_config(source)
@@ -105,7 +105,7 @@ def official_to_hf(source: str, output: str, dtype_name=None) -> str:
     if dtype_name not in DTYPES:
         raise SystemExit(f"unsupported dtype {dtype_name!r} in {source}; pass --dtype")
     tokenizer = os.path.join(source, "tokenizer.json")
-    model = from_pretrained(source)
+    model = load_megatron(source)
     return save_pretrained(model, output, dtype=getattr(torch, dtype_name),
                            tokenizer_file=tokenizer if os.path.isfile(tokenizer) else None)
 

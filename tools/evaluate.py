@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="comma-separated lm-eval task names ('' for none); "
                             "default: the paper's suite")
     suite.add_argument("--data-source", default="offline", choices=DATA_SOURCES)
+    suite.add_argument("--include-path", default=None, metavar="DIR",
+                       help="a folder of extra lm-eval task YAMLs (as lm_eval --include_path)")
     suite.add_argument("--task-cache", default=None,
                        help="where offline task data is written (default ~/.cache/...)")
     suite.add_argument("--limit", type=float, default=None,
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
                           max_length=args.max_length, seed=args.seed, **jacobi)
         results = run_suite(lm, args.tasks, data_source=args.data_source,
                             task_cache=args.task_cache, limit=args.limit, seed=args.seed,
-                            bootstrap_iters=args.bootstrap_iters)
+                            bootstrap_iters=args.bootstrap_iters,
+                            include_path=args.include_path)
         rows += result_rows(results)
         report["lm_eval_versions"] = results.get("versions", {})
         report["mean_jacobi_iterations"] = lm.mean_jacobi_iterations

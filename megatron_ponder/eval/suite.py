@@ -6,6 +6,7 @@ its dataset from the hub or the local HF cache).
 """
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -30,25 +31,34 @@ class ResultRow:
 
 def run_suite(lm, tasks: Sequence[str] = tuple(PAPER_TASKS), data_source: str = "offline",
               task_cache: Optional[str] = None, limit: Optional[Union[int, float]] = None,
-              seed: int = 1234, bootstrap_iters: int = 1000) -> dict:
+              seed: int = 1234, bootstrap_iters: int = 1000,
+              include_path: Optional[str] = None, log_samples: bool = False) -> dict:
     """lm-eval ``simple_evaluate`` of ``lm`` (an lm-eval LM) on ``tasks``; returns its result
-    dict. Offline data is written under ``task_cache`` on first use."""
+    dict. Offline data is written under ``task_cache`` on first use. ``include_path``: a folder
+    of extra task YAMLs (lm_eval's ``--include_path``); its tasks need no stock index."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     if data_source not in DATA_SOURCES:
         raise ValueError(f"data_source must be one of {DATA_SOURCES}, got {data_source!r}")
+    if include_path is not None and not os.path.isdir(include_path):
+        raise FileNotFoundError(f"include_path {include_path!r} is not a folder")
     offline = [t for t in tasks if t in PAPER_TASKS] if data_source == "offline" else []
+    paths = [build_offline_tasks(task_cache, offline)] if offline else []
+    if include_path is not None:
+        paths.append(include_path)
     others = [t for t in tasks if t not in offline]
-    include_path = build_offline_tasks(task_cache, offline) if offline else None
+    if include_path is not None:
+        local = set(TaskManager(include_path=include_path, include_defaults=False).all_tasks)
+        others = [t for t in others if t not in local]
     # Our offline YAMLs include the stock ones by absolute path, so the (slow, ~10 s) index of
     # every stock task is only needed for tasks we pass through.
-    manager = TaskManager(include_path=include_path, include_defaults=bool(others))
+    manager = TaskManager(include_path=paths or None, include_defaults=bool(others))
     names = [PAPER_TASKS[t].offline_name if t in offline else t for t in tasks]
     return lm_eval.simple_evaluate(
         model=lm, tasks=names, task_manager=manager, limit=limit, bootstrap_iters=bootstrap_iters,
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-        fewshot_random_seed=seed, log_samples=False)
+        fewshot_random_seed=seed, log_samples=log_samples)
 
 
 def result_rows(results: dict) -> List[ResultRow]:

@@ -1,8 +1,8 @@
 """Hugging Face <-> megatron parameter mapping, one adapter per architecture.
 
-Used by ``from_pretrained`` (import) and by export/conversion tools. Names on the megatron side
-are those of ``PonderGPTModel`` with TP=PP=1 (full, unsharded tensors); dist_checkpointing
-handles any other layout.
+Used by ``from_pretrained`` / ``load_megatron`` (import) and by export/conversion tools. Names
+on the megatron side are those of ``PonderGPTModel`` with TP=PP=1 (full, unsharded tensors);
+dist_checkpointing handles any other layout.
 """
 
 from typing import Dict, Iterable, Tuple

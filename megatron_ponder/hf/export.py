@@ -15,7 +15,8 @@ Two layouts, both with ``model.safetensors`` under the parameter names of transf
   ``GPTNeoXForCausalLM`` plus the PonderLM-2 fields (``config_mapping.hf_config_from``).
   Stock transformers loads such a folder as a vanilla model (wrong logits unless vanilla).
 
-``from_pretrained`` of either folder rebuilds the same model.
+``from_pretrained`` (the transformers-native model) and ``load_megatron`` (ours) of either folder
+rebuild the same model.
 Checkpoints saved with other parallel layouts are converted to a full model first (the
 training-checkpoint converter's job).
 """
@@ -61,6 +62,9 @@ def save_pretrained(model: Union[PonderGPTModel, PonderForCausalLM], folder: str
         raise ValueError(f"unknown export format {format!r}; choose one of {FORMATS}")
     if isinstance(model, PonderForCausalLM):
         model = model.model
+    if type(model).__name__ == "PonderLM2ForCausalLM":
+        raise TypeError("this is already a transformers model: use its own "
+                        "model.save_pretrained(folder)")
     if not isinstance(model, PonderGPTModel):
         raise TypeError(f"save_pretrained takes a PonderGPTModel or PonderForCausalLM, got "
                         f"{type(model).__name__}")

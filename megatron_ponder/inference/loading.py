@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from megatron_ponder.hf.causal_lm import PonderForCausalLM
-from megatron_ponder.hf.loading import from_pretrained
+from megatron_ponder.hf.loading import load_megatron
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,7 +33,7 @@ def load_model(hf_folder: str, device: Optional[str] = None, dtype: Optional[str
                **overrides) -> PonderForCausalLM:
     """``hf_folder`` -> an eval-mode model on ``device`` (default: cuda if present) in ``dtype``
     (``float32`` / ``bfloat16`` / ``float16``; default float32). ``overrides`` are
-    ``from_pretrained``'s (num_latent_thoughts, jacobi_iterations, vanilla, scale_embeds)."""
+    ``hf.loading.load_megatron``'s (num_latent_thoughts, jacobi_iterations, vanilla, scale_embeds)."""
     if is_training_checkpoint(hf_folder):
         from megatron_ponder.training.conversion import load_checkpoint_for_inference
 
@@ -41,7 +41,7 @@ def load_model(hf_folder: str, device: Optional[str] = None, dtype: Optional[str
             raise ValueError(f"overrides {sorted(overrides)} apply to Hugging Face folders only")
         model = load_checkpoint_for_inference(hf_folder)
     else:
-        model = from_pretrained(hf_folder, **overrides)
+        model = load_megatron(hf_folder, **overrides)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
     # Rotary frequencies are not a buffer, so they stay float32 (see model/rotary.py).

@@ -7,7 +7,7 @@ from megatron.core import parallel_state
 
 def ensure_single_process_parallel_state() -> None:
     """Make megatron's parallel state usable in a plain single process (notebooks, tests,
-    ``from_pretrained``): a world of one gloo rank with all parallel sizes 1. Does nothing when
+    ``load_megatron``): a world of one gloo rank with all parallel sizes 1. Does nothing when
     a launcher already set things up."""
     if not dist.is_initialized():
         # A HashStore needs no network port and no environment variables.

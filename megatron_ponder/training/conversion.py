@@ -18,7 +18,7 @@ from megatron_ponder.compat import activate_if_needed
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf.causal_lm import PonderForCausalLM
 from megatron_ponder.hf.export import save_pretrained
-from megatron_ponder.hf.loading import from_pretrained
+from megatron_ponder.hf.loading import load_megatron
 from megatron_ponder.model.build import build_model
 from megatron_ponder.parallel.state import ensure_single_process_parallel_state
 from megatron_ponder.tokenizer import HuggingFaceTokenizer, TokenizerSpec, build_tokenizer
@@ -94,7 +94,7 @@ def checkpoint_to_hf(root: str, folder: str, iteration: Optional[int] = None,
 def hf_to_checkpoint(hf_folder: str, root: str, **overrides) -> str:
     """Write ``hf_folder``'s weights as a model-only training checkpoint (iteration 0)."""
     activate_if_needed()
-    model = from_pretrained(hf_folder, **overrides)
+    model = load_megatron(hf_folder, **overrides)
     config = PretrainConfig(model=model.model_config, ponder=model.ponder_config)
     os.makedirs(root, exist_ok=True)
     return save_model_only_checkpoint(root, model.model, config)

@@ -38,13 +38,13 @@ def checkpoint_and_hf_logits(checkpoint_dir, hf_folder, token_ids):
     """Logits of a training checkpoint loaded for inference and of a HF folder."""
     import torch
 
-    from megatron_ponder.hf import from_pretrained
+    from megatron_ponder.hf import load_megatron
     from megatron_ponder.training.conversion import load_checkpoint_for_inference
 
     ids = torch.tensor(token_ids)
     with torch.no_grad():
         from_checkpoint = load_checkpoint_for_inference(checkpoint_dir)(ids).logits
-        from_hf = from_pretrained(hf_folder)(ids).logits
+        from_hf = load_megatron(hf_folder)(ids).logits
     return from_checkpoint, from_hf
 
 

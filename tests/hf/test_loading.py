@@ -1,0 +1,341 @@
+"""hf/loading.py. ``load_megatron`` (our megatron-core model): vanilla parity with transformers,
+config spellings, formats, overrides. ``from_pretrained`` (the transformers-native model): logits
+equal ``load_megatron``'s for every folder format and override, dtype and device options,
+save_pretrained round trip. Both: bad input."""
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megatron_ponder.hf import from_pretrained, load_megatron, save_pretrained
+from megatron_ponder.hf.adapters import ConversionError
+from megatron_ponder.hf.config_mapping import UnsupportedConfigError
+from tests.tiny_models import VOCAB, edit_config, save_tiny_hf
+
+pytestmark = pytest.mark.usefixtures("single_process")
+
+VARIANTS = {
+    "llama_gqa": ("llama", {}),
+    "llama_mha_head_dim": ("llama", {"num_key_value_heads": 4, "head_dim": 8}),
+    "neox_parallel_rot25": ("gpt_neox", {}),
+    "neox_sequential_rot50": ("gpt_neox", {"use_parallel_residual": False, "rotary_pct": 0.5}),
+    "neox_full_rotary": ("gpt_neox", {"rotary_pct": 1.0}),
+}
+
+
+def _ids(batch=2, length=13, seed=1):
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_vanilla_matches_transformers(tmp_path, variant):
+    arch, overrides = VARIANTS[variant]
+    reference = save_tiny_hf(tmp_path, arch, **overrides)
+    model = load_megatron(str(tmp_path))
+    ids = _ids()
+    with torch.no_grad():
+        expected = reference(ids).logits
+        out = model(ids, labels=ids)
+    assert model.ponder_config.vanilla
+    assert out.logits.dtype == torch.float32 and out.logits.shape == (2, 13, VOCAB)
+    torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=0)
+    with torch.no_grad():  # the transformers-native model of the same folder
+        torch.testing.assert_close(from_pretrained(str(tmp_path))(ids).logits, expected,
+                                   atol=1e-5, rtol=0)
+    expected_loss = F.cross_entropy(expected[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected_loss, atol=1e-5, rtol=0)
+
+
+def test_returned_model_state(tmp_path):
+    save_tiny_hf(tmp_path, "llama")
+    model = load_megatron(str(tmp_path))
+    assert not model.training
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
+    assert model(_ids()).loss is None
+
+
+def test_old_config_spellings_give_same_logits(tmp_path):
+    save_tiny_hf(tmp_path, "gpt_neox", rotary_pct=0.5, rope_theta=500.0)
+    ids = _ids()
+    with torch.no_grad():
+        new_style = load_megatron(str(tmp_path))(ids).logits
+    # transformers 4.x wrote these at the top level under older names.
+    edit_config(tmp_path, rope_parameters=None, rotary_pct=0.5, rotary_emb_base=500.0)
+    with torch.no_grad():
+        old_style = load_megatron(str(tmp_path))(ids).logits
+    torch.testing.assert_close(old_style, new_style, atol=0, rtol=0)
+    edit_config(tmp_path, rotary_pct=None, rotary_emb_base=None, partial_rotary_factor=0.25)
+    with torch.no_grad():
+        changed = load_megatron(str(tmp_path))(ids).logits
+    assert not torch.allclose(changed, new_style)  # the field is really read
+
+
+def test_llama_rope_theta_top_level(tmp_path):
+    save_tiny_hf(tmp_path, "llama", rope_theta=321.0)
+    ids = _ids()
+    with torch.no_grad():
+        nested = load_megatron(str(tmp_path))(ids).logits
+    edit_config(tmp_path, rope_parameters=None, rope_theta=321.0)
+    with torch.no_grad():
+        top = load_megatron(str(tmp_path))(ids).logits
+    torch.testing.assert_close(top, nested, atol=0, rtol=0)
+
+
+def test_pytorch_bin_and_sharded_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    reference = save_tiny_hf(tmp_path / "orig", "llama")
+    ids = _ids()
+    with torch.no_grad():
+        expected = reference(ids).logits
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    config = (tmp_path / "orig" / "config.json").read_text()
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "config.json").write_text(config)
+    torch.save(state, bin_dir / "pytorch_model.bin")
+
+    shard_dir = tmp_path / "sharded"
+    shard_dir.mkdir()
+    (shard_dir / "config.json").write_text(config)
+    names = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": names[::2],
+              "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in halves.items():
+        save_file({k: state[k] for k in keys}, str(shard_dir / shard))
+    index = {"weight_map": {k: shard for shard, keys in halves.items() for k in keys}}
+    (shard_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    for folder in (bin_dir, shard_dir):
+        with torch.no_grad():
+            logits = load_megatron(str(folder))(ids).logits
+            native = from_pretrained(str(folder))(ids).logits
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(native, expected, atol=1e-5, rtol=0)
+
+
+def test_ponder_fields_and_overrides(tmp_path):
+    save_tiny_hf(tmp_path, "gpt_neox", ponder_fields=dict(
+        recurrent_model=True, num_latent_thoughts=2, num_jacobi_iterations=4,
+        random_jacobi_iterations=True, scale_embeds=True, interpolation=False))
+    ponder = load_megatron(str(tmp_path)).ponder_config
+    assert (ponder.vanilla, ponder.num_latent_thoughts, ponder.jacobi_iterations) == (False, 2, 4)
+    assert ponder.random_jacobi_iterations == (2, 3, 4) and ponder.scale_embeds
+    ponder = load_megatron(str(tmp_path), num_latent_thoughts=1,
+                             jacobi_iterations=2).ponder_config
+    assert (ponder.num_latent_thoughts, ponder.jacobi_iterations) == (1, 2)
+
+
+def test_ponder_mode_changes_logits(tmp_path):
+    save_tiny_hf(tmp_path, "llama")
+    ids = _ids()
+    with torch.no_grad():
+        vanilla = load_megatron(str(tmp_path))(ids).logits
+        ponder = load_megatron(str(tmp_path), vanilla=False, num_latent_thoughts=1)(ids).logits
+    assert ponder.shape == vanilla.shape and not torch.allclose(ponder, vanilla, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------- bad input
+@pytest.fixture(params=["from_pretrained", "load_megatron"])
+def loader(request):
+    """Both loaders check a folder the same way."""
+    return {"from_pretrained": from_pretrained, "load_megatron": load_megatron}[request.param]
+
+
+def test_unknown_architecture(tmp_path, loader):
+    save_tiny_hf(tmp_path, "llama")
+    edit_config(tmp_path, architectures=["MistralForCausalLM"], model_type="mistral")
+    with pytest.raises(UnsupportedConfigError, match="MistralForCausalLM"):
+        loader(str(tmp_path))
+
+
+def test_missing_weight_file(tmp_path, loader):
+    save_tiny_hf(tmp_path, "llama")
+    os.remove(tmp_path / "model.safetensors")
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        loader(str(tmp_path))
+
+
+def test_missing_config(tmp_path, loader):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        loader(str(tmp_path))
+
+
+@pytest.mark.parametrize("arch,dropped", [
+    ("llama", "model.layers.1.mlp.up_proj.weight"),
+    ("gpt_neox", "gpt_neox.layers.0.attention.dense.bias"),
+])
+def test_missing_weight(tmp_path, loader, arch, dropped):
+    from safetensors.torch import load_file, save_file
+
+    save_tiny_hf(tmp_path, arch)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    del state[dropped]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConversionError, match=dropped.replace(".", r"\.")):
+        loader(str(tmp_path))
+
+
+def test_unexpected_weight(tmp_path, loader):
+    from safetensors.torch import load_file, save_file
+
+    save_tiny_hf(tmp_path, "llama")
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["model.layers.7.mlp.up_proj.weight"] = torch.zeros(3)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConversionError, match="layers.7"):
+        loader(str(tmp_path))
+
+
+def test_shape_mismatch(tmp_path, loader):
+    save_tiny_hf(tmp_path, "gpt_neox")
+    edit_config(tmp_path, intermediate_size=64)  # the weights have 128
+    with pytest.raises(ConversionError, match="shape mismatch.*(linear_fc1|dense_h_to_4h)"):
+        loader(str(tmp_path))
+
+
+def test_interpolation_refused(tmp_path, loader):
+    save_tiny_hf(tmp_path, "llama", ponder_fields=dict(recurrent_model=True, interpolation=True))
+    with pytest.raises(UnsupportedConfigError, match="interpolation"):
+        loader(str(tmp_path))
+
+
+def test_bad_overrides(tmp_path, loader):
+    save_tiny_hf(tmp_path, "llama")
+    with pytest.raises(TypeError, match="unknown override"):
+        loader(str(tmp_path), num_thoughts=2)
+    with pytest.raises(UnsupportedConfigError, match="vanilla=False"):
+        loader(str(tmp_path), num_latent_thoughts=2)
+
+
+def test_unsupported_rope_scaling(tmp_path, loader):
+    save_tiny_hf(tmp_path, "llama")
+    edit_config(tmp_path, rope_parameters={"rope_type": "yarn", "factor": 4.0,
+                                           "rope_theta": 1000.0})
+    with pytest.raises(UnsupportedConfigError, match="yarn"):
+        loader(str(tmp_path))
+
+
+# ------------------------------------------------------------ from_pretrained: the native model
+def _native_and_megatron(folder, ids, **overrides):
+    native = from_pretrained(folder, **overrides)
+    megatron_overrides = {k: v for k, v in overrides.items() if k in
+                          ("num_latent_thoughts", "jacobi_iterations", "vanilla", "scale_embeds")}
+    with torch.no_grad():
+        return native, native(ids).logits, load_megatron(folder, **megatron_overrides)(ids).logits
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_from_pretrained_equals_megatron_for_every_format_and_override(tmp_path, arch):
+    import transformers
+
+    vanilla, official = tmp_path / "vanilla", tmp_path / "official"
+    save_tiny_hf(vanilla, arch)  # a stock LlamaForCausalLM / GPTNeoXForCausalLM folder
+    save_tiny_hf(official, arch, ponder_fields=dict(  # the official release layout
+        recurrent_model=True, num_latent_thoughts=1, num_jacobi_iterations=3,
+        scale_embeds=True, interpolation=False))
+    native = tmp_path / "native"  # ours: model_type ponderlm2
+    save_pretrained(load_megatron(str(official)), str(native))
+    ids = _ids(length=9)
+    cases = [(vanilla, {}), (vanilla, dict(vanilla=False, num_latent_thoughts=1)),
+             (official, {}), (official, dict(num_latent_thoughts=2, jacobi_iterations=1)),
+             (official, dict(num_latent_thoughts=0)), (native, {}),
+             (native, dict(jacobi_iterations=0, scale_embeds=False))]
+    for folder, overrides in cases:
+        model, logits, expected = _native_and_megatron(str(folder), ids, **overrides)
+        assert isinstance(model, transformers.PreTrainedModel), folder
+        assert type(model).__name__ == "PonderLM2ForCausalLM" and not model.training
+        assert model.config.arch == arch and model.dtype == torch.float32
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0,
+                                   msg=lambda m: f"{folder.name} {overrides}: {m}")
+    config = from_pretrained(str(official), num_latent_thoughts=2, jacobi_iterations=1).config
+    assert (config.thoughts, config.num_jacobi_iterations) == (2, 1)
+    assert from_pretrained(str(vanilla)).config.thoughts == 0
+
+
+def test_from_pretrained_adaptive_jacobi_and_generate(tmp_path):
+    save_tiny_hf(tmp_path, "gpt_neox", ponder_fields=dict(
+        recurrent_model=True, num_latent_thoughts=1, num_jacobi_iterations=3,
+        scale_embeds=True, interpolation=False))
+    ids = _ids(length=7)
+    adaptive = dict(jacobi_iterations="adaptive", jacobi_tolerance=1e-3,
+                    max_jacobi_iterations=5)
+    model = from_pretrained(str(tmp_path), **adaptive)
+    assert model.config.jacobi_tolerance == 1e-3 and model.config.max_jacobi_iterations == 5
+    megatron = load_megatron(str(tmp_path))
+    with torch.no_grad():
+        out = model(ids)
+        expected = megatron(ids, **adaptive)
+    assert out.jacobi_iterations == expected.passes.jacobi_iterations
+    torch.testing.assert_close(out.logits, expected.logits, atol=1e-5, rtol=0)
+    assert from_pretrained(str(tmp_path), jacobi_iterations="adaptive").config.jacobi_tolerance \
+        == 1e-4  # float32's default
+    # Greedy generation with the cache equals our engine's.
+    fixed = from_pretrained(str(tmp_path))
+    prompt = ids[:1]
+    torch.testing.assert_close(fixed.generate(prompt, max_new_tokens=4, do_sample=False),
+                               megatron.generate(prompt, max_new_tokens=4))
+    with pytest.raises(ValueError, match="adaptive"):
+        from_pretrained(str(tmp_path), jacobi_tolerance=1e-3)
+    with pytest.raises(ValueError, match="int or 'adaptive'"):
+        from_pretrained(str(tmp_path), jacobi_iterations="many")
+
+
+def test_from_pretrained_dtype_and_device(tmp_path):
+    save_tiny_hf(tmp_path, "llama")
+    edit_config(tmp_path, torch_dtype="bfloat16", dtype=None)
+    ids = _ids(length=5)
+    with torch.no_grad():
+        reference = from_pretrained(str(tmp_path))(ids).logits
+    for kwargs, dtype in [(dict(torch_dtype=torch.bfloat16), torch.bfloat16),
+                          (dict(torch_dtype="float16"), torch.float16),
+                          (dict(dtype="float32"), torch.float32),
+                          (dict(torch_dtype="auto"), torch.bfloat16),
+                          (dict(device="cpu"), torch.float32),
+                          (dict(device_map="cpu"), torch.float32),
+                          (dict(device_map="auto"), torch.float32),
+                          (dict(device_map={"": "cpu"}), torch.float32)]:
+        model = from_pretrained(str(tmp_path), **kwargs)
+        assert model.dtype == dtype and model.device == torch.device("cpu"), kwargs
+        assert model.config.dtype == dtype
+        with torch.no_grad():
+            logits = model(ids).logits
+        tolerance = 1e-5 if dtype == torch.float32 else 0.1
+        torch.testing.assert_close(logits, reference, atol=tolerance, rtol=0)
+    with pytest.raises(ValueError, match="unsupported torch_dtype"):
+        from_pretrained(str(tmp_path), torch_dtype="int8")
+    with pytest.raises(ValueError, match="not both"):
+        from_pretrained(str(tmp_path), device="cpu", device_map="cpu")
+    with pytest.raises(TypeError, match="device_map"):
+        from_pretrained(str(tmp_path), device_map=["cpu"])
+
+
+def test_from_pretrained_save_pretrained_round_trip(tmp_path):
+    import transformers
+
+    save_tiny_hf(tmp_path / "official", "gpt_neox", ponder_fields=dict(
+        recurrent_model=True, num_latent_thoughts=2, num_jacobi_iterations=1,
+        scale_embeds=True, interpolation=False))
+    model = from_pretrained(str(tmp_path / "official"))
+    saved = tmp_path / "saved"
+    model.save_pretrained(str(saved))
+    assert {"configuration_ponderlm2.py", "modeling_ponderlm2.py", "config.json",
+            "model.safetensors"} <= set(os.listdir(saved))
+    with open(saved / "config.json") as f:
+        config = json.load(f)
+    assert config["model_type"] == "ponderlm2" and config["num_latent_thoughts"] == 2
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_ponderlm2.PonderLM2ForCausalLM"
+    ids = _ids(length=6)
+    with torch.no_grad():
+        expected = model(ids).logits
+        auto = transformers.AutoModelForCausalLM.from_pretrained(str(saved),
+                                                                 trust_remote_code=True)
+        torch.testing.assert_close(auto(ids).logits, expected, atol=0, rtol=0)
+        torch.testing.assert_close(from_pretrained(str(saved))(ids).logits, expected,
+                                   atol=0, rtol=0)
+        torch.testing.assert_close(load_megatron(str(saved))(ids).logits, expected,
+                                   atol=1e-5, rtol=0)

@@ -164,6 +164,12 @@ def run_preprocessing(
             progress = ProgressReporter(log, total_input_bytes(paths), config.log_interval)
             batches = iter_record_batches(paths, config.input_format, config.text_document)
             counts = _write_documents(encode_in_order(batches), writers, config, progress, log)
+        if counts[0] == 0:  # an empty dataset would only fail later, inside training
+            skipped = sum(counts[2].values())
+            raise PreprocessError(
+                f"no documents in {', '.join(paths)}"
+                + (f" ({skipped} records skipped)" if skipped else " (the input is empty)")
+                + ": nothing written")
         for writer in writers:
             writer.finalize()
         commit(writers, config.overwrite)

@@ -25,6 +25,7 @@ from megatron_ponder.data.config import (
 )
 from megatron_ponder.data.datasets import (
     build_datasets,
+    check_data_files,
     gpt_dataset_config,
     is_dataset_built_on_rank,
     parse_blend,
@@ -39,6 +40,7 @@ __all__ = [
     "build_data_loader",
     "build_datasets",
     "build_iterators",
+    "check_data_files",
     "data_config_from_args",
     "gpt_dataset_config",
     "is_dataset_built_on_rank",

@@ -11,6 +11,7 @@ and the preprocessing workers import this package.
 """
 
 import os
+import struct
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from megatron_ponder.data.config import DataConfig, DataConfigError
@@ -171,6 +172,26 @@ def is_dataset_built_on_rank() -> bool:
     return on_end_stage and parallel_state.get_tensor_model_parallel_rank() == 0
 
 
+def check_data_files(config: DataConfig) -> None:
+    """DataConfigError (one line) unless every dataset named by ``config`` has a readable
+    ``.idx`` and a ``.bin`` of the size that index describes. Cheap (headers and sizes only),
+    so it runs before any process group or model is built."""
+    if config.mock_data:
+        return
+    for tokens in (config.data_path, config.train_data_path, config.valid_data_path,
+                   config.test_data_path):
+        blend = parse_blend(tokens)
+        if blend is not None:
+            _check_prefixes_exist(blend[0])
+
+
+# The Megatron index format (megatron-core's IndexedDataset): magic, version, dtype code,
+# sequence and document counts, then int32 lengths, int64 byte pointers, int64 documents.
+_INDEX_MAGIC = b"MMIDIDX\x00\x00"
+_INDEX_HEADER = struct.Struct("<9sQBQQ")
+_TOKEN_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 4, 8: 2}  # dtype code -> bytes
+
+
 def _check_prefixes_exist(prefixes: Sequence[str]) -> None:
     for prefix in prefixes:
         missing = [path for path in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(path)]
@@ -179,6 +200,44 @@ def _check_prefixes_exist(prefixes: Sequence[str]) -> None:
                 f"dataset {prefix!r} is missing {', '.join(missing)}; create it with "
                 "tools/preprocess_data.py (or tools/prepare_default_corpus.py)"
             )
+        problem = _index_problem(prefix)
+        if problem is not None:
+            raise DataConfigError(f"dataset {prefix!r}: {problem}; recreate it with "
+                                  "tools/preprocess_data.py")
+
+
+def _index_problem(prefix: str) -> Optional[str]:
+    """None if ``prefix.idx`` is a Megatron index whose sequences fit ``prefix.bin`` exactly,
+    else what is wrong, in a few words."""
+    idx_path, bin_path = prefix + ".idx", prefix + ".bin"
+    try:
+        with open(idx_path, "rb") as f:
+            header = f.read(_INDEX_HEADER.size)
+            if len(header) < _INDEX_HEADER.size:
+                return f"{idx_path} is too short to be a Megatron index ({len(header)} bytes)"
+            magic, version, code, sequences, documents = _INDEX_HEADER.unpack(header)
+            if magic != _INDEX_MAGIC or version != 1 or code not in _TOKEN_SIZES:
+                return f"{idx_path} is not a Megatron index (bad header)"
+            idx_size = os.fstat(f.fileno()).st_size
+            needed = _INDEX_HEADER.size + sequences * (4 + 8) + documents * 8
+            if idx_size < needed:
+                return (f"{idx_path} is truncated ({idx_size} bytes, its header needs "
+                        f"{needed})")
+            if sequences == 0:
+                return f"{idx_path} holds no documents"
+            # The last sequence's length and pointer give the end of the token data.
+            f.seek(_INDEX_HEADER.size + (sequences - 1) * 4)
+            (last_length,) = struct.unpack("<i", f.read(4))
+            f.seek(_INDEX_HEADER.size + sequences * 4 + (sequences - 1) * 8)
+            (last_pointer,) = struct.unpack("<q", f.read(8))
+        bin_size = os.path.getsize(bin_path)
+    except OSError as error:
+        return f"cannot read it ({error.strerror or error}: {error.filename or prefix})"
+    expected = last_pointer + last_length * _TOKEN_SIZES[code]
+    if last_length < 0 or last_pointer < 0 or expected != bin_size:
+        return (f"{bin_path} has {bin_size} bytes but {idx_path} describes {expected}: the "
+                f".bin and .idx files do not belong together (or one is damaged)")
+    return None
 
 
 def _is_number(token: str) -> bool:

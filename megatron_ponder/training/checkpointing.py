@@ -286,16 +286,25 @@ def find_checkpoint(root: str, iteration: Optional[int] = None) -> Optional[int]
             latest, tracker_problem = None, str(exc)
         saved = saved_iterations(root)
         with_manifest = [i for i in saved if has_manifest(checkpoint_dir(root, i))]
-        plan = (latest, tracker_problem, saved, with_manifest)
+        pre_manifest = [i for i in saved if i not in with_manifest
+                        and _saved_before_manifests(checkpoint_dir(root, i))]
+        plan = (latest, tracker_problem, saved, with_manifest, pre_manifest)
     else:
         plan = None
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [plan]
         dist.broadcast_object_list(box, src=0)
         plan = box[0]
-    latest, tracker_problem, saved, with_manifest = plan
+    latest, tracker_problem, saved, with_manifest, pre_manifest = plan
     if latest is None:
         if not saved:
+            return None
+        if not with_manifest and not pre_manifest and tracker_problem is None:
+            # No save ever completed (the first one moves the tracker, after the manifest):
+            # these are interrupted saves, say a job killed inside its first save.
+            _log(f"no complete checkpoint in {root} (no {TRACKER_FILE}; "
+                 f"{', '.join(f'iter_{i:07d}' for i in sorted(saved))} never completed): "
+                 f"starting from scratch")
             return None
         if not with_manifest:
             raise CheckpointError(
@@ -319,6 +328,19 @@ def find_checkpoint(root: str, iteration: Optional[int] = None) -> Optional[int]
         _note_unverified(checkpoint_dir(root, candidate))
         return candidate
     raise CheckpointError(f"no intact checkpoint in {root}: every one is damaged (see above)")
+
+
+def _saved_before_manifests(path: str) -> bool:
+    """Whether ``path`` looks like a complete checkpoint of the version before manifests (its
+    save finished: ``.metadata`` is there; ``common.pt`` says version 1)."""
+    if not os.path.isfile(os.path.join(path, ".metadata")):
+        return False
+    try:
+        common = torch.load(os.path.join(path, "common.pt"), map_location="cpu",
+                            weights_only=True)
+    except Exception:  # unreadable: not a complete checkpoint of any version
+        return False
+    return common.get("checkpoint_version", 1) < MANIFEST_CHECKPOINT_VERSION
 
 
 def _note_unverified(path: str) -> None:
@@ -398,6 +420,9 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
                 optimizer.load_state_dict(loaded["optimizer"])
             restore_adam_steps(optimizer, loaded["optimizer"])
     if scheduler is not None and "opt_param_scheduler" in common:
+        # megatron's load_state_dict adds the saved step count to the current one: right for
+        # a fresh scheduler only, so a rollback inside a run starts it from 0 first.
+        scheduler.num_steps = 0
         try:
             scheduler.load_state_dict(common["opt_param_scheduler"])
         except AssertionError as exc:  # megatron's check that the schedule flags are unchanged

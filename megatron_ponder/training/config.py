@@ -87,6 +87,10 @@ class TrainConfig:
     max_consecutive_nan_steps: int = _opt(
         10, "stop the run (exit status 1, no checkpoint written) after this many consecutive "
         "steps with NaN/inf; 0 = never stop")
+    rollback_on_nan: bool = _opt(
+        False, "after --max-consecutive-nan-steps consecutive steps with NaN/inf, instead of "
+        "stopping, reload the newest complete checkpoint in --save and go on from there, "
+        "skipping the data of those steps (the data iterator moves past them)")
 
 
 @dataclass

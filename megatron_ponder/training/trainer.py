@@ -53,6 +53,10 @@ class TrainingResult:
     """(iteration, L2 norm of all weights) at every log line, with --log-params-norm."""
     validation: List[Tuple[int, float]] = field(default_factory=list)
     """(iteration, validation loss) of every evaluation."""
+    rollbacks: List[Tuple[int, int]] = field(default_factory=list)
+    """(iteration of the last bad step, iteration rolled back to) of every --rollback-on-nan."""
+    data_skipped: List[int] = field(default_factory=list)
+    """Iterations whose data was skipped after a rollback (no forward, no update)."""
     exit_reason: Optional[str] = None
     """Why the run stopped before --train-iters (--exit-interval/-duration/-signal), else None."""
 
@@ -98,6 +102,9 @@ class Trainer:
         self.consumed_samples = 0
         self.non_finite: Optional[str] = None
         """What NaN/inf the last train_step found (and skipped for), else None."""
+        self.consecutive_nan = 0
+        self.iterations_to_skip: set = set()
+        """Iterations (1-based) whose data a --rollback-on-nan skips when they come again."""
         self.result = TrainingResult()
         self.async_writer = AsyncCheckpointWriter() if config.checkpoint.async_save else None
         logging = config.logging
@@ -196,8 +203,6 @@ class Trainer:
                      + (" (finetune: starting at iteration 0)" if finetune else ""))
 
     def _data(self):
-        from megatron.core import parallel_state
-
         train, data = self.config.train, self.config.data
         eval_runs = (train.train_iters // self.config.logging.eval_interval
                      if self.config.logging.eval_interval else 0) + 1
@@ -208,9 +213,16 @@ class Trainer:
                 * eval_runs)
         except DataConfigError as error:  # a missing prefix, an unshared cache: one line
             raise FatalRunError(str(error)) from error
-        self.valid_dataset = datasets[1]
+        self.train_dataset, self.valid_dataset = datasets[0], datasets[1]
+        return self._train_iterator()
+
+    def _train_iterator(self):
+        """This rank's training micro-batches from ``self.consumed_samples`` on."""
+        from megatron.core import parallel_state
+
         train_iter, _, _ = build_iterators(
-            datasets, data, train.micro_batch_size,
+            (self.train_dataset, None, None), self.config.data,
+            self.config.train.micro_batch_size,
             data_parallel_rank=parallel_state.get_data_parallel_rank(),
             data_parallel_size=self.dp_size, consumed_train_samples=self.consumed_samples)
         return train_iter
@@ -360,50 +372,12 @@ class Trainer:
         cfg = self.config
         train, logging, ckpt = cfg.train, cfg.logging, cfg.checkpoint
         first_iteration = self.iteration
-        consecutive_nan = 0
         while self.iteration < train.train_iters:
-            step = self.iteration - first_iteration
-            self.profiler.step_begin(step)
-            start = time.time()
-            with self.profiler.label(step):
-                loss, grad_norm, skipped = self.train_step(train_iter)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            seconds = time.time() - start
-            jacobi = self._gather_jacobi()
-            self.result.train_losses.append(loss)
-            self.result.grad_norms.append(grad_norm)
-            self.result.skipped.append(bool(skipped))
-            loss_scale = float(self.optimizer.get_loss_scale())
-            self.result.loss_scales.append(loss_scale)
-            self.iteration += 1
-            self.consumed_samples += train.global_batch_size
-            non_finite = self.non_finite
-            consecutive_nan = consecutive_nan + 1 if non_finite else 0
-            if non_finite:
-                self.result.nan_iterations.append(self.iteration)
-                print_rank_0(f"iteration {self.iteration}: {non_finite}: step skipped (no "
-                             f"optimizer or learning-rate update; {consecutive_nan} in a row)")
-            flops = step_flops(cfg.model, cfg.ponder, cfg.data.seq_length,
-                               train.micro_batch_size, jacobi,
-                               num_latent_thoughts=cfg.ponder.thoughts_at(self.iteration - 1))
-            self.logger.record_step(seconds, flops, loss, jacobi,
-                                    skipped and not non_finite, nan=bool(non_finite))
-            params_norm = None
-            if logging.log_params_norm and self.logger.is_log_iteration(self.iteration):
-                params_norm = params_l2_norm(self.model.module)
-                self.result.params_norms.append((self.iteration, params_norm))
-            self.logger.maybe_log(self.iteration, self.consumed_samples,
-                                  self.optimizer.param_groups[0]["lr"], grad_norm, loss_scale,
-                                  params_norm)
-            if train.max_consecutive_nan_steps and \
-                    consecutive_nan >= train.max_consecutive_nan_steps:
-                raise NumericalFaultError(
-                    f"stopping after iteration {self.iteration}: {consecutive_nan} consecutive "
-                    f"steps with NaN/inf (--max-consecutive-nan-steps "
-                    f"{train.max_consecutive_nan_steps}), the last {non_finite}; no checkpoint "
-                    f"was written for them: resume from the last one (--ckpt-step to go "
-                    f"further back)")
+            if self.iteration + 1 in self.iterations_to_skip:
+                self._skip_data(train_iter)
+            elif self._run_step(self.iteration - first_iteration, train_iter):
+                train_iter = self._roll_back()
+                continue
             done = self.iteration == train.train_iters
             if logging.eval_interval and (self.iteration % logging.eval_interval == 0 or done):
                 self._validate_and_log()
@@ -415,6 +389,99 @@ class Trainer:
             if exit_reason:
                 self.result.exit_reason = exit_reason
                 return
+
+    def _run_step(self, step: int, train_iter) -> bool:
+        """One training iteration with its bookkeeping and log line. True when it completed
+        --max-consecutive-nan-steps bad steps in a row and --rollback-on-nan is to handle
+        that; without the option a NumericalFaultError stops the run instead."""
+        cfg = self.config
+        train, logging = cfg.train, cfg.logging
+        self.profiler.step_begin(step)
+        start = time.time()
+        with self.profiler.label(step):
+            loss, grad_norm, skipped = self.train_step(train_iter)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.time() - start
+        jacobi = self._gather_jacobi()
+        self.result.train_losses.append(loss)
+        self.result.grad_norms.append(grad_norm)
+        self.result.skipped.append(bool(skipped))
+        loss_scale = float(self.optimizer.get_loss_scale())
+        self.result.loss_scales.append(loss_scale)
+        self.iteration += 1
+        self.consumed_samples += train.global_batch_size
+        non_finite = self.non_finite
+        self.consecutive_nan = self.consecutive_nan + 1 if non_finite else 0
+        if non_finite:
+            self.result.nan_iterations.append(self.iteration)
+            print_rank_0(f"iteration {self.iteration}: {non_finite}: step skipped (no "
+                         f"optimizer or learning-rate update; {self.consecutive_nan} in a row)")
+        flops = step_flops(cfg.model, cfg.ponder, cfg.data.seq_length,
+                           train.micro_batch_size, jacobi,
+                           num_latent_thoughts=cfg.ponder.thoughts_at(self.iteration - 1))
+        self.logger.record_step(seconds, flops, loss, jacobi,
+                                skipped and not non_finite, nan=bool(non_finite))
+        params_norm = None
+        if logging.log_params_norm and self.logger.is_log_iteration(self.iteration):
+            params_norm = params_l2_norm(self.model.module)
+            self.result.params_norms.append((self.iteration, params_norm))
+        self.logger.maybe_log(self.iteration, self.consumed_samples,
+                              self.optimizer.param_groups[0]["lr"], grad_norm, loss_scale,
+                              params_norm)
+        if not (train.max_consecutive_nan_steps
+                and self.consecutive_nan >= train.max_consecutive_nan_steps):
+            return False
+        if train.rollback_on_nan:
+            return True
+        raise NumericalFaultError(
+            f"stopping after iteration {self.iteration}: {self.consecutive_nan} consecutive "
+            f"steps with NaN/inf (--max-consecutive-nan-steps "
+            f"{train.max_consecutive_nan_steps}), the last {non_finite}; no checkpoint "
+            f"was written for them: resume from the last one (--ckpt-step to go "
+            f"further back), or pass --rollback-on-nan to do that and skip their data")
+
+    def _skip_data(self, train_iter) -> None:
+        """An iteration whose data a rollback skips: its micro-batches are read and dropped
+        (every rank reads the same number), no forward, no optimizer or learning-rate step."""
+        for _ in range(self.num_microbatches):
+            next(train_iter)
+        self.iteration += 1
+        self.consumed_samples += self.config.train.global_batch_size
+        self.result.data_skipped.append(self.iteration)
+        print_rank_0(f"iteration {self.iteration}: data skipped (--rollback-on-nan)")
+        self.logger.maybe_log(self.iteration, self.consumed_samples,
+                              self.optimizer.param_groups[0]["lr"], None,
+                              float(self.optimizer.get_loss_scale()))
+
+    def _roll_back(self):
+        """--rollback-on-nan, on every rank (the NaN check is collective, so all of them come
+        here after the same iteration): reload the newest complete checkpoint in --save, mark
+        the bad steps' data to be skipped and return a data iterator positioned at the
+        checkpoint."""
+        root = self.config.checkpoint.save
+        bad = list(range(self.iteration - self.consecutive_nan + 1, self.iteration + 1))
+        failed_at, reason = self.iteration, self.non_finite
+        self._finish_async_saves(blocking=True)  # the newest checkpoint may still be written
+        state = load_checkpoint(root, self.model.module, optimizer=self.optimizer,
+                                scheduler=self.scheduler, load_rng=True, ddp_model=self.model)
+        if state is None:
+            raise NumericalFaultError(
+                f"stopping after iteration {failed_at}: {self.consecutive_nan} consecutive "
+                f"steps with NaN/inf, the last {reason}, and no checkpoint in {root} to roll "
+                f"back to yet (--rollback-on-nan; save earlier with --save-interval)")
+        self.iteration = state["iteration"]
+        self.consumed_samples = state["consumed_samples"]
+        skipped = [i for i in bad if i > self.iteration]
+        self.iterations_to_skip.update(skipped)
+        self.consecutive_nan = 0
+        self.result.rollbacks.append((failed_at, self.iteration))
+        print_rank_0(
+            f"iteration {failed_at}: {len(bad)} consecutive steps with NaN/inf, the last "
+            f"{reason}: rolled back to the checkpoint at iteration {self.iteration} "
+            f"(--rollback-on-nan); the data of iteration{'s' if len(skipped) > 1 else ''} "
+            f"{', '.join(map(str, skipped)) or '(none)'} will be skipped")
+        return self._train_iterator()
 
     def _gather_jacobi(self):
         """Every data-parallel rank's J draws of this step (for FLOP counting and logging)."""

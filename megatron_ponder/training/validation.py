@@ -5,6 +5,8 @@ import warnings
 
 import torch
 
+from megatron_ponder.data.config import DataConfigError
+from megatron_ponder.data.datasets import check_data_files
 from megatron_ponder.training.config import PretrainConfig
 
 
@@ -62,6 +64,12 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
     need(config.checkpoint.save_retain is None or config.checkpoint.save,
          "--save-retain needs --save")
     need(train.max_consecutive_nan_steps >= 0, "--max-consecutive-nan-steps must be >= 0")
+    if train.rollback_on_nan:
+        need(config.checkpoint.save is not None,
+             "--rollback-on-nan needs --save DIR (the checkpoints it rolls back to)")
+        need(train.max_consecutive_nan_steps >= 1 and train.check_for_nan_in_loss_and_grad,
+             "--rollback-on-nan needs --check-for-nan-in-loss-and-grad and "
+             "--max-consecutive-nan-steps >= 1 (the bad steps that trigger it)")
     need(optim.initial_loss_scale > 0 and optim.min_loss_scale > 0,
          "--initial-loss-scale and --min-loss-scale must be > 0")
     need(optim.loss_scale_window >= 1 and optim.hysteresis >= 1,
@@ -172,5 +180,10 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
              "--tokenizer-type NullTokenizer needs --vocab-size N")
     elif tokenizer.vocab_size is not None:
         errors.append("--vocab-size only applies to --tokenizer-type NullTokenizer")
-    if errors:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    if not errors:
+        try:  # missing or inconsistent dataset files, before any process starts
+            check_data_files(config.data)
+        except DataConfigError as error:
+            errors.append(str(error))
+    if errors:  # one line, however many problems: it is what pretrain_ponder.py prints
+        raise ConfigError("invalid configuration: " + "; ".join(errors))

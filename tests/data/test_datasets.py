@@ -6,12 +6,15 @@ be traced back to the documents it came from.
 """
 
 import collections
+import os
 import re
+import shutil
 
 import numpy
 import pytest
 
-from megatron_ponder.data import DataConfig, DataConfigError, build_datasets, parse_blend
+from megatron_ponder.data import (DataConfig, DataConfigError, build_datasets,
+                                  check_data_files, parse_blend)
 from megatron_ponder.tokenizer import NullTokenizer
 
 EOD = 5000
@@ -155,6 +158,46 @@ def test_gpt_neox_tokenizer_is_accepted_by_megatron(prefixes):
 def test_missing_dataset_files_are_named(tmp_path):
     config = DataConfig(data_path=[str(tmp_path / "nothing_text_document")], seq_length=16)
     with pytest.raises(DataConfigError, match=r"nothing_text_document.*missing .*\.bin"):
+        build_datasets(config, TOKENIZER, train_samples=1, valid_samples=1)
+
+
+def _copy_dataset(prefix, target):
+    for ext in (".bin", ".idx"):
+        shutil.copyfile(prefix + ext, target + ext)
+    return target
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate-bin", r"\.bin has 100 bytes but .*\.idx describes \d+: the \.bin and \.idx "
+                     r"files do not belong together"),
+    ("other-idx", r"\.bin has \d+ bytes but .*\.idx describes \d+"),
+    ("garbage-idx", r"\.idx is not a Megatron index \(bad header\)"),
+    ("short-idx", r"\.idx is too short to be a Megatron index \(5 bytes\)"),
+    ("truncated-idx", r"\.idx is truncated \(40 bytes, its header needs \d+\)"),
+    ("idx-is-a-directory", r"is missing .*copy\.idx"),
+])
+def test_dataset_files_that_do_not_fit_together_are_refused_in_one_line(
+        prefixes, tmp_path, damage, message):
+    prefix = _copy_dataset(prefixes[0], str(tmp_path / "copy"))
+    config = DataConfig(data_path=[prefix], seq_length=16)
+    check_data_files(config)  # intact: accepted
+    if damage == "truncate-bin":
+        os.truncate(prefix + ".bin", 100)
+    elif damage == "other-idx":
+        shutil.copyfile(prefixes[1] + ".idx", prefix + ".idx")
+    elif damage == "garbage-idx":
+        (tmp_path / "copy.idx").write_bytes(b"not an index at all, just some bytes" * 3)
+    elif damage == "short-idx":
+        (tmp_path / "copy.idx").write_bytes(b"MMIDI")
+    elif damage == "truncated-idx":
+        os.truncate(prefix + ".idx", 40)
+    else:
+        os.remove(prefix + ".idx")
+        os.mkdir(prefix + ".idx")
+    with pytest.raises(DataConfigError, match=message) as error:
+        check_data_files(config)
+    assert "\n" not in str(error.value) and "preprocess_data.py" in str(error.value)
+    with pytest.raises(DataConfigError, match=message):
         build_datasets(config, TOKENIZER, train_samples=1, valid_samples=1)
 
 

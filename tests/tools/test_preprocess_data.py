@@ -165,6 +165,22 @@ def test_bad_input_stops_with_file_and_line_and_writes_nothing(
     assert os.listdir(tmp_path) == ["bad.jsonl"]  # no final names, no temporary files
 
 
+@pytest.mark.parametrize("content, reason", [
+    (b"", "the input is empty"),
+    (b'{"text": ""}\n\n', "2 records skipped"),  # an empty document and a blank line
+])
+def test_input_without_documents_writes_nothing(tmp_path, preprocess_tool, capsys, content,
+                                                reason):
+    # An empty dataset would be trusted by a training run and fail only inside megatron-core.
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    status, out, err = _run(preprocess_tool, [
+        "--input", path, "--output-prefix", tmp_path / "out", "--workers", 1], capsys)
+    assert status == 1
+    assert err == f"error: no documents in {path} ({reason}): nothing written\n"
+    assert os.listdir(tmp_path) == ["empty.jsonl"]
+
+
 def test_bad_line_in_a_later_input_names_that_file(tmp_path, preprocess_tool, capsys):
     """The same with worker processes: the pool is stopped while batches are in flight."""
     _write_jsonl(tmp_path / "good.jsonl", [{"text": f"doc {i}"} for i in range(3000)])

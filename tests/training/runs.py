@@ -88,3 +88,38 @@ def pretrain_with_nan(flags, injections):
         return pretrain_from_flags(flags)
     except FatalRunError as error:
         return {"error": str(error), **dataclasses.asdict(trainers[0].result)}
+
+
+def pretrain_runs_with_nan(runs):
+    """Several ``pretrain_with_nan`` runs one after the other in this process (one process
+    start for all): ``runs`` is a list of (flags, injections). Each result also lists, under
+    ``computed``, the 1-based iteration of every forward/backward the run did."""
+    import os
+
+    from megatron.core import parallel_state
+
+    from megatron_ponder.training.trainer import Trainer
+
+    real = Trainer.compute_gradients
+    computed = []
+
+    def recording(self, data_iterator):
+        computed.append(self.iteration + 1)
+        return real(self, data_iterator)
+
+    results = []
+    base_port = int(os.environ["MASTER_PORT"])
+    for index, (flags, injections) in enumerate(runs):
+        # A fresh rendezvous per run: a rank that finished first must not find the previous
+        # run's addresses in rank 0's store, which lives until rank 0 has finished too.
+        os.environ["MASTER_PORT"] = str(base_port + index)
+        computed.clear()
+        Trainer.compute_gradients = recording
+        try:
+            result = pretrain_with_nan(flags, injections)
+        finally:
+            Trainer.compute_gradients = real
+        # pretrain's shutdown ends the process group but leaves megatron's groups registered.
+        parallel_state.destroy_model_parallel()
+        results.append({**result, "computed": list(computed)})
+    return results

@@ -198,6 +198,16 @@ def test_every_layout_problem_is_reported_at_once():
     for expected in ("--num-layers 4 is not divisible", "--num-attention-heads 4",
                      "= 1, must be a multiple of --pipeline-model-parallel-size 3"):
         assert expected in message
+    assert "\n" not in message  # pretrain_ponder.py prints it as one error line
+
+
+def test_rollback_on_nan_needs_save_and_a_nan_limit():
+    with pytest.raises(ConfigError, match="--rollback-on-nan needs --save DIR"):
+        validate_config(_config("--rollback-on-nan"), 1)
+    with pytest.raises(ConfigError, match="--max-consecutive-nan-steps >= 1"):
+        validate_config(_config("--rollback-on-nan", "--save", "ckpt",
+                                "--max-consecutive-nan-steps", "0"), 1)
+    validate_config(_config("--rollback-on-nan", "--save", "ckpt"), 1)
 
 
 def test_null_tokenizer_needs_vocab_size():

@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from megatron_ponder.training.checkpointing import _verified, checkpoint_dir
+from megatron_ponder.training.checkpointing import (CheckpointError, _verified,
+                                                   checkpoint_dir, find_checkpoint)
 from megatron_ponder.training.integrity import (MANIFEST_FILE, check_pickles, checkpoint_files,
                                                file_crc32, verify_checkpoint)
 from tests.distributed import run_ranks
@@ -173,3 +174,29 @@ def test_ckpt_step_of_a_damaged_checkpoint_fails_with_one_line(saved, tmp_path):
     size = os.path.getsize(_largest_shard(checkpoint_dir(saved[0], 4)))
     assert errors == [f"error: checkpoint at iteration 4 is damaged: {shard}: 10 bytes, the "
                       f"manifest says {size} (truncated or altered)"]
+
+
+def test_a_first_save_interrupted_before_any_tracker_means_starting_from_scratch(
+        saved, tmp_path, capsys):
+    # A job killed inside its first save: a directory without manifest, no tracker file.
+    root = str(tmp_path / "ckpt")
+    os.makedirs(checkpoint_dir(root, 1))
+    with open(os.path.join(checkpoint_dir(root, 1), "__0_0.distcp"), "wb") as f:
+        f.write(b"\0" * 100)
+    assert find_checkpoint(root) is None
+    assert (f"no complete checkpoint in {root} (no {TRACKER}; iter_0000001 never completed): "
+            f"starting from scratch") in capsys.readouterr().out
+    # The same with a finished but unverifiable save of this version (killed before its
+    # manifest): no save completed either.
+    shutil.copytree(checkpoint_dir(saved[0], 3), checkpoint_dir(root, 2))
+    os.remove(os.path.join(checkpoint_dir(root, 2), MANIFEST_FILE))
+    assert find_checkpoint(root) is None
+    # A checkpoint saved before manifests existed is complete: a person must choose.
+    _make_pre_manifest(checkpoint_dir(root, 2))
+    with pytest.raises(CheckpointError, match="none has a manifest .* pick one with --ckpt-step"):
+        find_checkpoint(root)
+    # A tracker names a completed save: damage there is never silently ignored.
+    with open(os.path.join(root, TRACKER), "w") as f:
+        f.write("1")
+    with pytest.raises(CheckpointError, match="no intact checkpoint"):
+        find_checkpoint(root)

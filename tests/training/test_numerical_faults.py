@@ -1,11 +1,13 @@
 """--check-for-nan-in-loss-and-grad and --max-consecutive-nan-steps on 2 gloo ranks: NaN/inf
 injected on one rank is found on every rank, the step is skipped (no optimizer or learning-rate
-update), logged and counted, and too many in a row stop the run with one clear message."""
+update), logged and counted, and too many in a row stop the run with one clear message or,
+with --rollback-on-nan, roll it back to the last checkpoint and skip the bad batch."""
 
+import math
 import re
 
 from tests.distributed import run_ranks
-from tests.training.runs import pretrain_with_nan
+from tests.training.runs import pretrain_runs_with_nan, pretrain_with_nan
 from tests.training.test_pretrain import FLAGS
 
 
@@ -48,3 +50,39 @@ def test_nan_on_one_rank_skips_the_step_everywhere_and_too_many_stop_the_run(cap
         [0, 1, 0, 1, 1]
     assert int(_field(lines[2], "number of skipped iterations")) == 0  # counted as nan only
     assert 6 not in lines  # stopped after iteration 5
+
+
+def test_rollback_on_nan_reloads_the_checkpoint_and_skips_the_bad_batch(tmp_path, capfd):
+    # 2 ranks; iteration 4's data "is bad": a NaN gradient on rank 1. Checkpoints every 2.
+    flags = FLAGS + ["--train-iters", "6", "--save-interval", "2"]
+    inject = {4: (1, "grad")}
+    rolled, skipped_only, stopped = run_ranks(pretrain_runs_with_nan, 2, [
+        (flags + ["--save", str(tmp_path / "a"), "--max-consecutive-nan-steps", "1",
+                  "--rollback-on-nan"], inject),
+        # The same bad step, skipped in place and not stopped on (0 = never stop).
+        (flags + ["--save", str(tmp_path / "b"), "--max-consecutive-nan-steps", "0"], inject),
+        (flags + ["--save", str(tmp_path / "c"), "--max-consecutive-nan-steps", "1"], inject),
+    ])[0]
+    out = capfd.readouterr().out
+    # Rolled back to iteration 2 after the bad step 4, replayed 3, skipped 4's data, went on.
+    assert rolled["computed"] == [1, 2, 3, 4, 3, 5, 6]
+    assert rolled["rollbacks"] == [(4, 2)] and rolled["data_skipped"] == [4]
+    assert "error" not in rolled
+    assert ("iteration 4: 1 consecutive steps with NaN/inf, the last NaN/inf in the gradients "
+            "on rank 1: rolled back to the checkpoint at iteration 2 (--rollback-on-nan); the "
+            "data of iteration 4 will be skipped") in out
+    assert "iteration 4: data skipped (--rollback-on-nan)" in out
+    losses = rolled["train_losses"]
+    assert len(losses) == 7 and all(math.isfinite(loss) for loss in losses)
+    assert losses[4] == losses[2]  # the replayed iteration 3 is bit-identical
+    # After the rollback the run is where a run that skipped step 4 in place is: same weights
+    # (the replay is exact), the data iterator past batch 4 (iteration 5 trains on batch 5).
+    assert skipped_only["computed"] == [1, 2, 3, 4, 5, 6]
+    assert losses[5:] == skipped_only["train_losses"][4:]
+    assert open(tmp_path / "a" / "latest_checkpointed_iteration.txt").read() == "6"
+    # Without --rollback-on-nan the same fault stops the run with one line that names it.
+    assert stopped["computed"] == [1, 2, 3, 4]
+    assert "1 consecutive steps with NaN/inf (--max-consecutive-nan-steps 1)" in \
+        stopped["error"] and "--rollback-on-nan" in stopped["error"]
+    assert "\n" not in stopped["error"]
+    assert open(tmp_path / "c" / "latest_checkpointed_iteration.txt").read() == "2"

@@ -202,6 +202,12 @@ def run_preprocessing(
                                           log)
         else:
             counts = _run_partitions(plan, prefixes, dtype, settings, config, log, writers)
+        if counts[0] == 0:  # an empty dataset would only fail later, inside training
+            skipped = sum(counts[2].values())
+            raise PreprocessError(
+                f"no documents in {', '.join(paths)}"
+                + (f" ({skipped} records skipped)" if skipped else " (the input is empty)")
+                + ": nothing written")
         for writer in writers:
             writer.finalize()
         commit(writers, config.overwrite)

@@ -1,0 +1,241 @@
+"""Training-step benchmark (``tools/bench_train.py``): PonderLM-2 with K=1 and K=2 at fixed J
+against vanilla of the same model, each in its own fresh process on whatever device is present
+(CUDA if available, else CPU), through the real ``Trainer`` (forward and backward of every pass
+and micro-batch, gradient reduction, optimizer step) on megatron-core's mock data.
+
+Per configuration: ms per step (mean over the timed steps; warm-up steps excluded), tokens/s,
+TFLOP/s counted over all passes (``training/flops.py``), MFU where the device's bf16 peak is
+known (``device_peak_tflops``; unknown on CPU), peak memory (CUDA: ``max_memory_allocated``
+during the timed steps; CPU: the growth of the peak resident set during the timed steps above
+the resident set before them, Linux's VmHWM reset through /proc/self/clear_refs), and the
+PonderLM-2/vanilla step-time ratio next to the FLOP ratio.
+"""
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from megatron_ponder.parallel.launch import run_local_ranks
+
+DEFAULT_VARIANTS: Tuple[Tuple[int, int], ...] = ((0, 0), (1, 2), (1, 3), (2, 2), (2, 3))
+
+
+@dataclass
+class BenchResult:
+    name: str
+    num_latent_thoughts: int
+    jacobi_iterations: int
+    device: str
+    steps: int
+    ms_per_step: float
+    tokens_per_s: float
+    flops_per_step: float
+    tflops: float
+    mfu: Optional[float]
+    peak_memory_mib: float
+    memory_kind: str
+    step_ratio: Optional[float] = None
+    flop_ratio: Optional[float] = None
+
+
+def _status_kib(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]) -> dict:
+    """In a fresh process: time ``steps`` training steps after ``warmup`` ones."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    from megatron_ponder.training.arguments import parse_args
+    from megatron_ponder.training.flops import device_peak_tflops, step_flops
+    from megatron_ponder.training.initialize import initialize_distributed, shutdown
+    from megatron_ponder.training.trainer import Trainer
+    from megatron_ponder.training.validation import validate_config
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    config = parse_args(flags)
+    validate_config(config, 1)
+    initialize_distributed(config.parallel, config.train.seed)
+    try:
+        trainer = Trainer(config)
+        data = trainer._data()
+        cuda = torch.cuda.is_available()
+
+        def one_step():
+            loss, _, _ = trainer.train_step(data)
+            trainer.iteration += 1
+            return loss
+
+        for _ in range(warmup):
+            one_step()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            device = torch.cuda.get_device_name()
+        else:
+            device = f"CPU ({platform.processor() or platform.machine()}, " \
+                     f"{torch.get_num_threads()} threads)"
+        rss_before = _status_kib("VmRSS")
+        has_rss = _reset_peak_rss() and rss_before is not None
+        flops = 0
+        start = time.perf_counter()
+        for _ in range(steps):
+            one_step()  # the J of each micro-batch of the step: trainer.forward_step
+            flops += step_flops(config.model, config.ponder, config.data.seq_length,
+                                config.train.micro_batch_size,
+                                trainer.forward_step.jacobi_used)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / steps
+        if cuda:
+            memory, kind = torch.cuda.max_memory_allocated() / 2**20, "cuda max allocated"
+        elif has_rss:
+            memory, kind = (_status_kib("VmHWM") - rss_before) / 1024, "cpu peak RSS growth"
+        else:
+            memory, kind = float("nan"), "unavailable"
+        peak = device_peak_tflops()
+        tflops = flops / steps / seconds / 1e12
+        tokens = config.train.global_batch_size * config.data.seq_length
+        return dict(device=device, ms_per_step=seconds * 1e3, tokens_per_s=tokens / seconds,
+                    flops_per_step=flops / steps, tflops=tflops,
+                    mfu=tflops / peak if peak else None, peak_memory_mib=memory,
+                    memory_kind=kind)
+    finally:
+        shutdown()
+
+
+def variant_flags(base: Sequence[str], thoughts: int, jacobi: int) -> List[str]:
+    return list(base) + ["--num-latent-thoughts", str(thoughts),
+                         "--jacobi-iterations", str(jacobi)]
+
+
+def variant_name(thoughts: int, jacobi: int) -> str:
+    return "vanilla" if thoughts == 0 else f"PonderLM-2 K={thoughts} J={jacobi}"
+
+
+def run_benchmark(base_flags: Sequence[str], variants=DEFAULT_VARIANTS, warmup: int = 1,
+                  steps: int = 3, threads: Optional[int] = None,
+                  timeout: float = 3600) -> List[BenchResult]:
+    """Every variant (K, J) in its own process; ratios against the K=0 variant."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need --steps >= 1 and --warmup-steps >= 0, got {steps}, {warmup}")
+    if not variants:
+        raise ValueError("no variants to benchmark")
+    results = []
+    for thoughts, jacobi in variants:
+        if thoughts < 0 or jacobi < 0:
+            raise ValueError(f"K and J must be >= 0, got K={thoughts} J={jacobi}")
+        flags = variant_flags(base_flags, thoughts, jacobi)
+        (measured,) = run_local_ranks(bench_rank, 1, flags, warmup, steps, threads,
+                                      timeout=timeout)
+        results.append(BenchResult(name=variant_name(thoughts, jacobi),
+                                   num_latent_thoughts=thoughts, jacobi_iterations=jacobi,
+                                   steps=steps, **measured))
+    vanilla = next((r for r in results if r.num_latent_thoughts == 0), None)
+    if vanilla is not None:
+        for result in results:
+            result.step_ratio = result.ms_per_step / vanilla.ms_per_step
+            result.flop_ratio = result.flops_per_step / vanilla.flops_per_step
+    return results
+
+
+def format_table(results: List[BenchResult]) -> str:
+    lines = ["| model | tokens/s | ms/step | TFLOP/s | MFU | peak memory MiB | "
+             "step time / vanilla | FLOPs / vanilla |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-"
+        ratio = (f"{r.step_ratio:.2f}x", f"{r.flop_ratio:.2f}x") if r.step_ratio else ("-", "-")
+        lines.append(f"| {r.name} | {r.tokens_per_s:,.0f} | {r.ms_per_step:,.1f} | "
+                     f"{r.tflops:.4f} | {mfu} | {r.peak_memory_mib:,.0f} | {ratio[0]} | "
+                     f"{ratio[1]} |")
+    return "\n".join(lines)
+
+
+def write_json(path: str, results: List[BenchResult], base_flags: Sequence[str],
+               warmup: int) -> None:
+    import torch
+
+    payload = {
+        "command_flags": list(base_flags), "warmup_steps": warmup,
+        "torch": torch.__version__, "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "results": [asdict(r) for r in results],
+    }
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=2)
+
+
+# Mock data and no evaluation; the model flags given on the command line come after these and
+# override them (argparse keeps the last value).
+BASE_FLAGS = ("--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "1024",
+              "--num-workers", "0", "--eval-iters", "0", "--log-interval", "1000000",
+              "--seed", "1")
+
+
+def _variant(text: str) -> Tuple[int, int]:
+    try:
+        thoughts, jacobi = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise ValueError(f"a variant is K:J (e.g. 1:3), got {text!r}") from None
+    return thoughts, jacobi
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="bench_train.py",
+        description="Time training steps of PonderLM-2 (K=1, K=2 at J=2, 3) and vanilla of the "
+                    "same model on this machine's device. Any other flags are "
+                    "pretrain_ponder.py's (model, batch, --bf16, ...), e.g. --model-preset tiny "
+                    "--micro-batch-size 4 --global-batch-size 8.")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant")
+    parser.add_argument("--warmup-steps", type=int, default=1,
+                        help="untimed steps before them (default: 1)")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="K:J pairs (default: 0:0 1:2 1:3 2:2 2:3; 0:0 is vanilla)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: every core)")
+    parser.add_argument("--json", default=None, help="write the results to this file")
+    args, model_flags = parser.parse_known_args(argv)
+    try:
+        variants = tuple(_variant(v) for v in args.variants) if args.variants \
+            else DEFAULT_VARIANTS
+        total = args.warmup_steps + args.steps
+        base = list(BASE_FLAGS) + model_flags + ["--train-iters", str(total)]
+        from megatron_ponder.training.arguments import parse_args
+
+        parse_args(variant_flags(base, *variants[0]))  # bad model flags fail here, once
+        results = run_benchmark(base, variants, args.warmup_steps, args.steps, args.threads)
+    except ValueError as error:
+        parser.error(str(error))
+    print(format_table(results))
+    if args.json:
+        write_json(args.json, results, base, args.warmup_steps)
+        print(f"wrote {args.json}")
+    return 0

@@ -32,6 +32,9 @@ def _start_mid_run(tmp_path, workers):
          "--workers", str(workers), "--append-eod"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a terminal's Ctrl-C would reach
+        # A shell starts background jobs with SIGINT ignored, and children inherit that: give
+        # the tool the disposition it has when started from a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     descriptor = _open_writer_when_read(fifo, process)
     payload = "".join(json.dumps({"text": f"document {index} " * 20}) + "\n"

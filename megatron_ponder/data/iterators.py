@@ -85,12 +85,19 @@ def build_data_loader(
 
     sampler = PretrainingSampler(len(dataset), consumed_samples, micro_batch_size,
                                  data_parallel_rank, data_parallel_size, cyclic)
+    # Every iterator over a DataLoader draws a worker seed from its generator. With the default
+    # (the global torch RNG) a run resumed from a checkpoint, which builds its iterator after
+    # restoring the RNG, would continue one draw off the uninterrupted run; the samples
+    # themselves are deterministic, so a fixed private generator loses nothing.
+    generator = torch.Generator()
+    generator.manual_seed(0)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
+        generator=generator,
     )
 
 

@@ -101,3 +101,15 @@ def test_data_flags_parse_into_a_data_config():
     assert (config.split, config.seq_length, config.seed) == ("98,2,0", 512, 1234)
     assert config.eod_mask_loss and not config.mmap_bin_files and config.num_workers == 0
     assert not config.create_attention_mask
+
+
+def test_building_iterators_leaves_the_global_rng_alone():
+    # A resumed run builds its iterators after restoring the checkpoint's RNG state; a draw
+    # here would put it one draw off the uninterrupted run.
+    config = DataConfig(mock_data=True, num_workers=0)
+    dataset = _NumberedSamples()
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    train, valid, _ = build_iterators((dataset, dataset, None), config, micro_batch_size=4)
+    next(train), next(valid)
+    assert torch.equal(torch.get_rng_state(), before)

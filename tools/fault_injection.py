@@ -674,8 +674,8 @@ def layout_fault(world: int, flags: List[str], named: List[str]):
         run = ws.pretrain(TINY_RUN + flags, RANK="0", LOCAL_RANK="0", WORLD_SIZE=str(world),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT="1")
         survived, detail = clean_stop(run, *named)
-        return Outcome(name, f"{world} processes with {' '.join(flags)}", survived, False,
-                       detail)
+        processes = f"{world} process" + ("es" if world != 1 else "")
+        return Outcome(name, f"{processes} with {' '.join(flags)}", survived, False, detail)
 
     return inject
 

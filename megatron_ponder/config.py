@@ -208,10 +208,9 @@ def build_transformer_config(model: ModelConfig, ponder: PonderConfig,
         params_dtype=model.params_dtype,
         bf16=model.bf16,
         fp16=model.fp16,
-        # Deterministic, device-independent initialisation (and the only one that works on CPU):
-        # the full weight is drawn on CPU and split, so every tensor-parallel layout starts
-        # identical. (A pipeline stage draws only its own layers, so its weights differ from
-        # the same layers drawn in a one-stage model, as in Megatron-LM.)
+        # Device-independent initialisation (and the only one that works on CPU). The model
+        # then re-draws every weight from the seed alone (model/init.py), so that every
+        # tensor- and pipeline-parallel layout starts from the one-process weights.
         use_cpu_initialization=True,
         # Fusions need CUDA kernels (apex/TE); the unfused paths are exact and portable.
         bias_activation_fusion=False,

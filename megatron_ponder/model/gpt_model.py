@@ -21,6 +21,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.model.baselines import loop_forward, pause_forward
+from megatron_ponder.model.init import initialize_weights
 from megatron_ponder.model.layer_specs import block_submodules
 from megatron_ponder.model.ponder import ponder_forward
 from megatron_ponder.model.rotary import RotaryAngles
@@ -30,13 +31,16 @@ class PonderGPTModel(MegatronModule):
     """Decoder-only LM (Llama or GPT-NeoX) with the PonderLM-2 multi-pass forward.
 
     ``pre_process`` / ``post_process`` mark the first / last pipeline stage (embedding / final
-    norm and output layer), as in megatron-core's GPTModel.
+    norm and output layer), as in megatron-core's GPTModel. Unless
+    ``config.perform_initialization`` is off (weights about to be loaded), the weights are drawn
+    from ``seed`` alone (default: the seed torch was last seeded with), the same in every
+    parallel layout (``model/init.py``).
     """
 
     def __init__(self, config: TransformerConfig, model_config: ModelConfig,
                  ponder_config: PonderConfig, pre_process: bool = True,
                  post_process: bool = True, use_te: Optional[bool] = None,
-                 pp_rank: Optional[int] = None):
+                 pp_rank: Optional[int] = None, seed: Optional[int] = None):
         super().__init__(config=config)
         self.model_config = model_config
         self.ponder_config = ponder_config
@@ -75,6 +79,8 @@ class PonderGPTModel(MegatronModule):
                 init_method=config.init_method, bias=False, skip_bias_add=False,
                 gather_output=False,
             )
+        if config.perform_initialization:
+            initialize_weights(self, torch.initial_seed() if seed is None else seed)
 
     # ----------------------------------------------------------------- the three operations
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -158,13 +164,11 @@ class PonderGPTModel(MegatronModule):
 
 def pause_embedding_parameter(config: TransformerConfig) -> torch.nn.Parameter:
     """The Pause baseline's learned pause embedding [H], replicated on every tensor-parallel
-    rank. Drawn from its own fixed generator (N(0, init std)) so that every layout and rank
-    starts from the same vector without communicating. Marked ``sequence_parallel``: with
-    sequence parallelism each rank feeds it into its own slots, and megatron's gradient
-    finalisation then sums its gradient over the tensor-parallel group (as for norms)."""
-    generator = torch.Generator().manual_seed(0x9A05E)
-    values = torch.randn(config.hidden_size, generator=generator) * config.init_method_std
-    parameter = torch.nn.Parameter(values.to(config.params_dtype))
+    rank (drawn N(0, init std) with the other weights, model/init.py). Marked
+    ``sequence_parallel``: with sequence parallelism each rank feeds it into its own slots,
+    and megatron's gradient finalisation then sums its gradient over the tensor-parallel group
+    (as for norms)."""
+    parameter = torch.nn.Parameter(torch.empty(config.hidden_size, dtype=config.params_dtype))
     parameter.sequence_parallel = config.sequence_parallel
     return parameter
 

@@ -42,8 +42,7 @@ def initialize_distributed(parallel: ParallelConfig, seed: int, timeout_minutes:
 
 
 def set_seeds(seed: int) -> None:
-    """Same seed on every rank: weights are drawn in full on CPU and then split, so every
-    parallel layout starts from the same model."""
+    """Same seed on every rank (the initial weights depend on the seed only, model/init.py)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -133,6 +133,7 @@ class Trainer:
             pre_process=parallel_state.is_pipeline_first_stage(),
             post_process=parallel_state.is_pipeline_last_stage(),
             pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+            seed=cfg.train.seed,
         ).to(default_device())
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,

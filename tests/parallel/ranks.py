@@ -12,14 +12,13 @@ through the real ``Trainer`` and returns what the tests compare against one proc
 * the loss and gradient norm of every step, the parameters after the last step;
 * the J drawn for every micro-batch, as seen by this rank.
 
-Weights: a pipeline stage draws only its own layers at initialisation, so to compare layouts
-every case starts from the one-process model's weights (``initial_weights``), split into this
-rank's shards.
+Weights: every layout initialises from the seed alone (megatron_ponder/model/init.py), so each
+case also returns its initial weights, gathered, for the tests to compare with one process's.
 """
 
 import os
 import warnings
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -53,21 +52,7 @@ def case_flags(arch: str, thoughts: int, tp: int = 1, pp: int = 1, *extra: str) 
     return flags + list(extra)
 
 
-# ------------------------------------------------------------------ full tensors <-> shards
-def _global_names(module) -> Dict[str, str]:
-    """Local parameter name -> name in the one-stage model (global layer numbers)."""
-    prefixes = {f"decoder.layers.{index}.": f"decoder.layers.{layer.layer_number - 1}."
-                for index, layer in enumerate(module.decoder.layers)}
-    names = {}
-    for name, _ in module.named_parameters():
-        renamed = name
-        for local, global_ in prefixes.items():
-            if name.startswith(local):
-                renamed = global_ + name[len(local):]
-        names[name] = renamed
-    return names
-
-
+# ------------------------------------------------------------------ shards -> full tensors
 def _is_gated_fc1(module, name: str) -> bool:
     # SwiGLU's fc1 holds [gate; up]; each tensor-parallel rank holds [its gate; its up].
     return module.config.gated_linear_unit and "mlp.linear_fc1" in name
@@ -87,20 +72,6 @@ def _gather_full(module, name: str, param, tensor: torch.Tensor) -> torch.Tensor
         halves = [shard.chunk(2, dim=dim) for shard in shards]
         return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=dim)
     return torch.cat(shards, dim=dim)
-
-
-def _local_shard(module, name: str, param, full: torch.Tensor) -> torch.Tensor:
-    from megatron.core import parallel_state
-
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    if tp == 1 or not getattr(param, "tensor_model_parallel", False):
-        return full
-    rank = parallel_state.get_tensor_model_parallel_rank()
-    dim = param.partition_dim
-    if _is_gated_fc1(module, name):
-        gate, up = full.chunk(2, dim=dim)
-        return torch.cat([gate.chunk(tp, dim=dim)[rank], up.chunk(tp, dim=dim)[rank]], dim=dim)
-    return full.chunk(tp, dim=dim)[rank]
 
 
 def complete_distributed_optimizer_grads(ddp_model) -> None:
@@ -126,7 +97,9 @@ def full_tensors(module, use_grads: bool) -> Dict[str, np.ndarray]:
     """Every parameter (or its DDP gradient) of this stage as a full array, by global name.
     (numpy, not torch: torch tensors cross process boundaries through shared memory that
     dies with the rank process.)"""
-    names = _global_names(module)
+    from megatron_ponder.model.init import layout_independent_names
+
+    names = layout_independent_names(module)
     out = {}
     for name, param in module.named_parameters():
         tensor = param.main_grad if use_grads else param.data
@@ -134,18 +107,8 @@ def full_tensors(module, use_grads: bool) -> Dict[str, np.ndarray]:
     return out
 
 
-def load_full_weights(module, weights: Dict[str, np.ndarray]) -> None:
-    """Copy the one-process model's weights into this rank's shards, in place (the optimizer
-    and DDP buffers keep pointing at the same storage)."""
-    names = _global_names(module)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            full = torch.from_numpy(weights[names[name]])
-            param.data.copy_(_local_shard(module, name, param, full))
-
-
 # ------------------------------------------------------------------ one case, many cases
-def run_case(flags: List[str], steps: int, initial_weights: Optional[dict]) -> dict:
+def run_case(flags: List[str], steps: int) -> dict:
     import torch.distributed as dist
     from megatron.core import parallel_state
 
@@ -161,15 +124,12 @@ def run_case(flags: List[str], steps: int, initial_weights: Optional[dict]) -> d
     try:
         trainer = Trainer(config)
         module = trainer.model.module
-        if initial_weights is not None:
-            load_full_weights(module, initial_weights)
         result = {"rank": dist.get_rank(),
                   "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
                   "pp_rank": parallel_state.get_pipeline_model_parallel_rank(),
                   "dp_rank": parallel_state.get_data_parallel_rank(),
-                  "losses": [], "grad_norms": [], "jacobi": [], "local_jacobi": []}
-        if initial_weights is None:  # a one-process reference: its weights seed the others
-            result["initial_weights"] = full_tensors(module, use_grads=False)
+                  "losses": [], "grad_norms": [], "jacobi": [], "local_jacobi": [],
+                  "initial_weights": full_tensors(module, use_grads=False)}
         data = trainer._data()
         for step in range(steps):
             reports = trainer.compute_gradients(data)
@@ -188,9 +148,8 @@ def run_case(flags: List[str], steps: int, initial_weights: Optional[dict]) -> d
         parallel_state.destroy_model_parallel()
 
 
-def run_cases(cases: List[dict], initial_weights: Dict[str, dict]) -> List[dict]:
-    """``cases``: dicts with ``name``, ``flags``, ``steps`` and ``weights`` (a key of
-    ``initial_weights``, or None to keep this layout's own initialisation)."""
+def run_cases(cases: List[dict]) -> List[dict]:
+    """``cases``: dicts with ``name``, ``flags`` and ``steps``."""
     warnings.filterwarnings("ignore")
     import torch.distributed as dist
 
@@ -202,8 +161,7 @@ def run_cases(cases: List[dict], initial_weights: Dict[str, dict]) -> List[dict]
     results = []
     try:
         for case in cases:
-            weights = initial_weights.get(case["weights"]) if case.get("weights") else None
-            outcome = run_case(case["flags"], case["steps"], weights)
+            outcome = run_case(case["flags"], case["steps"])
             outcome["name"] = case["name"]
             results.append(outcome)
     finally:
@@ -233,3 +191,38 @@ def pretrain_expecting_error_then_pretrain(failing_flags: List[str], flags: List
     # pretrain's shutdown ends the process group but leaves megatron's groups registered.
     parallel_state.destroy_model_parallel()
     return message, dataclasses.asdict(pretrain(parse_args(flags)))
+
+
+def built_model_weights(cases: List[dict]) -> List[dict]:
+    """Build (only build) a model per case and return its initial weights as full tensors.
+    ``cases``: dicts with ``model`` (ModelConfig keyword arguments), ``tp``, ``pp`` and
+    ``seed``. The process's torch RNG is seeded differently on purpose: only ``seed`` counts."""
+    warnings.filterwarnings("ignore")
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from megatron_ponder.config import ModelConfig, ParallelConfig, PonderConfig
+    from megatron_ponder.model import build_model
+    from megatron_ponder.training.initialize import initialize_distributed
+
+    torch.set_num_threads(1)
+    results = []
+    try:
+        for case in cases:
+            parallel = ParallelConfig(tensor_model_parallel_size=case["tp"],
+                                      pipeline_model_parallel_size=case["pp"],
+                                      sequence_parallel=case["tp"] > 1)
+            initialize_distributed(parallel, seed=1000 + int(os.environ.get("RANK", "0")))
+            try:
+                model = build_model(ModelConfig(**case["model"]), PonderConfig(), parallel,
+                                    seed=case["seed"])
+                results.append({"tp_rank": parallel_state.get_tensor_model_parallel_rank(),
+                                "pp_rank": parallel_state.get_pipeline_model_parallel_rank(),
+                                "weights": full_tensors(model, use_grads=False)})
+            finally:
+                parallel_state.destroy_model_parallel()
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    return results

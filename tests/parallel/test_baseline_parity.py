@@ -1,7 +1,7 @@
 """The baselines (Pause, Loop) and the cheaper-training options (--ponder-grad-passes,
 --ponder-warmup-iters) train under tensor + sequence parallelism and data parallelism exactly
-like one process: losses, gradient norms, first-step gradients and final weights within 1e-5
-(the same checks as test_layout_parity.py). Pipeline parallelism rejects them (validation)."""
+like one process: the same initial weights, losses, gradient norms, first-step gradients and
+final weights within 1e-5 (the same checks as test_layout_parity.py). Pipeline parallelism rejects them (validation)."""
 
 import pytest
 
@@ -22,14 +22,13 @@ LAYOUTS = [(2, 1, 1), (1, 1, 2)]
 def reference():
     cases = [dict(name=name, flags=case_flags(arch, 1, 1, 1, *extra), steps=STEPS)
              for name, (arch, extra) in VARIANTS.items()]
-    results = run_ranks(run_cases, 1, cases, {}, timeout=600)[0]
+    results = run_ranks(run_cases, 1, cases, timeout=600)[0]
     return {r["name"]: r for r in results}
 
 
 def test_baselines_and_cheaper_training_match_one_process(reference):
-    weights = {name: result["initial_weights"] for name, result in reference.items()}
     cases = [dict(name=f"{name} tp{tp} pp{pp} dp{dp}", flags=case_flags(arch, 1, tp, pp, *extra),
-                  steps=STEPS, weights=name, base=name, layout=(tp, pp, dp), thoughts=1)
+                  steps=STEPS, base=name, layout=(tp, pp, dp), thoughts=1)
              for name, (arch, extra) in VARIANTS.items() for tp, pp, dp in LAYOUTS]
     per_rank = run_ranks(run_cases, 2, cases, weights, timeout=900)
     for index, case in enumerate(cases):

@@ -1,0 +1,106 @@
+"""Initial weights that depend on the seed only, not on the parallel layout.
+
+megatron-core draws each weight from the process's running RNG in construction order, so a
+pipeline stage (which builds only its own layers) or a different vocabulary split starts from
+different numbers than one process would. Here every parameter is drawn in full from its own
+generator, seeded by (seed, the parameter's layout-independent name: global layer numbers, not
+this stage's indices), with the distribution megatron-core would use for it, and this rank keeps
+its tensor-parallel slice exactly as megatron-core splits a full weight. Any TP x PP x DP layout
+therefore starts from the weights of one process, shard for shard.
+"""
+
+import hashlib
+from typing import Callable, Dict
+
+import torch
+from megatron.core import parallel_state
+
+# Weights whose output is added to the residual stream: megatron-core initialises them with
+# ``output_layer_init_method`` (the std scaled down by the number of residual adds).
+_RESIDUAL_OUTPUT_WEIGHTS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
+_INPUT_WEIGHTS = ("self_attention.linear_qkv.weight", "mlp.linear_fc1.weight",
+                  "output_layer.weight", "pause_embedding")
+_EMBEDDING_WEIGHTS = ("embedding.word_embeddings.weight",)
+
+
+def layout_independent_names(model: torch.nn.Module) -> Dict[str, str]:
+    """Local parameter name -> its name in the one-stage model (decoder layers renumbered from
+    this stage's index to the global layer number)."""
+    prefixes = {f"decoder.layers.{index}.": f"decoder.layers.{layer.layer_number - 1}."
+                for index, layer in enumerate(model.decoder.layers)}
+    names = {}
+    for name, _ in model.named_parameters():
+        renamed = name
+        for local, global_ in prefixes.items():
+            if name.startswith(local):
+                renamed = global_ + name[len(local):]
+        names[name] = renamed
+    return names
+
+
+def parameter_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for one parameter, from the run's seed and its layout-independent name."""
+    digest = hashlib.sha256(f"{int(seed)}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _init_method(config, name: str) -> Callable[[torch.Tensor], None]:
+    """How megatron-core initialises the parameter called ``name`` (our layer specs and model):
+    norms to one, every bias to zero, weights by the configured normal init methods."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "bias":
+        return torch.nn.init.zeros_
+    if name.endswith("layernorm.weight"):
+        return torch.nn.init.ones_
+    if name.endswith(_RESIDUAL_OUTPUT_WEIGHTS):
+        return config.output_layer_init_method
+    if name.endswith(_EMBEDDING_WEIGHTS):
+        return config.embedding_init_method
+    if name.endswith(_INPUT_WEIGHTS):
+        return config.init_method
+    raise ValueError(f"no initialisation rule for parameter {name!r}; add it to "
+                     f"megatron_ponder/model/init.py")
+
+
+def _full_shape(param: torch.nn.Parameter, tp_size: int) -> torch.Size:
+    shape = list(param.shape)
+    if getattr(param, "tensor_model_parallel", False):
+        shape[param.partition_dim] *= tp_size
+    return torch.Size(shape)
+
+
+def _local_slice(full: torch.Tensor, param: torch.nn.Parameter, tp_rank: int,
+                 tp_size: int) -> torch.Tensor:
+    """This rank's part of ``full``, split as megatron-core splits a full weight: into
+    ``partition_stride x TP`` equal chunks along ``partition_dim``, rank r keeping chunks
+    r, r + TP, ... (stride 2 is SwiGLU's fused [gate; up]: each rank holds its gate rows then
+    its up rows)."""
+    if not getattr(param, "tensor_model_parallel", False) or tp_size == 1:
+        return full
+    dim, stride = param.partition_dim, getattr(param, "partition_stride", 1)
+    chunks = full.chunk(stride * tp_size, dim=dim)
+    return torch.cat(chunks[tp_rank::tp_size], dim=dim)
+
+
+@torch.no_grad()
+def initialize_weights(model: torch.nn.Module, seed: int) -> None:
+    """Re-draw every parameter of ``model`` (a PonderGPTModel stage) from ``seed`` alone.
+
+    Each full tensor is drawn in float32 on the CPU (one at a time: the peak extra memory is
+    the largest full weight), under its own generator, then cast to the parameter's dtype and
+    sliced. The process's RNG state is left untouched.
+    """
+    config = model.config
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    names = layout_independent_names(model)
+    for local_name, param in model.named_parameters():
+        name = names[local_name]
+        init_method = _init_method(config, name)
+        full = torch.empty(_full_shape(param, tp_size), dtype=torch.float32)
+        # The configured init methods draw from torch's default CPU generator: seed it for
+        # this parameter alone and restore the process's state afterwards.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(parameter_seed(seed, name))
+            init_method(full)
+        param.data.copy_(_local_slice(full.to(param.dtype), param, tp_rank, tp_size))

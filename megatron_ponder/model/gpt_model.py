@@ -21,7 +21,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.model.baselines import loop_forward, pause_forward
-from megatron_ponder.model.init import initialize_weights
+from megatron_ponder.model.init import seed_only_initialization
 from megatron_ponder.model.layer_specs import block_submodules
 from megatron_ponder.model.ponder import ponder_forward
 from megatron_ponder.model.rotary import RotaryAngles
@@ -57,30 +57,31 @@ class PonderGPTModel(MegatronModule):
         self.embedding_scale = math.sqrt(scale_factor * config.hidden_size) if scale_factor \
             else 1.0
 
-        if pre_process:
-            self.embedding = LanguageModelEmbedding(
-                config, vocab_size=self.vocab_size, max_sequence_length=0,
-                position_embedding_type="rope",
+        # megatron-core's layers draw nothing here; every weight is drawn afterwards from the
+        # seed, the same whatever the layout (model/init.py).
+        with seed_only_initialization(self, seed):
+            if pre_process:
+                self.embedding = LanguageModelEmbedding(
+                    config, vocab_size=self.vocab_size, max_sequence_length=0,
+                    position_embedding_type="rope",
+                )
+                if ponder_config.ponder_method == "pause" and ponder_config.thoughts:
+                    self.pause_embedding = pause_embedding_parameter(config)
+            self.rotary = RotaryAngles(config.kv_channels, model_config.rotary_percent,
+                                       model_config.rotary_base)
+            # The block always takes its input as an argument: the first stage feeds it from the
+            # embeddings or the splice, later stages from the tensor the pipeline received
+            # (megatron_ponder.parallel.pipeline), so the block itself never receives.
+            self.decoder = TransformerBlock(
+                config, block_submodules(config, model_config.parallel_residual, use_te, pp_rank),
+                pre_process=True, post_process=post_process,
             )
-            if ponder_config.ponder_method == "pause" and ponder_config.thoughts:
-                self.pause_embedding = pause_embedding_parameter(config)
-        self.rotary = RotaryAngles(config.kv_channels, model_config.rotary_percent,
-                                   model_config.rotary_base)
-        # The block always takes its input as an argument: the first stage feeds it from the
-        # embeddings or the splice, later stages from the tensor the pipeline received
-        # (megatron_ponder.parallel.pipeline), so the block itself never receives.
-        self.decoder = TransformerBlock(
-            config, block_submodules(config, model_config.parallel_residual, use_te, pp_rank),
-            pre_process=True, post_process=post_process,
-        )
-        if post_process:
-            self.output_layer = tensor_parallel.ColumnParallelLinear(
-                config.hidden_size, self.vocab_size, config=config,
-                init_method=config.init_method, bias=False, skip_bias_add=False,
-                gather_output=False,
-            )
-        if config.perform_initialization:
-            initialize_weights(self, torch.initial_seed() if seed is None else seed)
+            if post_process:
+                self.output_layer = tensor_parallel.ColumnParallelLinear(
+                    config.hidden_size, self.vocab_size, config=config,
+                    init_method=config.init_method, bias=False, skip_bias_add=False,
+                    gather_output=False,
+                )
 
     # ----------------------------------------------------------------- the three operations
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,9 @@ its tensor-parallel slice exactly as megatron-core splits a full weight. Any TP 
 therefore starts from the weights of one process, shard for shard.
 """
 
+import contextlib
 import hashlib
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 from megatron.core import parallel_state
@@ -104,3 +105,33 @@ def initialize_weights(model: torch.nn.Module, seed: int) -> None:
             torch.default_generator.manual_seed(parameter_seed(seed, name))
             init_method(full)
         param.data.copy_(_local_slice(full.to(param.dtype), param, tp_rank, tp_size))
+
+
+_DRAWN_INIT_METHODS = ("init_method", "output_layer_init_method", "embedding_init_method")
+
+
+def _draw_nothing(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+@contextlib.contextmanager
+def seed_only_initialization(model: torch.nn.Module, seed: Optional[int]):
+    """Build ``model``'s layers inside this block: megatron-core's layers then draw nothing
+    (their init methods are swapped for a no-op while they are built: drawing every weight
+    twice would double the start-up time), and on leaving it every parameter is drawn by
+    ``initialize_weights`` from ``seed`` (None: the seed torch was last seeded with). Does
+    nothing but build when ``config.perform_initialization`` is off (weights about to be
+    loaded)."""
+    config = model.config
+    if not config.perform_initialization:
+        yield
+        return
+    configured = {name: getattr(config, name) for name in _DRAWN_INIT_METHODS}
+    for name in _DRAWN_INIT_METHODS:
+        setattr(config, name, _draw_nothing)
+    try:
+        yield
+    finally:
+        for name, method in configured.items():
+            setattr(config, name, method)
+    initialize_weights(model, torch.initial_seed() if seed is None else seed)

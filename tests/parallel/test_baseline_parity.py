@@ -1,7 +1,8 @@
 """The baselines (Pause, Loop) and the cheaper-training options (--ponder-grad-passes,
 --ponder-warmup-iters) train under tensor + sequence parallelism and data parallelism exactly
 like one process: the same initial weights, losses, gradient norms, first-step gradients and
-final weights within 1e-5 (the same checks as test_layout_parity.py). Pipeline parallelism rejects them (validation)."""
+final weights within 1e-5 (the same checks as test_layout_parity.py). Pipeline parallelism
+rejects them (validation)."""
 
 import pytest
 

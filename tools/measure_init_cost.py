@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Time and memory of the seed-only initialisation (megatron_ponder/model/init.py) on CPU.
+
+Builds one process's model of a preset three ways and reports: allocation alone
+(``perform_initialization=False``), the default build (megatron-core's own initialisation,
+then every weight re-drawn from the seed), and the re-draw alone on the built model, with how
+far the resident set grew above its size just before the re-draw (Linux's peak-RSS counter,
+VmHWM, reset through /proc/self/clear_refs).
+
+Example:
+  python tools/measure_init_cost.py --model-preset pythia-160m
+"""
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run from a checkout without installing
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-preset", default="pythia-160m")
+    parser.add_argument("--vocab-size", type=int, default=50304)
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args(argv)
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    from megatron_ponder.config import ModelConfig, PonderConfig
+    from megatron_ponder.model import build_model
+    from megatron_ponder.model.init import initialize_weights
+    from megatron_ponder.parallel.state import ensure_single_process_parallel_state
+    from megatron_ponder.training.presets import get_preset
+
+    ensure_single_process_parallel_state()
+    preset = {key: value for key, value in get_preset(args.model_preset).items()
+              if key in ModelConfig.__dataclass_fields__}
+    model_config = ModelConfig(**preset, vocab_size=args.vocab_size)
+
+    def timed_build(**kwargs):
+        start = time.perf_counter()
+        model = build_model(model_config, PonderConfig(), seed=args.seed, **kwargs)
+        return model, time.perf_counter() - start
+
+    _, allocation = timed_build(perform_initialization=False)
+    model, default = timed_build()
+    parameters = sum(p.numel() for p in model.parameters())
+    largest = max(p.numel() for p in model.parameters())
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset VmHWM (peak RSS) to the current RSS
+    start = time.perf_counter()
+    initialize_weights(model, args.seed)
+    redraw = time.perf_counter() - start
+    growth = (_status_kib("VmHWM") - before) / 1024
+    print(f"{args.model_preset}: {parameters / 1e6:.1f}M parameters (largest tensor "
+          f"{largest * 4 / 2**20:.0f} MiB in float32), {torch.get_num_threads()} threads")
+    print(f"allocation only: {allocation:.2f} s; default build: {default:.2f} s; "
+          f"seed-only re-draw alone: {redraw:.2f} s, peak memory +{growth:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

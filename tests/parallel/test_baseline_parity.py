@@ -31,7 +31,7 @@ def test_baselines_and_cheaper_training_match_one_process(reference):
     cases = [dict(name=f"{name} tp{tp} pp{pp} dp{dp}", flags=case_flags(arch, 1, tp, pp, *extra),
                   steps=STEPS, base=name, layout=(tp, pp, dp), thoughts=1)
              for name, (arch, extra) in VARIANTS.items() for tp, pp, dp in LAYOUTS]
-    per_rank = run_ranks(run_cases, 2, cases, weights, timeout=900)
+    per_rank = run_ranks(run_cases, 2, cases, timeout=900)
     for index, case in enumerate(cases):
         ranks = [results[index] for results in per_rank]
         check_against_reference(case, ranks, reference[case["base"]])

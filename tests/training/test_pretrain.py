@@ -63,7 +63,9 @@ def test_recompute_methods_give_the_same_losses():
     for method, layers in (("block", "1"), ("uniform", "2")):
         recomputed = _run(1, "--train-iters", "3", "--recompute-granularity", "full",
                           "--recompute-method", method, "--recompute-num-layers", layers)[0]
-        assert recomputed["train_losses"] == plain, method
+        # Equal up to float32 rounding: bit-for-bit equality holds for some initial weights and
+        # not others (the third loss differs in its 7th digit at some seeds, with any init).
+        assert recomputed["train_losses"] == pytest.approx(plain, rel=1e-6, abs=0), method
 
 
 def test_sample_based_schedule_equals_the_same_schedule_in_steps():

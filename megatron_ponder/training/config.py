@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 
 from megatron_ponder.config import ModelConfig, ParallelConfig, PonderConfig, _opt
 from megatron_ponder.data.config import DataConfig
+from megatron_ponder.tokenizer import TIKTOKEN_PATTERNS, TOKENIZER_TYPES
 
 
 @dataclass
@@ -153,9 +154,7 @@ class TokenizerConfig:
         "HuggingFaceTokenizer", "tokenizer kind, as in Megatron-LM (the SentencePiece types, "
         "TikTokenizer, NullTokenizer and HuggingFaceTokenizer with a model directory or hub name "
         "are megatron-core's own tokenizers)",
-        choices=("HuggingFaceTokenizer", "GPT2BPETokenizer", "SentencePieceTokenizer",
-                 "GPTSentencePieceTokenizer", "Llama2Tokenizer", "TikTokenizer",
-                 "NullTokenizer"))
+        choices=TOKENIZER_TYPES)
     tokenizer_model: Optional[str] = _opt(
         None, "HuggingFaceTokenizer: a tokenizer.json, a directory or a hub name (default: the "
         "bundled GPT-NeoX-20B tokenizer, read offline); SentencePieceTokenizer, "
@@ -170,7 +169,8 @@ class TokenizerConfig:
         None, "NullTokenizer: ids 0..N-1, end-of-document N; TikTokenizer: vocabulary size "
         "including the special tokens (default there: 131072)")
     tiktoken_pattern: Optional[str] = _opt(
-        None, "TikTokenizer: the pre-tokenization regex (default: v2)", choices=("v1", "v2"))
+        None, "TikTokenizer: the pre-tokenization regex (default: v2)",
+        choices=TIKTOKEN_PATTERNS)
     tiktoken_num_special_tokens: int = _opt(
         1000, "TikTokenizer: ids reserved for special tokens, before the vocabulary's own")
     tiktoken_special_tokens: Tuple[str, ...] = _opt(

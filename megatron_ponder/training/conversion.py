@@ -68,9 +68,7 @@ def checkpoint_tokenizer(root: str, iteration: Optional[int] = None):
     """The tokenizer the run trained with."""
     values = read_checkpoint_config(root, iteration).get("tokenizer", {})
     tokenizer = _config_section(TokenizerConfig, values)
-    return build_tokenizer(TokenizerSpec(tokenizer_type=tokenizer.tokenizer_type,
-                                         tokenizer_model=tokenizer.tokenizer_model,
-                                         vocab_size=tokenizer.vocab_size))
+    return build_tokenizer(TokenizerSpec.from_flags(tokenizer))
 
 
 def checkpoint_to_hf(root: str, folder: str, iteration: Optional[int] = None,

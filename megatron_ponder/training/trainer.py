@@ -79,10 +79,7 @@ class Trainer:
         self.config = config
         self.start_time = time.time() if start_time is None else start_time
         train = config.train
-        self.tokenizer = build_tokenizer(TokenizerSpec(
-            tokenizer_type=config.tokenizer.tokenizer_type,
-            tokenizer_model=config.tokenizer.tokenizer_model,
-            vocab_size=config.tokenizer.vocab_size))
+        self.tokenizer = build_tokenizer(TokenizerSpec.from_flags(config.tokenizer))
         vocab = self.tokenizer.padded_vocab_size(
             tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
             make_vocab_size_divisible_by=config.tokenizer.make_vocab_size_divisible_by)

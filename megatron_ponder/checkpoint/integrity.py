@@ -200,6 +200,9 @@ class _MetadataUnpickler(pickle.Unpickler):
 def check_pickles(path: str) -> Optional[str]:
     """None if ``.metadata``, ``common.pt`` and every byte object in the shards unpickle with
     restricted unpicklers, else one line naming the file and the problem."""
+    # Importing megatron.core registers the numpy classes RNG states need as safe globals of
+    # torch's weights-only unpickler (a process that has not imported it would refuse them).
+    import megatron.core  # noqa: F401
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
     metadata_path = os.path.join(path, ".metadata")

@@ -16,9 +16,9 @@ from megatron.core import dist_checkpointing, parallel_state
 
 from megatron_ponder.checkpoint.discovery import find_checkpoint, forget_verified, log_on_rank_0
 from megatron_ponder.checkpoint.integrity import check_pickles, first_line, write_manifest
-from megatron_ponder.checkpoint.layout import (CHECKPOINT_VERSION, CheckpointError,
-                                               checkpoint_dir, saved_iterations,
-                                               write_tracker_atomically)
+from megatron_ponder.checkpoint.layout import (CHECKPOINT_VERSION, TRACKER_FILE,
+                                               CheckpointError, checkpoint_dir,
+                                               saved_iterations, write_tracker_atomically)
 
 
 def config_to_json(config) -> str:
@@ -146,7 +146,7 @@ def load_sharded_state(request: Dict[str, Any], path: str) -> Dict[str, Any]:
 def _resolve(root: str, iteration: Optional[int]) -> int:
     found = find_checkpoint(root, iteration)  # verified; a damaged newest: the fallback
     if found is None:
-        raise CheckpointError(f"no checkpoint in {root!r} (no latest_checkpointed_iteration.txt)")
+        raise CheckpointError(f"no checkpoint in {root!r} (no {TRACKER_FILE})")
     return found
 
 

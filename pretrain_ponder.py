@@ -16,9 +16,9 @@ import os
 import sys
 
 from megatron_ponder.data.config import DataConfigError
+from megatron_ponder.errors import FatalRunError
 from megatron_ponder.tokenizer import TokenizerError
 from megatron_ponder.training.arguments import parse_args
-from megatron_ponder.training.exit import FatalRunError
 from megatron_ponder.training.trainer import pretrain
 from megatron_ponder.training.validation import ConfigError
 

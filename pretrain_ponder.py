@@ -16,8 +16,9 @@ import os
 import sys
 
 from megatron_ponder.data.config import DataConfigError
+from megatron_ponder.errors import FatalRunError
+from megatron_ponder.tokenizer import TokenizerError
 from megatron_ponder.training.arguments import parse_args
-from megatron_ponder.training.exit import FatalRunError
 from megatron_ponder.training.trainer import pretrain
 from megatron_ponder.training.validation import ConfigError
 
@@ -25,8 +26,9 @@ if __name__ == "__main__":  # dist_checkpointing starts helper processes: keep t
     try:
         pretrain(parse_args())
     # One line (on rank 0), not a traceback from every rank: a run that cannot go on, flags
-    # that contradict each other, dataset files that are missing or do not fit together.
-    except (FatalRunError, ConfigError, DataConfigError) as error:
+    # that contradict each other, dataset files that are missing or do not fit together, a
+    # tokenizer file that does not load.
+    except (FatalRunError, ConfigError, DataConfigError, TokenizerError) as error:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)

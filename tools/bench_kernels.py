@@ -37,8 +37,11 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
 import torch
 
+from megatron_ponder.devices import default_device
 from megatron_ponder.ops import backend_unavailable_reason, splice, splice_reference
 
 # Realistic PonderLM-2 shapes: Llama-410M/1.4B and Pythia hidden sizes, local sequence lengths
@@ -229,7 +232,7 @@ def main(argv=None):
                         help="where to write results (default: runs/bench_kernels.json)")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else default_device()
     on_gpu = device.type == "cuda"
     requested = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = set(requested) - {"torch", "triton", "cuda"}

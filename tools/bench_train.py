@@ -13,7 +13,7 @@ Examples:
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 from megatron_ponder.training.benchmark import main  # noqa: E402
 

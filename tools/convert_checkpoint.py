@@ -26,9 +26,10 @@ import sys
 import warnings
 
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
-DTYPES = ("float32", "bfloat16", "float16")
-FORMATS = ("transformers", "official")
+from megatron_ponder.hf.config_mapping import DTYPES  # noqa: E402
+from megatron_ponder.hf.export import FORMATS  # noqa: E402
 
 
 def _bool(text: str) -> bool:
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     to_hf.add_argument("--load", required=True, help="checkpoint directory (--save of training)")
     to_hf.add_argument("--output", required=True, help="HF folder to write")
     to_hf.add_argument("--iteration", type=int, default=None, help="default: the latest")
-    to_hf.add_argument("--dtype", choices=DTYPES, default=None, help="default: float32")
+    to_hf.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: float32")
     to_hf.add_argument("--tokenizer-file", default=None,
                        help="tokenizer.json to copy (default: the run's own tokenizer)")
     to_hf.add_argument("--format", choices=FORMATS, default="transformers",
@@ -54,7 +55,7 @@ def parse_args(argv=None):
                               help="official PonderLM-2 release folder -> transformers-native")
     official.add_argument("--input", required=True, help="official release folder")
     official.add_argument("--output", required=True, help="HF folder to write")
-    official.add_argument("--dtype", choices=DTYPES, default=None,
+    official.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                           help="default: the release's torch_dtype (else float32)")
     from_hf = sub.add_parser("from-hf", help="Hugging Face folder -> training checkpoint")
     from_hf.add_argument("--hf", required=True, help="HF folder")
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from megatron_ponder.training.conversion import checkpoint_to_hf, hf_to_checkpoint
+    from megatron_ponder.hf.conversion import checkpoint_to_hf, hf_to_checkpoint, official_to_hf
 
     if args.direction == "to-hf":
         dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -78,7 +79,10 @@ def main(argv=None) -> int:
                                   tokenizer_file=args.tokenizer_file, format=args.format)
         print(f"wrote {folder}")
     elif args.direction == "official-to-hf":
-        print(f"wrote {official_to_hf(args.input, args.output, args.dtype)}")
+        try:
+            print(f"wrote {official_to_hf(args.input, args.output, args.dtype)}")
+        except ValueError as error:  # a dtype the folder holds that we do not write
+            raise SystemExit(f"{args.input}: {error}; pass --dtype") from None
     else:
         overrides = {key: value for key, value in (
             ("num_latent_thoughts", args.num_latent_thoughts),
@@ -87,27 +91,6 @@ def main(argv=None) -> int:
         path = hf_to_checkpoint(args.hf, args.save, **overrides)
         print(f"wrote {path}; continue pretraining with --load {args.save} --finetune")
     return 0
-
-
-def official_to_hf(source: str, output: str, dtype_name=None) -> str:
-    """An official release folder (or any folder load_megatron reads) -> the native format,
-    with its tokenizer.json; the weights keep the release's dtype unless ``dtype_name``."""
-    import torch
-
-    from megatron_ponder.compat import activate_if_needed
-    from megatron_ponder.hf import save_pretrained
-    from megatron_ponder.hf.loading import load_hf_config, load_megatron
-
-    activate_if_needed()
-    config = load_hf_config(source)
-    if dtype_name is None:
-        dtype_name = config.get("torch_dtype") or config.get("dtype") or "float32"
-    if dtype_name not in DTYPES:
-        raise SystemExit(f"unsupported dtype {dtype_name!r} in {source}; pass --dtype")
-    tokenizer = os.path.join(source, "tokenizer.json")
-    model = load_megatron(source)
-    return save_pretrained(model, output, dtype=getattr(torch, dtype_name),
-                           tokenizer_file=tokenizer if os.path.isfile(tokenizer) else None)
 
 
 if __name__ == "__main__":

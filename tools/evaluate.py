@@ -19,10 +19,7 @@ import os
 import sys
 import time
 
-try:
-    import megatron_ponder  # noqa: F401  (installed with `pip install -e .`)
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 from megatron_ponder.eval.offline_tasks import PAPER_TASKS
 from megatron_ponder.eval.suite import (
@@ -33,7 +30,7 @@ from megatron_ponder.eval.suite import (
     rows_as_json,
     run_suite,
 )
-from megatron_ponder.inference.loading import add_model_arguments, load_model_and_tokenizer
+from megatron_ponder.hf.loading import add_model_arguments, load_model_and_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:

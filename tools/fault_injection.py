@@ -43,9 +43,12 @@ import zlib
 from typing import Callable, Dict, List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # this checkout
+
+from megatron_ponder.checkpoint.layout import TRACKER_FILE, checkpoint_dir  # noqa: E402
+
 PRETRAIN = os.path.join(REPO, "pretrain_ponder.py")
 PREPROCESS = os.path.join(REPO, "tools", "preprocess_data.py")
-TRACKER = "latest_checkpointed_iteration.txt"
 TRAIN_ITERS = 6
 
 # The tiny model of the training tests (tests/training/test_pretrain.py), shorter batches.
@@ -244,7 +247,7 @@ def _iteration_dirs(root: str) -> List[str]:
 def _data_files(root: str, iteration: int) -> Dict[str, str]:
     """{file: CRC32} of the tensor files of a checkpoint (not common.pt, which records the
     run's flags, nor the manifest)."""
-    path = os.path.join(root, f"iter_{iteration:07d}")
+    path = checkpoint_dir(root, iteration)
     files = {}
     for name in sorted(os.listdir(path)) if os.path.isdir(path) else []:
         if name.endswith(".distcp"):
@@ -254,7 +257,7 @@ def _data_files(root: str, iteration: int) -> Dict[str, str]:
 
 
 def _tracker(root: str) -> Optional[str]:
-    path = os.path.join(root, TRACKER)
+    path = os.path.join(root, TRACKER_FILE)
     return _read(path).strip() if os.path.isfile(path) else None
 
 
@@ -367,7 +370,7 @@ def kill_fault(after_iteration: Optional[int], fraction: float, in_save: Optiona
         log_path = os.path.join(ws.root, name, "first.log")
         process = ws.start_pretrain(flags, log_path)
         if in_save is not None:
-            directory = os.path.join(root, f"iter_{in_save:07d}")
+            directory = checkpoint_dir(root, in_save)
             reached = _wait_for(lambda: os.path.isdir(directory), process, ws.timeout)
             # A save of this model takes a fraction of an iteration.
             delay = fraction * reference.iteration_seconds * 0.5
@@ -421,7 +424,7 @@ def _checkpoints_until(ws: Workspace, name: str, last: int) -> str:
     for directory in _iteration_dirs(root):
         if int(directory[5:]) > last:
             shutil.rmtree(os.path.join(root, directory))
-    with open(os.path.join(root, TRACKER), "w") as f:
+    with open(os.path.join(root, TRACKER_FILE), "w") as f:
         f.write(str(last))
     return root
 
@@ -486,14 +489,14 @@ def _delete_manifest(path, rng):
 
 
 def _delete_tracker(path, rng):
-    os.remove(os.path.join(os.path.dirname(path), TRACKER))
-    return f"delete {TRACKER}"
+    os.remove(os.path.join(os.path.dirname(path), TRACKER_FILE))
+    return f"delete {TRACKER_FILE}"
 
 
 def _garbage_tracker(path, rng):
-    with open(os.path.join(os.path.dirname(path), TRACKER), "w") as f:
+    with open(os.path.join(os.path.dirname(path), TRACKER_FILE), "w") as f:
         f.write("\x00\x13garbage")
-    return f"overwrite {TRACKER} with garbage"
+    return f"overwrite {TRACKER_FILE} with garbage"
 
 
 def _half_written_save(path, rng):

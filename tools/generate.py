@@ -16,15 +16,12 @@ import os
 import sys
 import time
 
-try:
-    import megatron_ponder  # noqa: F401  (installed with `pip install -e .`)
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 import torch
 
+from megatron_ponder.hf.loading import add_model_arguments, load_model_and_tokenizer
 from megatron_ponder.inference.generation import left_pad
-from megatron_ponder.inference.loading import add_model_arguments, load_model_and_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:

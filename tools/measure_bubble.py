@@ -34,11 +34,11 @@ import statistics
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # run from a checkout without installing
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 from megatron_ponder.parallel.launch import run_local_ranks  # noqa: E402
-from synthetic_run import add_model_arguments, synthetic_run_flags  # noqa: E402  (tools/synthetic_run.py)
+from megatron_ponder.training.synthetic_run import (  # noqa: E402
+    add_model_arguments, synthetic_run_flags)
 
 
 def parse_args(argv=None):

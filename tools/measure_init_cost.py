@@ -20,7 +20,7 @@ import warnings
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from a checkout without installing
 
-from measure_recompute_memory import _status_kib  # noqa: E402  (tools/, Linux /proc counters)
+from megatron_ponder.training.benchmark import _status_kib  # noqa: E402  (Linux /proc counters)
 
 
 def main(argv=None) -> None:

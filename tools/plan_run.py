@@ -14,7 +14,7 @@ Examples:
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 from megatron_ponder.planning.cli import main  # noqa: E402
 

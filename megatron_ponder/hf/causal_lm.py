@@ -12,6 +12,7 @@ from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.inference.generation import (
     GenerationOutput,
     StoppingCriteria,
+    check_token_batch,
     generate,
     vocab_logits,
 )
@@ -75,15 +76,7 @@ class PonderForCausalLM(torch.nn.Module):
         [B, L, V] output when scoring continuations; not with ``labels``)."""
         if logits_to_keep and labels is not None:
             raise ValueError("logits_to_keep cannot be combined with labels")
-        if input_ids.dim() != 2 or input_ids.dtype != torch.long:
-            raise ValueError(f"input_ids must be a LongTensor [batch, length], got "
-                             f"{input_ids.dtype} {tuple(input_ids.shape)}")
-        token_is_real = None
-        if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask {tuple(attention_mask.shape)} != input_ids "
-                                 f"{tuple(input_ids.shape)}")
-            token_is_real = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+        token_is_real = check_token_batch(input_ids, attention_mask)
         schedule = self.jacobi_schedule(jacobi_iterations, jacobi_tolerance,
                                         max_jacobi_iterations)
         hidden, report = run_ponder_passes(self.model, input_ids, self.ponder_config.thoughts,

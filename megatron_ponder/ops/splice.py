@@ -56,6 +56,8 @@ import os
 
 import torch
 
+from megatron_ponder.devices import default_device
+
 BACKEND_ENV = "MEGATRON_PONDER_SPLICE_BACKEND"
 BACKENDS = ("auto", "torch", "triton", "cuda")
 # The fused kernels copy bytes, so any floating dtype works; these are the ones we test.
@@ -181,8 +183,7 @@ def backend_unavailable_reason(name: str):
 
 def available_backends(device=None) -> list:
     """Backends that can run on ``device`` (default: CUDA if present, else CPU), best first."""
-    device = torch.device(device if device is not None else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device is not None else default_device()
     names = []
     if device.type == "cuda" and _backend_impl("cuda")[0] is not None:
         names.append("cuda")

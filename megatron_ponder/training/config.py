@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 
 from megatron_ponder.config import ModelConfig, ParallelConfig, PonderConfig, _opt
 from megatron_ponder.data.config import DataConfig
+from megatron_ponder.tokenizer import TIKTOKEN_PATTERNS, TOKENIZER_TYPES
 
 
 @dataclass
@@ -146,14 +147,35 @@ class LoggingConfig:
 
 @dataclass
 class TokenizerConfig:
-    """Which tokenizer (Megatron-LM's flags); it fixes the padded vocabulary size."""
+    """Which tokenizer (Megatron-LM's flags, shared with tools/preprocess_data.py); it fixes the
+    padded vocabulary size. megatron_ponder.tokenizer.TokenizerSpec mirrors these fields."""
 
     tokenizer_type: str = _opt(
-        "HuggingFaceTokenizer", "tokenizer kind",
-        choices=("HuggingFaceTokenizer", "GPT2BPETokenizer", "NullTokenizer"))
+        "HuggingFaceTokenizer", "tokenizer kind, as in Megatron-LM (the SentencePiece types, "
+        "TikTokenizer, NullTokenizer and HuggingFaceTokenizer with a model directory or hub name "
+        "are megatron-core's own tokenizers)",
+        choices=TOKENIZER_TYPES)
     tokenizer_model: Optional[str] = _opt(
-        None, "tokenizer.json path or hub name (default: the bundled GPT-NeoX-20B tokenizer)")
-    vocab_size: Optional[int] = _opt(None, "vocabulary size for NullTokenizer")
+        None, "HuggingFaceTokenizer: a tokenizer.json, a directory or a hub name (default: the "
+        "bundled GPT-NeoX-20B tokenizer, read offline); SentencePieceTokenizer, "
+        "GPTSentencePieceTokenizer, Llama2Tokenizer: the SentencePiece .model file; "
+        "TikTokenizer: the tiktoken JSON vocabulary; GPT2BPETokenizer without --vocab-file: a "
+        ".tiktoken ranks file (default: GPT-2's, from openai-whisper)")
+    vocab_file: Optional[str] = _opt(
+        None, "GPT2BPETokenizer: GPT-2's vocab.json (with --merge-file)")
+    merge_file: Optional[str] = _opt(
+        None, "GPT2BPETokenizer: GPT-2's merges.txt (with --vocab-file)")
+    vocab_size: Optional[int] = _opt(
+        None, "NullTokenizer: ids 0..N-1, end-of-document N; TikTokenizer: vocabulary size "
+        "including the special tokens (default there: 131072)")
+    tiktoken_pattern: Optional[str] = _opt(
+        None, "TikTokenizer: the pre-tokenization regex (default: v2)",
+        choices=TIKTOKEN_PATTERNS)
+    tiktoken_num_special_tokens: int = _opt(
+        1000, "TikTokenizer: ids reserved for special tokens, before the vocabulary's own")
+    tiktoken_special_tokens: Tuple[str, ...] = _opt(
+        (), "TikTokenizer: the named special tokens, which must include <unk> <s> </s> <mask> "
+        "<pad> <cls> <sep> (default: those seven); </s> is the end-of-document token")
     make_vocab_size_divisible_by: int = _opt(128, "pad the vocabulary to a multiple of this "
                                              "times the tensor-parallel size")
 

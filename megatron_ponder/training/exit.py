@@ -15,13 +15,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from megatron_ponder.parallel.state import default_device
-
-
-class FatalRunError(RuntimeError):
-    """The run cannot go on, for a reason its message states in one line (a damaged
-    checkpoint, too many non-finite steps): pretrain_ponder.py prints that line on rank 0 and
-    exits with status 1, without a traceback on every rank."""
+from megatron_ponder.devices import default_device
 
 
 class ExitPolicy:

@@ -7,8 +7,8 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_ponder.config import PonderConfig
+from megatron_ponder.devices import default_device
 from megatron_ponder.model.ponder import draw_jacobi_iterations
-from megatron_ponder.parallel.state import default_device
 
 
 class PonderForwardStep:

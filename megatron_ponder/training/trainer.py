@@ -16,17 +16,17 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from megatron_ponder.config import build_transformer_config
+from megatron_ponder.checkpoint.storage import AsyncCheckpointWriter, config_to_json
 from megatron_ponder.data.config import DataConfigError
 from megatron_ponder.data.datasets import build_datasets
 from megatron_ponder.data.iterators import build_iterators
-from megatron_ponder.model.gpt_model import PonderGPTModel
-from megatron_ponder.parallel.state import default_device
+from megatron_ponder.devices import default_device
+from megatron_ponder.errors import FatalRunError
+from megatron_ponder.model.build import build_model
 from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
-from megatron_ponder.training.checkpointing import (AsyncCheckpointWriter, config_to_json,
-                                                   load_checkpoint, save_checkpoint)
+from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_ponder.training.config import PretrainConfig, TrainConfig
-from megatron_ponder.training.exit import ExitPolicy, FatalRunError
+from megatron_ponder.training.exit import ExitPolicy
 from megatron_ponder.training.flops import step_flops
 from megatron_ponder.training.initialize import initialize_distributed, shutdown
 from megatron_ponder.training.logger import TrainingLogger, WandbSettings
@@ -79,10 +79,7 @@ class Trainer:
         self.config = config
         self.start_time = time.time() if start_time is None else start_time
         train = config.train
-        self.tokenizer = build_tokenizer(TokenizerSpec(
-            tokenizer_type=config.tokenizer.tokenizer_type,
-            tokenizer_model=config.tokenizer.tokenizer_model,
-            vocab_size=config.tokenizer.vocab_size))
+        self.tokenizer = build_tokenizer(TokenizerSpec.from_flags(config.tokenizer))
         vocab = self.tokenizer.padded_vocab_size(
             tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
             make_vocab_size_divisible_by=config.tokenizer.make_vocab_size_divisible_by)
@@ -120,21 +117,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ building
     def _build_model(self):
-        from megatron.core import parallel_state
         from megatron.core.distributed import DistributedDataParallel, \
             DistributedDataParallelConfig, finalize_model_grads
 
         cfg = self.config
-        overrides = dict(calculate_per_token_loss=True, **recompute_overrides(cfg.train))
-        transformer_config = build_transformer_config(cfg.model, cfg.ponder, cfg.parallel,
-                                                      **overrides)
-        module = PonderGPTModel(
-            transformer_config, cfg.model, cfg.ponder,
-            pre_process=parallel_state.is_pipeline_first_stage(),
-            post_process=parallel_state.is_pipeline_last_stage(),
-            pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
-            seed=cfg.train.seed,
-        ).to(default_device())
+        module = build_model(cfg.model, cfg.ponder, cfg.parallel, seed=cfg.train.seed,
+                             calculate_per_token_loss=True,
+                             **recompute_overrides(cfg.train)).to(default_device())
+        transformer_config = module.config
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
             overlap_grad_reduce=torch.cuda.is_available() and _grad_reduce_can_overlap(cfg),

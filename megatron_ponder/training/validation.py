@@ -7,6 +7,8 @@ import torch
 
 from megatron_ponder.data.config import DataConfigError
 from megatron_ponder.data.datasets import check_data_files
+from megatron_ponder.tokenizer import NULL_TOKENIZER, TIKTOKENIZER, TokenizerError, \
+    TokenizerSpec, check_tokenizer_flags
 from megatron_ponder.training.config import PretrainConfig
 
 
@@ -175,11 +177,14 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
              "--tensorboard-dir needs the tensorboard package: pip install tensorboard")
 
     tokenizer = config.tokenizer
-    if tokenizer.tokenizer_type == "NullTokenizer":
-        need(tokenizer.vocab_size is not None and tokenizer.vocab_size > 0,
-             "--tokenizer-type NullTokenizer needs --vocab-size N")
-    elif tokenizer.vocab_size is not None:
-        errors.append("--vocab-size only applies to --tokenizer-type NullTokenizer")
+    try:  # flag combinations and missing files; loading waits for the trainer
+        check_tokenizer_flags(TokenizerSpec.from_flags(tokenizer))
+    except TokenizerError as error:
+        errors.append(str(error))
+    if tokenizer.vocab_size is not None and tokenizer.tokenizer_type not in (
+            NULL_TOKENIZER, TIKTOKENIZER):
+        errors.append("--vocab-size only applies to --tokenizer-type NullTokenizer and "
+                      "TikTokenizer")
     if not errors:
         try:  # missing or inconsistent dataset files, before any process starts
             check_data_files(config.data)

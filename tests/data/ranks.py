@@ -25,11 +25,11 @@ def build_once_and_consume(config_kwargs, shared_cache, local_cache_root, eod, s
     import torch.distributed as dist
 
     from megatron_ponder.data import DataConfig, DataConfigError, build_datasets
-    from megatron_ponder.tokenizer import NullTokenizer
+    from megatron_ponder.tokenizer import NULL_TOKENIZER, TokenizerSpec, build_tokenizer
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    tokenizer = NullTokenizer(eod)
+    tokenizer = build_tokenizer(TokenizerSpec(tokenizer_type=NULL_TOKENIZER, vocab_size=eod))
     private = DataConfig(**config_kwargs,
                          data_cache_path=os.path.join(local_cache_root, f"rank{rank}"))
     try:

@@ -15,10 +15,16 @@ import pytest
 
 from megatron_ponder.data import (DataConfig, DataConfigError, build_datasets,
                                   check_data_files, parse_blend)
-from megatron_ponder.tokenizer import NullTokenizer
+from megatron_ponder.tokenizer import NULL_TOKENIZER, TokenizerSpec, build_tokenizer
 
 EOD = 5000
-TOKENIZER = NullTokenizer(EOD)  # ids 0..4999, EOD 5000
+
+
+def null_tokenizer(vocab_size):
+    return build_tokenizer(TokenizerSpec(tokenizer_type=NULL_TOKENIZER, vocab_size=vocab_size))
+
+
+TOKENIZER = null_tokenizer(EOD)  # ids 0..4999, EOD 5000
 
 
 def _write_dataset(prefix, dataset_index, num_documents=60, rng_seed=0):
@@ -139,7 +145,7 @@ def test_requests_beyond_one_epoch_repeat_the_data(prefixes):
 
 def test_mock_data_uses_megatron_mock_dataset():
     config = DataConfig(mock_data=True, seq_length=32, num_workers=0)
-    train, valid, _ = build_datasets(config, NullTokenizer(100), train_samples=8,
+    train, valid, _ = build_datasets(config, null_tokenizer(100), train_samples=8,
                                      valid_samples=4)
     assert type(train).__name__ == "MockGPTDataset"
     sample = train[0]

@@ -14,7 +14,7 @@ import pytest
 
 from megatron_ponder.eval.lm_eval_adapter import PonderEvalLM
 from megatron_ponder.eval.suite import run_suite
-from megatron_ponder.inference.loading import load_tokenizer
+from megatron_ponder.hf.loading import load_tokenizer
 from tests.eval.hf_backend import TASKS, assert_same_scores, export_tiny, metrics, write_tasks
 
 pytestmark = pytest.mark.usefixtures("single_process")

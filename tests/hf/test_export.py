@@ -1,4 +1,4 @@
-"""save_pretrained: round trip through load_megatron (both architectures, K in {0, 1, 2}, both
+"""save_pretrained: round trip through the megatron engine (both architectures, K in {0, 1, 2}, both
 formats), vanilla official folders load in stock transformers, dtype and tokenizer options.
 The transformers-native format itself: test_transformers_native.py."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.hf import load_megatron
+from megatron_ponder.hf import from_pretrained
 from megatron_ponder.hf.export import save_pretrained
 from megatron_ponder.model import build_model
 
@@ -34,7 +34,7 @@ def _ids():
 def test_round_trip_gives_identical_logits(tmp_path, arch, k, export_format):
     model = _model(arch, k, jacobi_iterations=2)
     save_pretrained(model, str(tmp_path), format=export_format)
-    loaded = load_megatron(str(tmp_path))
+    loaded = from_pretrained(str(tmp_path), engine="megatron")
     assert loaded.ponder_config.thoughts == k
     assert loaded.ponder_config.jacobi_iterations == 2
     with torch.no_grad():
@@ -58,7 +58,8 @@ def test_vanilla_official_folder_loads_in_transformers(tmp_path, arch):
 
 
 def test_wrapper_dtype_and_tokenizer(tmp_path):
-    model = load_megatron(str(save_pretrained(_model("gpt_neox", 1), str(tmp_path / "a"))))
+    folder = save_pretrained(_model("gpt_neox", 1), str(tmp_path / "a"))
+    model = from_pretrained(str(folder), engine="megatron")
     tokenizer = tmp_path / "tokenizer.json"
     tokenizer.write_text('{"not": "checked here"}')
     folder = save_pretrained(model, str(tmp_path / "b"), dtype=torch.bfloat16,
@@ -70,7 +71,7 @@ def test_wrapper_dtype_and_tokenizer(tmp_path):
 
     weights = load_file(f"{folder}/model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}
-    reloaded = load_megatron(folder)  # loads as float32 from the bf16 file
+    reloaded = from_pretrained(folder, engine="megatron")  # loads as float32 from the bf16 file
     with torch.no_grad():
         diff = (reloaded(_ids()).logits - model(_ids()).logits).abs().max()
     assert 0 < diff < 0.5

@@ -1,8 +1,9 @@
-"""hf/loading.py. ``load_megatron`` (our megatron-core model): vanilla parity with transformers,
-config spellings, formats, overrides. ``from_pretrained`` (the transformers-native model): logits
-equal ``load_megatron``'s for every folder format and override, dtype and device options,
-save_pretrained round trip. Both: bad input."""
+"""hf/loading.py. ``from_pretrained(engine="megatron")`` (our megatron-core model): vanilla parity
+with transformers, config spellings, formats, overrides. ``from_pretrained`` (the
+transformers-native model): logits equal the megatron engine's for every folder format and
+override, dtype and device options, save_pretrained round trip. Both: bad input."""
 
+import functools
 import json
 import os
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_ponder.hf import from_pretrained, load_megatron, save_pretrained
+from megatron_ponder.hf import from_pretrained, save_pretrained
 from megatron_ponder.hf.adapters import ConversionError
 from megatron_ponder.hf.config_mapping import UnsupportedConfigError
 from tests.tiny_models import VOCAB, edit_config, save_tiny_hf
@@ -34,7 +35,7 @@ def _ids(batch=2, length=13, seed=1):
 def test_vanilla_matches_transformers(tmp_path, variant):
     arch, overrides = VARIANTS[variant]
     reference = save_tiny_hf(tmp_path, arch, **overrides)
-    model = load_megatron(str(tmp_path))
+    model = from_pretrained(str(tmp_path), engine="megatron")
     ids = _ids()
     with torch.no_grad():
         expected = reference(ids).logits
@@ -51,7 +52,7 @@ def test_vanilla_matches_transformers(tmp_path, variant):
 
 def test_returned_model_state(tmp_path):
     save_tiny_hf(tmp_path, "llama")
-    model = load_megatron(str(tmp_path))
+    model = from_pretrained(str(tmp_path), engine="megatron")
     assert not model.training
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
     assert model(_ids()).loss is None
@@ -61,15 +62,15 @@ def test_old_config_spellings_give_same_logits(tmp_path):
     save_tiny_hf(tmp_path, "gpt_neox", rotary_pct=0.5, rope_theta=500.0)
     ids = _ids()
     with torch.no_grad():
-        new_style = load_megatron(str(tmp_path))(ids).logits
+        new_style = from_pretrained(str(tmp_path), engine="megatron")(ids).logits
     # transformers 4.x wrote these at the top level under older names.
     edit_config(tmp_path, rope_parameters=None, rotary_pct=0.5, rotary_emb_base=500.0)
     with torch.no_grad():
-        old_style = load_megatron(str(tmp_path))(ids).logits
+        old_style = from_pretrained(str(tmp_path), engine="megatron")(ids).logits
     torch.testing.assert_close(old_style, new_style, atol=0, rtol=0)
     edit_config(tmp_path, rotary_pct=None, rotary_emb_base=None, partial_rotary_factor=0.25)
     with torch.no_grad():
-        changed = load_megatron(str(tmp_path))(ids).logits
+        changed = from_pretrained(str(tmp_path), engine="megatron")(ids).logits
     assert not torch.allclose(changed, new_style)  # the field is really read
 
 
@@ -77,10 +78,10 @@ def test_llama_rope_theta_top_level(tmp_path):
     save_tiny_hf(tmp_path, "llama", rope_theta=321.0)
     ids = _ids()
     with torch.no_grad():
-        nested = load_megatron(str(tmp_path))(ids).logits
+        nested = from_pretrained(str(tmp_path), engine="megatron")(ids).logits
     edit_config(tmp_path, rope_parameters=None, rope_theta=321.0)
     with torch.no_grad():
-        top = load_megatron(str(tmp_path))(ids).logits
+        top = from_pretrained(str(tmp_path), engine="megatron")(ids).logits
     torch.testing.assert_close(top, nested, atol=0, rtol=0)
 
 
@@ -112,7 +113,7 @@ def test_pytorch_bin_and_sharded_safetensors(tmp_path):
 
     for folder in (bin_dir, shard_dir):
         with torch.no_grad():
-            logits = load_megatron(str(folder))(ids).logits
+            logits = from_pretrained(str(folder), engine="megatron")(ids).logits
             native = from_pretrained(str(folder))(ids).logits
         torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
         torch.testing.assert_close(native, expected, atol=1e-5, rtol=0)
@@ -122,10 +123,10 @@ def test_ponder_fields_and_overrides(tmp_path):
     save_tiny_hf(tmp_path, "gpt_neox", ponder_fields=dict(
         recurrent_model=True, num_latent_thoughts=2, num_jacobi_iterations=4,
         random_jacobi_iterations=True, scale_embeds=True, interpolation=False))
-    ponder = load_megatron(str(tmp_path)).ponder_config
+    ponder = from_pretrained(str(tmp_path), engine="megatron").ponder_config
     assert (ponder.vanilla, ponder.num_latent_thoughts, ponder.jacobi_iterations) == (False, 2, 4)
     assert ponder.random_jacobi_iterations == (2, 3, 4) and ponder.scale_embeds
-    ponder = load_megatron(str(tmp_path), num_latent_thoughts=1,
+    ponder = from_pretrained(str(tmp_path), engine="megatron", num_latent_thoughts=1,
                              jacobi_iterations=2).ponder_config
     assert (ponder.num_latent_thoughts, ponder.jacobi_iterations) == (1, 2)
 
@@ -134,16 +135,17 @@ def test_ponder_mode_changes_logits(tmp_path):
     save_tiny_hf(tmp_path, "llama")
     ids = _ids()
     with torch.no_grad():
-        vanilla = load_megatron(str(tmp_path))(ids).logits
-        ponder = load_megatron(str(tmp_path), vanilla=False, num_latent_thoughts=1)(ids).logits
+        vanilla = from_pretrained(str(tmp_path), engine="megatron")(ids).logits
+        ponder = from_pretrained(str(tmp_path), engine="megatron", vanilla=False,
+                                 num_latent_thoughts=1)(ids).logits
     assert ponder.shape == vanilla.shape and not torch.allclose(ponder, vanilla, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------- bad input
-@pytest.fixture(params=["from_pretrained", "load_megatron"])
+@pytest.fixture(params=["transformers", "megatron"])
 def loader(request):
-    """Both loaders check a folder the same way."""
-    return {"from_pretrained": from_pretrained, "load_megatron": load_megatron}[request.param]
+    """Both engines check a folder the same way."""
+    return functools.partial(from_pretrained, engine=request.param)
 
 
 def test_unknown_architecture(tmp_path, loader):
@@ -226,7 +228,8 @@ def _native_and_megatron(folder, ids, **overrides):
     megatron_overrides = {k: v for k, v in overrides.items() if k in
                           ("num_latent_thoughts", "jacobi_iterations", "vanilla", "scale_embeds")}
     with torch.no_grad():
-        return native, native(ids).logits, load_megatron(folder, **megatron_overrides)(ids).logits
+        megatron = from_pretrained(folder, engine="megatron", **megatron_overrides)
+        return native, native(ids).logits, megatron(ids).logits
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
@@ -239,7 +242,7 @@ def test_from_pretrained_equals_megatron_for_every_format_and_override(tmp_path,
         recurrent_model=True, num_latent_thoughts=1, num_jacobi_iterations=3,
         scale_embeds=True, interpolation=False))
     native = tmp_path / "native"  # ours: model_type ponderlm2
-    save_pretrained(load_megatron(str(official)), str(native))
+    save_pretrained(from_pretrained(str(official), engine="megatron"), str(native))
     ids = _ids(length=9)
     cases = [(vanilla, {}), (vanilla, dict(vanilla=False, num_latent_thoughts=1)),
              (official, {}), (official, dict(num_latent_thoughts=2, jacobi_iterations=1)),
@@ -266,7 +269,7 @@ def test_from_pretrained_adaptive_jacobi_and_generate(tmp_path):
                     max_jacobi_iterations=5)
     model = from_pretrained(str(tmp_path), **adaptive)
     assert model.config.jacobi_tolerance == 1e-3 and model.config.max_jacobi_iterations == 5
-    megatron = load_megatron(str(tmp_path))
+    megatron = from_pretrained(str(tmp_path), engine="megatron")
     with torch.no_grad():
         out = model(ids)
         expected = megatron(ids, **adaptive)
@@ -337,5 +340,5 @@ def test_from_pretrained_save_pretrained_round_trip(tmp_path):
         torch.testing.assert_close(auto(ids).logits, expected, atol=0, rtol=0)
         torch.testing.assert_close(from_pretrained(str(saved))(ids).logits, expected,
                                    atol=0, rtol=0)
-        torch.testing.assert_close(load_megatron(str(saved))(ids).logits, expected,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(from_pretrained(str(saved), engine="megatron")(ids).logits,
+                                   expected, atol=1e-5, rtol=0)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.hf import load_megatron
+from megatron_ponder.hf import from_pretrained
 from megatron_ponder.hf.export import save_pretrained
 from megatron_ponder.model import build_model
 
@@ -79,7 +79,7 @@ def test_logits_equal_ours(exported, arch, k):
     ids = _ids()
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding
-    ours = load_megatron(folder)
+    ours = from_pretrained(folder, engine="megatron")
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-5, rtol=0)
         torch.testing.assert_close(hf(ids, attention_mask=mask).logits[1, 3:],
@@ -96,7 +96,7 @@ def test_round_trip_is_bit_exact(exported, tmp_path, arch, k):
     # ours -> HF folder -> transformers (its own save_pretrained) -> ours
     _load(folder).save_pretrained(str(tmp_path))
     assert {"configuration_ponderlm2.py", "modeling_ponderlm2.py"} <= set(os.listdir(tmp_path))
-    back = load_megatron(str(tmp_path))
+    back = from_pretrained(str(tmp_path), engine="megatron")
     assert back.ponder_config.thoughts == k and back.ponder_config.jacobi_iterations == 2
     state = {n: t for n, t in model.state_dict().items() if not n.endswith("_extra_state")}
     for name, tensor in back.model.state_dict().items():
@@ -121,7 +121,7 @@ def test_loading_without_trust_remote_code_raises(exported):
 @pytest.mark.parametrize("arch,k", CASES)
 def test_cached_generate_equals_uncached_and_ours(exported, arch, k):
     _, folder = exported(arch, k)
-    hf, ours = _load(folder), load_megatron(folder)
+    hf, ours = _load(folder), from_pretrained(folder, engine="megatron")
     ids = _ids(batch=1, length=5)
     settings = _converged(k)
     cached = hf.generate(ids, max_new_tokens=6, do_sample=False, **settings)
@@ -136,7 +136,7 @@ def test_cached_generate_equals_uncached_and_ours(exported, arch, k):
 def test_fixed_j_generate_equals_our_engine(exported, arch, k):
     """Not converged (J = 0): the prefill's thoughts are approximate, as in our engine."""
     _, folder = exported(arch, k)
-    hf, ours = _load(folder), load_megatron(folder)
+    hf, ours = _load(folder), from_pretrained(folder, engine="megatron")
     ids = _ids(batch=2, length=7)
     cached = hf.generate(ids, max_new_tokens=5, do_sample=False, jacobi_iterations=0)
     engine = ours.generate(ids, max_new_tokens=5, jacobi_iterations=0)
@@ -188,7 +188,7 @@ def test_beam_search_and_sampling_use_the_cache(exported, monkeypatch):
 
 def test_adaptive_jacobi_matches_our_engine(exported):
     model, folder = exported("gpt_neox", 2)
-    hf, ours = _load(folder), load_megatron(folder)
+    hf, ours = _load(folder), from_pretrained(folder, engine="megatron")
     ids = _ids()
     with torch.no_grad():
         out = hf(ids, jacobi_iterations="adaptive", jacobi_tolerance=1e-3)
@@ -213,7 +213,7 @@ def test_baselines(exported, method):
     assert torch.equal(cached, hf.generate(prompt, max_new_tokens=5, do_sample=False,
                                            use_cache=False))
     if method == "pause":
-        engine = load_megatron(folder).generate(prompt, max_new_tokens=5)
+        engine = from_pretrained(folder, engine="megatron").generate(prompt, max_new_tokens=5)
         assert torch.equal(cached, engine.sequences if hasattr(engine, "sequences") else engine)
 
 
@@ -286,13 +286,13 @@ def test_official_to_hf(tmp_path, arch):
                                                  "--output", output]) == 0
     hf = _load(output)
     assert hf.config.model_type == "ponderlm2" and hf.dtype == torch.bfloat16
-    reference = load_megatron(official)  # float32 of the same bf16 weights
+    reference = from_pretrained(official, engine="megatron")  # float32 of the same bf16 weights
     ids = _ids()
     with torch.no_grad():
         torch.testing.assert_close(_load(output, dtype=torch.float32)(ids).logits,
                                    reference(ids).logits, atol=1e-5, rtol=0)
-        torch.testing.assert_close(load_megatron(output)(ids).logits, reference(ids).logits,
-                                   atol=0, rtol=0)
+        torch.testing.assert_close(from_pretrained(output, engine="megatron")(ids).logits,
+                                   reference(ids).logits, atol=0, rtol=0)
 
 
 def test_dtype_device_map_and_save_pretrained_through_auto(tmp_path):
@@ -300,7 +300,7 @@ def test_dtype_device_map_and_save_pretrained_through_auto(tmp_path):
     CPU-only machine, a dict) of AutoModelForCausalLM, then save_pretrained and reload."""
     model = _model("llama", 1)
     folder = save_pretrained(model, str(tmp_path / "bf16"), dtype=torch.bfloat16)
-    reference = load_megatron(folder)  # float32 of the same bf16 weights
+    reference = from_pretrained(folder, engine="megatron")  # float32 of the same bf16 weights
     ids = _ids(length=6)
     with torch.no_grad():
         expected = reference(ids).logits

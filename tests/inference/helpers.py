@@ -2,7 +2,7 @@
 
 import torch
 
-from megatron_ponder.hf import load_megatron
+from megatron_ponder.hf import from_pretrained
 from megatron_ponder.inference.generation import left_pad
 from tests.tiny_models import VOCAB, save_tiny_hf
 
@@ -16,7 +16,7 @@ def tiny_ponder(folder, arch: str, k: int, **overrides):
     """A random tiny HF folder of a PonderLM-2 model with K=k -> (folder, loaded model).
     k=0 gives a vanilla model."""
     save_tiny_hf(folder, arch, ponder_fields=ponder_fields(k) if k else None)
-    return str(folder), load_megatron(str(folder), **overrides)
+    return str(folder), from_pretrained(str(folder), engine="megatron", **overrides)
 
 
 def prompt(length: int, seed: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.hf import load_megatron
+from megatron_ponder.hf import from_pretrained
 from megatron_ponder.hf.causal_lm import PonderForCausalLM
 from megatron_ponder.hf.export import save_pretrained
 from megatron_ponder.model import build_model
@@ -70,7 +70,7 @@ def test_loop_generation_says_it_is_not_supported():
 def test_hf_round_trip_keeps_the_baseline(tmp_path, method):
     wrapped = _wrapped(method)
     save_pretrained(wrapped, str(tmp_path))
-    loaded = load_megatron(str(tmp_path))
+    loaded = from_pretrained(str(tmp_path), engine="megatron")
     assert loaded.ponder_config.ponder_method == method
     ids = _ids(batch=2)
     with torch.no_grad():

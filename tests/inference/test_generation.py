@@ -131,9 +131,9 @@ def test_padded_decode_logits_equal_single_prompt_logits(ponder):
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
 def test_vanilla_generation_matches_transformers(tmp_path, arch):
     reference = save_tiny_hf(tmp_path, arch)
-    from megatron_ponder.hf import load_megatron
+    from megatron_ponder.hf import from_pretrained
 
-    model = load_megatron(str(tmp_path))
+    model = from_pretrained(str(tmp_path), engine="megatron")
     assert model.ponder_config.thoughts == 0
     prompts = [prompt(4, seed=8), prompt(7, seed=9)]
     ids, mask = left_padded(prompts)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from megatron_ponder.hf import load_megatron
+from megatron_ponder.hf import from_pretrained
 from megatron_ponder.hf.adapters import hf_to_megatron
 from tests.reference.ponder_reference import reference_forward, reference_loss, \
     reference_sequential
@@ -44,7 +44,7 @@ def test_logits_loss_and_gradients_match_reference(checkpoint, k, j):
     ref_loss = reference_loss(ref["logits"], ids)
     ref_loss.backward()
 
-    model = load_megatron(folder, num_latent_thoughts=k, jacobi_iterations=j)
+    model = from_pretrained(folder, engine="megatron", num_latent_thoughts=k, jacobi_iterations=j)
     out = model(ids, labels=ids)
     out.loss.backward()
 
@@ -70,7 +70,8 @@ def test_enough_jacobi_passes_reach_the_sequential_computation(checkpoint, k):
     errors = []
     # Each Jacobi pass makes (at least) one more slot exact; K*L passes always suffice.
     for j in (0, 1, k * length):
-        model = load_megatron(folder, num_latent_thoughts=k, jacobi_iterations=j)
+        model = from_pretrained(folder, engine="megatron", num_latent_thoughts=k,
+                                jacobi_iterations=j)
         with torch.no_grad():
             errors.append((model(ids).logits - exact).abs().max().item())
     assert errors[0] > 1e-3 and errors[1] > 1e-4, errors

@@ -5,10 +5,11 @@ import os
 import pytest
 
 from megatron_ponder.reproduction.accounting import cumulative_training_flops
+from megatron_ponder.checkpoint.layout import TRACKER_FILE
 from megatron_ponder.reproduction.recipes import RECIPES, arms_for, default_arm_names, \
     find_arm, select_arms
 from megatron_ponder.reproduction.report import markdown_table, plot_curves
-from megatron_ponder.reproduction.runner import TRACKER_FILE, Setup, arm_train_iters, \
+from megatron_ponder.reproduction.runner import Setup, arm_train_iters, \
     resume_flags, training_flags, validation_curve
 from megatron_ponder.training.arguments import parse_args
 

@@ -8,7 +8,7 @@ from megatron_ponder.tokenizer import (
     GPT2_BPE_TOKENIZER,
     NULL_TOKENIZER,
     HuggingFaceTokenizer,
-    NullTokenizer,
+    MegatronCoreTokenizer,
     TiktokenTokenizer,
     TokenizerError,
     TokenizerSpec,
@@ -16,6 +16,8 @@ from megatron_ponder.tokenizer import (
     padded_vocab_size,
 )
 from megatron_ponder.tokenizer.huggingface import gpt_neox_20b_json_path
+
+from .assets import GPT2_MERGES, gpt2_byte_to_char, write_gpt2_files
 
 SAMPLE_TEXTS = [
     "Hello world",
@@ -134,38 +136,14 @@ def test_gpt2_bpe_from_the_whisper_tiktoken_file():
         assert tokenizer.detokenize(tokenizer.tokenize(text)) == text
 
 
-def _gpt2_byte_to_char():
-    """GPT-2's reversible byte -> printable character map (printable bytes map to themselves,
-    the others to code points from 256 on)."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    mapping, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            mapping[byte] = chr(byte)
-        else:
-            mapping[byte] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
 def test_gpt2_vocab_and_merge_files_encode_like_tiktoken_ranks(tmp_path):
     """A small GPT-2-style BPE written both as vocab.json/merges.txt (Megatron-LM's
     --vocab-file/--merge-file) and as .tiktoken ranks must give the same ids."""
     import base64
 
-    byte_to_char = _gpt2_byte_to_char()
-    char_to_byte = {char: byte for byte, char in byte_to_char.items()}
-    vocab = {byte_to_char[byte]: byte for byte in range(256)}
-    merges = [("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o"), ("Ġ", "w"), ("o", "r"),
-              ("Ġw", "or"), ("l", "d"), ("Ġwor", "ld"), ("Ġ", "t"), ("Ġt", "he")]
-    for left, right in merges:
-        vocab[left + right] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (tmp_path / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges),
-        encoding="utf-8")
+    char_to_byte = {char: byte for byte, char in gpt2_byte_to_char().items()}
+    vocab, _, _ = write_gpt2_files(str(tmp_path))
+    merges = GPT2_MERGES
     with open(tmp_path / "tiny.tiktoken", "w") as handle:
         for token, rank in vocab.items():
             if token != "<|endoftext|>":
@@ -198,19 +176,21 @@ def test_malformed_tiktoken_file_names_the_line(tmp_path):
         TiktokenTokenizer(str(path))
 
 
-def test_null_tokenizer_matches_megatron():
+def test_null_tokenizer_is_megatron_cores():
     tokenizer = build_tokenizer(TokenizerSpec(tokenizer_type=NULL_TOKENIZER, vocab_size=1000))
-    assert isinstance(tokenizer, NullTokenizer)
+    assert isinstance(tokenizer, MegatronCoreTokenizer)
+    assert type(tokenizer.core).__module__.startswith("megatron.core.tokenizers")
     assert (tokenizer.vocab_size, tokenizer.eod, tokenizer.pad) == (1001, 1000, -1)
-    assert tokenizer.tokenize("5 17  3") == [5, 17, 3]
+    assert tokenizer.tokenize("5 17 3") == [5, 17, 3]
     assert tokenizer.detokenize([5, 17, 3]) == "5 17 3"
+    assert tokenizer.name == "null-1000"
     with pytest.raises(TokenizerError, match="--vocab-size"):
         build_tokenizer(TokenizerSpec(tokenizer_type=NULL_TOKENIZER))
 
 
 def test_unknown_tokenizer_type_is_rejected():
     with pytest.raises(TokenizerError, match="unknown tokenizer type"):
-        build_tokenizer(TokenizerSpec(tokenizer_type="SentencePieceTokenizer"))
+        build_tokenizer(TokenizerSpec(tokenizer_type="BertWordPieceCase"))
 
 
 def test_unique_identifiers_are_json_without_paths(neox):

@@ -38,18 +38,17 @@ def checkpoint_and_hf_logits(checkpoint_dir, hf_folder, token_ids):
     """Logits of a training checkpoint loaded for inference and of a HF folder."""
     import torch
 
-    from megatron_ponder.hf import load_megatron
-    from megatron_ponder.training.conversion import load_checkpoint_for_inference
+    from megatron_ponder.hf import from_pretrained
 
     ids = torch.tensor(token_ids)
     with torch.no_grad():
-        from_checkpoint = load_checkpoint_for_inference(checkpoint_dir)(ids).logits
-        from_hf = load_megatron(hf_folder)(ids).logits
+        from_checkpoint = from_pretrained(checkpoint_dir, engine="megatron")(ids).logits
+        from_hf = from_pretrained(hf_folder, engine="megatron")(ids).logits
     return from_checkpoint, from_hf
 
 
 def convert(direction, source, target):
-    from megatron_ponder.training.conversion import checkpoint_to_hf, hf_to_checkpoint
+    from megatron_ponder.hf.conversion import checkpoint_to_hf, hf_to_checkpoint
 
     if direction == "to-hf":
         return checkpoint_to_hf(source, target)
@@ -66,7 +65,7 @@ def pretrain_with_nan(flags, injections):
 
     import torch.distributed as dist
 
-    from megatron_ponder.training.exit import FatalRunError
+    from megatron_ponder.errors import FatalRunError
     from megatron_ponder.training.trainer import Trainer
 
     real = Trainer.compute_gradients

@@ -13,15 +13,14 @@ import sys
 import pytest
 import torch
 
-from megatron_ponder.training.checkpointing import (CheckpointError, _verified,
-                                                   checkpoint_dir, find_checkpoint)
-from megatron_ponder.training.integrity import (MANIFEST_FILE, check_pickles, checkpoint_files,
-                                               file_crc32, verify_checkpoint)
+from megatron_ponder.checkpoint.discovery import checkpoint_problem, find_checkpoint
+from megatron_ponder.checkpoint.integrity import (MANIFEST_FILE, check_pickles, checkpoint_files,
+                                                  file_crc32, verify_checkpoint)
+from megatron_ponder.checkpoint.layout import TRACKER_FILE, CheckpointError, checkpoint_dir
 from tests.distributed import run_ranks
 from tests.training.runs import pretrain_from_flags
 from tests.training.test_pretrain import FLAGS
 
-TRACKER = "latest_checkpointed_iteration.txt"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -65,7 +64,8 @@ def _make_pre_manifest(path):
 def test_save_writes_manifests_and_save_retain_keeps_the_newest(saved):
     root, losses = saved
     assert len(losses) == 5
-    assert sorted(os.listdir(root)) == ["iter_0000003", "iter_0000004", "iter_0000005", TRACKER]
+    assert sorted(os.listdir(root)) == ["iter_0000003", "iter_0000004", "iter_0000005",
+                                        TRACKER_FILE]
     for iteration in (3, 4, 5):
         path = checkpoint_dir(root, iteration)
         with open(os.path.join(path, MANIFEST_FILE)) as f:
@@ -100,9 +100,9 @@ def test_verification_names_the_damaged_file_and_the_problem(saved, tmp_path):
     assert verify_checkpoint(path) == f"{os.path.join(path, 'stray')}: not in the manifest"
     os.remove(os.path.join(path, "stray"))
     os.remove(os.path.join(path, MANIFEST_FILE))  # a version-2 checkpoint must have one
-    assert _verified(root, 3) == f"{os.path.join(path, MANIFEST_FILE)}: missing"
+    assert checkpoint_problem(root, 3) == f"{os.path.join(path, MANIFEST_FILE)}: missing"
     _make_pre_manifest(path)  # saved before manifests: loads unverified
-    assert _verified(root, 3) is None
+    assert checkpoint_problem(root, 3) is None
 
 
 class _Payload:
@@ -146,13 +146,13 @@ def test_damaged_newest_checkpoint_falls_back_and_continues_bit_identically(
 
 def test_deleted_tracker_and_flipped_bit_fall_back_to_the_newest_intact(saved, tmp_path, capfd):
     root = _copy(saved, tmp_path)
-    os.remove(os.path.join(root, TRACKER))
+    os.remove(os.path.join(root, TRACKER_FILE))
     shard = _largest_shard(checkpoint_dir(root, 5))
     _flip_a_bit(shard, os.path.getsize(shard) // 3)
     resumed = run_ranks(pretrain_from_flags, 1, FLAGS + ["--train-iters", "5", "--load", root])
     assert resumed[0]["train_losses"] == saved[1][4:]
     out = capfd.readouterr().out
-    assert f"{os.path.join(root, TRACKER)} is missing: looking for the newest complete " \
+    assert f"{os.path.join(root, TRACKER_FILE)} is missing: looking for the newest complete " \
            f"checkpoint" in out
     assert f"checkpoint at iteration 5 is damaged: {shard}: CRC32 " in out
 
@@ -184,7 +184,7 @@ def test_a_first_save_interrupted_before_any_tracker_means_starting_from_scratch
     with open(os.path.join(checkpoint_dir(root, 1), "__0_0.distcp"), "wb") as f:
         f.write(b"\0" * 100)
     assert find_checkpoint(root) is None
-    assert (f"no complete checkpoint in {root} (no {TRACKER}; iter_0000001 never completed): "
+    assert (f"no complete checkpoint in {root} (no {TRACKER_FILE}; iter_0000001 never completed): "
             f"starting from scratch") in capsys.readouterr().out
     # The same with a finished but unverifiable save of this version (killed before its
     # manifest): no save completed either.
@@ -196,7 +196,7 @@ def test_a_first_save_interrupted_before_any_tracker_means_starting_from_scratch
     with pytest.raises(CheckpointError, match="none has a manifest .* pick one with --ckpt-step"):
         find_checkpoint(root)
     # A tracker names a completed save: damage there is never silently ignored.
-    with open(os.path.join(root, TRACKER), "w") as f:
+    with open(os.path.join(root, TRACKER_FILE), "w") as f:
         f.write("1")
     with pytest.raises(CheckpointError, match="no intact checkpoint"):
         find_checkpoint(root)

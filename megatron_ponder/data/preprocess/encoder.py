@@ -1,7 +1,8 @@
 """Turn raw records into token-id arrays, or say precisely why a record is skipped or invalid.
 
-This module runs inside worker processes. It imports only the tokenizer package (not torch or
-megatron-core), so a worker starts fast under any multiprocessing start method.
+This module runs inside worker processes. It imports only the tokenizer package, which loads
+megatron-core (and torch) only for megatron-core's tokenizer types, so a worker with another
+tokenizer starts fast under any multiprocessing start method.
 """
 
 import json

@@ -88,7 +88,7 @@ class PreprocessConfig:
     separated ``block``."""
 
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
-    """``--tokenizer-type`` / ``--tokenizer-model`` / ``--vocab-file`` / ``--merge-file``."""
+    """The tokenizer flags (``--tokenizer-type``, ``--tokenizer-model``, ...), as in training."""
 
     append_eod: bool = False
     """``--append-eod``: end every document with the tokenizer's EOD id."""

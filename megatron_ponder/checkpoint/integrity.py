@@ -200,6 +200,9 @@ class _MetadataUnpickler(pickle.Unpickler):
 def check_pickles(path: str) -> Optional[str]:
     """None if ``.metadata``, ``common.pt`` and every byte object in the shards unpickle with
     restricted unpicklers, else one line naming the file and the problem."""
+    # Importing megatron.core registers the numpy classes RNG states need as safe globals of
+    # torch's weights-only unpickler (a process that has not imported it would refuse them).
+    import megatron.core  # noqa: F401
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
     metadata_path = os.path.join(path, ".metadata")
@@ -216,7 +219,7 @@ def check_pickles(path: str) -> Optional[str]:
     try:
         torch.load(common_path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        return f"{common_path}: not loadable safely ({_first_line(exc)})"
+        return f"{common_path}: not loadable safely ({first_line(exc)})"
     try:
         storage = metadata.storage_data
         objects = [key for key, meta in metadata.state_dict_metadata.items()
@@ -239,10 +242,10 @@ def check_pickles(path: str) -> Optional[str]:
                 return f"{shard}: truncated ({key} ends past the end of the file)"
             torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
-            return f"{shard}: {key} not loadable safely ({_first_line(exc)})"
+            return f"{shard}: {key} not loadable safely ({first_line(exc)})"
     return None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -1,6 +1,6 @@
-"""Shared by the measurement tools: pretrain_ponder.py flags for a short run on megatron-core's
-synthetic data (--mock-data), sized by the tool's own --arch/--num-layers/... arguments, which
-``add_model_arguments`` defines."""
+"""For the measurement tools (tools/measure_*.py): pretrain_ponder.py flags for a short run on
+megatron-core's synthetic data (--mock-data), sized by the tool's own --arch/--num-layers/...
+arguments, which ``add_model_arguments`` defines."""
 
 
 def add_model_arguments(parser, seq_length: int, micro_batches: int, jacobi_iterations: int):

@@ -17,10 +17,9 @@ import sys
 import time
 import warnings
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # run from a checkout without installing
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
-from megatron_ponder.training.benchmark import _status_kib  # noqa: E402  (Linux /proc counters)
+from megatron_ponder.process_memory import peak_rss_growth_mib, reset_peak_rss, rss_kib  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -53,13 +52,12 @@ def main(argv=None) -> None:
     model, default = timed_build()
     parameters = sum(p.numel() for p in model.parameters())
     largest = max(p.numel() for p in model.parameters())
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # reset VmHWM (peak RSS) to the current RSS
+    before = rss_kib()
+    reset_peak_rss()
     start = time.perf_counter()
     initialize_weights(model, args.seed)
     redraw = time.perf_counter() - start
-    growth = (_status_kib("VmHWM") - before) / 1024
+    growth = peak_rss_growth_mib(before)
     print(f"{args.model_preset}: {parameters / 1e6:.1f}M parameters (largest tensor "
           f"{largest * 4 / 2**20:.0f} MiB in float32), {torch.get_num_threads()} threads")
     print(f"allocation only: {allocation:.2f} s; default build: {default:.2f} s; "

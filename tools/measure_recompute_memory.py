@@ -23,6 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 from megatron_ponder.parallel.launch import run_local_ranks  # noqa: E402
+from megatron_ponder.process_memory import peak_rss_growth_mib, reset_peak_rss, rss_kib  # noqa: E402
 from megatron_ponder.training.synthetic_run import (  # noqa: E402
     add_model_arguments, synthetic_run_flags)
 SETTINGS = ("none", "selective", "full")
@@ -46,14 +47,6 @@ def pretrain_flags(args, setting):
     return flags
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_rank(flags, world_size):
     """One rank: (MiB the resident set grew during one step, step seconds, loss or None)."""
     import warnings
@@ -75,15 +68,15 @@ def measure_rank(flags, world_size):
     trainer = Trainer(config)
     data = trainer._data()
     dist.barrier()
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # reset VmHWM (peak RSS) to the current RSS
+    before = rss_kib()
+    if not reset_peak_rss() or before is None:
+        raise RuntimeError("needs Linux's /proc/self/status and /proc/self/clear_refs")
     start = time.perf_counter()
     loss = reduce_reported_loss(trainer.compute_gradients(data))
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
+    growth = peak_rss_growth_mib(before)
     shutdown()
-    return (peak - before) / 1024, seconds, loss
+    return growth, seconds, loss
 
 
 def run_setting(args, setting):

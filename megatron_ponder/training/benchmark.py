@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from megatron_ponder.parallel.launch import run_local_ranks
+from megatron_ponder.process_memory import peak_rss_growth_mib, reset_peak_rss, rss_kib
 
 DEFAULT_VARIANTS: Tuple[Tuple[int, int], ...] = ((0, 0), (1, 2), (1, 3), (2, 2), (2, 3))
 
@@ -42,26 +43,6 @@ class BenchResult:
     memory_kind: str
     step_ratio: Optional[float] = None
     flop_ratio: Optional[float] = None
-
-
-def _status_kib(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]) -> dict:
@@ -100,8 +81,8 @@ def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]
         else:
             device = f"CPU ({platform.processor() or platform.machine()}, " \
                      f"{torch.get_num_threads()} threads)"
-        rss_before = _status_kib("VmRSS")
-        has_rss = _reset_peak_rss() and rss_before is not None
+        rss_before = rss_kib()
+        has_rss = reset_peak_rss() and rss_before is not None
         flops = 0
         step_seconds = []
         for _ in range(steps):
@@ -118,7 +99,7 @@ def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]
         if cuda:
             memory, kind = torch.cuda.max_memory_allocated() / 2**20, "cuda max allocated"
         elif has_rss:
-            memory, kind = (_status_kib("VmHWM") - rss_before) / 1024, "cpu peak RSS growth"
+            memory, kind = peak_rss_growth_mib(rss_before), "cpu peak RSS growth"
         else:
             memory, kind = float("nan"), "unavailable"
         peak = device_peak_tflops()

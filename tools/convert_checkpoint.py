@@ -94,11 +94,9 @@ def official_to_hf(source: str, output: str, dtype_name=None) -> str:
     with its tokenizer.json; the weights keep the release's dtype unless ``dtype_name``."""
     import torch
 
-    from megatron_ponder.compat import activate_if_needed
     from megatron_ponder.hf import save_pretrained
     from megatron_ponder.hf.loading import load_hf_config, load_megatron
 
-    activate_if_needed()
     config = load_hf_config(source)
     if dtype_name is None:
         dtype_name = config.get("torch_dtype") or config.get("dtype") or "float32"

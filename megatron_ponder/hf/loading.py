@@ -17,6 +17,7 @@ from typing import Any, Dict, Tuple, Union
 
 import torch
 
+from megatron_ponder import mcore
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf.adapters import ConversionError, hf_to_megatron, megatron_to_hf
 from megatron_ponder.hf.causal_lm import PonderForCausalLM
@@ -27,7 +28,6 @@ from megatron_ponder.hf.config_mapping import (
     ponder_config_from_hf,
 )
 from megatron_ponder.model.build import build_model
-from megatron_ponder.parallel.state import ensure_single_process_parallel_state
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -70,14 +70,14 @@ def load_megatron(path: str, **overrides) -> PonderForCausalLM:
     """``path`` as our megatron-core model (``PonderForCausalLM``: forward, generate with our
     KV-cache engine, pass reports). Overrides: ``num_latent_thoughts``, ``jacobi_iterations``,
     ``vanilla``, ``scale_embeds``. Returns a float32 model in eval mode on CPU (move it with
-    ``.to()``); initialises a single-process parallel state when none exists."""
+    ``.to()``); sets up megatron-core in this process (``mcore.init``) when not done yet."""
     hf_config = load_hf_config(path)
     model_config = model_config_from_hf(hf_config)
     ponder_config = ponder_config_from_hf(hf_config, model_config.arch, overrides)
     hf_state = load_hf_state_dict(path)
     state = hf_to_megatron(model_config, hf_state)
 
-    ensure_single_process_parallel_state()
+    mcore.init(single_process=True)
     # Weights are overwritten right away: skip the random initialisation.
     model = build_model(model_config, ponder_config, perform_initialization=False)
     expected = model.state_dict()

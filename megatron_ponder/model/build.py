@@ -12,7 +12,7 @@ from megatron_ponder.model.gpt_model import PonderGPTModel
 def build_model(model_config: ModelConfig, ponder_config: PonderConfig,
                 parallel_config: Optional[ParallelConfig] = None,
                 use_te: Optional[bool] = None, **transformer_overrides) -> PonderGPTModel:
-    """Parallel state must be initialised (see ``megatron_ponder.parallel.state``)."""
+    """Parallel state must be initialised (see ``megatron_ponder.mcore.init``)."""
     config = build_transformer_config(model_config, ponder_config, parallel_config,
                                       **transformer_overrides)
     return PonderGPTModel(

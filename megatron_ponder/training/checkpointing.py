@@ -25,13 +25,12 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from megatron_ponder.mcore.optimizer_state import (
+    DP_RESHARDABLE, FULLY_RESHARDABLE, load_optimizer_state, materialize_adam_state,
+    optimizer_metadata, prime_distributed_optimizer, uses_distributed_optimizer)
 from megatron_ponder.training.exit import FatalRunError
 from megatron_ponder.training.integrity import (MANIFEST_FILE, check_pickles, has_manifest,
                                                verify_checkpoint, write_manifest)
-from megatron_ponder.training.optimizer_state import (
-    DP_RESHARDABLE, FULLY_RESHARDABLE, keep_adam_step_on_reshardable_load,
-    materialize_adam_state, optimizer_metadata, prime_distributed_optimizer,
-    restore_adam_steps, restore_zero_common_step, uses_distributed_optimizer)
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 2
@@ -415,10 +414,7 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
     with torch.no_grad():
         model.load_state_dict(loaded["model"])
         if optimizer is not None:
-            restore_zero_common_step(optimizer, loaded["optimizer"])
-            with keep_adam_step_on_reshardable_load(optimizer):
-                optimizer.load_state_dict(loaded["optimizer"])
-            restore_adam_steps(optimizer, loaded["optimizer"])
+            load_optimizer_state(optimizer, loaded["optimizer"])
     if scheduler is not None and "opt_param_scheduler" in common:
         # megatron's load_state_dict adds the saved step count to the current one: right for
         # a fresh scheduler only, so a rollback inside a run starts it from 0 first.

@@ -14,13 +14,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from megatron_ponder.compat import activate_if_needed
+from megatron_ponder import mcore
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf.causal_lm import PonderForCausalLM
 from megatron_ponder.hf.export import save_pretrained
 from megatron_ponder.hf.loading import load_megatron
 from megatron_ponder.model.build import build_model
-from megatron_ponder.parallel.state import ensure_single_process_parallel_state
 from megatron_ponder.tokenizer import HuggingFaceTokenizer, TokenizerSpec, build_tokenizer
 from megatron_ponder.training.checkpointing import CheckpointError, checkpoint_dir, \
     find_checkpoint, load_checkpoint, save_model_only_checkpoint
@@ -55,8 +54,7 @@ def model_configs_from_checkpoint(config: dict) -> Tuple[ModelConfig, PonderConf
 def load_checkpoint_for_inference(root: str, iteration: Optional[int] = None
                                   ) -> PonderForCausalLM:
     """The checkpoint's weights in one float32 model (TP=PP=1) on CPU, in eval mode."""
-    activate_if_needed()
-    ensure_single_process_parallel_state()
+    mcore.init(single_process=True)
     model_config, ponder_config = model_configs_from_checkpoint(
         read_checkpoint_config(root, iteration))
     model = build_model(model_config, ponder_config, perform_initialization=False)
@@ -93,7 +91,6 @@ def checkpoint_to_hf(root: str, folder: str, iteration: Optional[int] = None,
 
 def hf_to_checkpoint(hf_folder: str, root: str, **overrides) -> str:
     """Write ``hf_folder``'s weights as a model-only training checkpoint (iteration 0)."""
-    activate_if_needed()
     model = load_megatron(hf_folder, **overrides)
     config = PretrainConfig(model=model.model_config, ponder=model.ponder_config)
     os.makedirs(root, exist_ok=True)

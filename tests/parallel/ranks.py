@@ -149,15 +149,15 @@ def run_case(flags: List[str], steps: int, initial_weights: Optional[dict]) -> d
     import torch.distributed as dist
     from megatron.core import parallel_state
 
+    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args
-    from megatron_ponder.training.initialize import initialize_distributed
     from megatron_ponder.training.step import reduce_reported_loss
     from megatron_ponder.training.trainer import Trainer
     from megatron_ponder.training.validation import validate_config
 
     config = parse_args(flags)
     validate_config(config, int(os.environ.get("WORLD_SIZE", "1")))
-    initialize_distributed(config.parallel, config.train.seed)
+    mcore.init(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config)
         module = trainer.model.module

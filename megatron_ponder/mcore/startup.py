@@ -24,10 +24,11 @@ def init(parallel: Optional[ParallelConfig] = None, seed: Optional[int] = None, 
     process group and build megatron's parallel groups, then seed every RNG.
 
     The world is torchrun's when its environment is set (NCCL on GPU, gloo on CPU), else this
-    process alone, as with ``single_process`` (a gloo world of one, for loading one model in
-    one process). ``parallel`` gives the tensor/pipeline sizes (default 1). ``seed`` seeds
-    Python, NumPy, torch and megatron's RNG tracker (the same seed on every rank: weights are
-    drawn in full and then split, so every parallel layout starts from the same model).
+    process alone; ``single_process``: a gloo world of this process alone even under torchrun
+    (loading one model in one process). ``parallel`` gives the tensor/pipeline sizes (default
+    1). ``seed`` seeds Python, NumPy, torch and megatron's RNG tracker (the same seed on every
+    rank: weights are drawn in full and then split, so every parallel layout starts from the
+    same model).
     Idempotent: an existing process group and parallel groups are kept.
     """
     global _init_activated_cpu_layer

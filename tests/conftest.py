@@ -5,6 +5,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def single_process():
-    from megatron_ponder.parallel.state import ensure_single_process_parallel_state
+    from megatron_ponder import mcore
 
-    ensure_single_process_parallel_state()
+    mcore.init(single_process=True)

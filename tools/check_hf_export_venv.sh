@@ -42,10 +42,10 @@ from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf import save_pretrained
 from megatron_ponder.hf.causal_lm import PonderForCausalLM
 from megatron_ponder.model import build_model
-from megatron_ponder.parallel.state import ensure_single_process_parallel_state
+from megatron_ponder import mcore
 
 folder, expected = sys.argv[1:]
-ensure_single_process_parallel_state()
+mcore.init(single_process=True)
 torch.manual_seed(0)
 # A character tokenizer: id 0 end of text, 1..95 printable ASCII.
 vocab = {"<|endoftext|>": 0, **{chr(32 + i): i + 1 for i in range(95)}}

@@ -127,7 +127,7 @@ if has_step env; then
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
     nvcc --version | tail -n 2
     $PY -c 'import sys, torch, triton; print(sys.version.split()[0], torch.__version__, torch.version.cuda, triton.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).multi_processor_count, \"SMs\")'
-    $PY -c 'import megatron.core; print(\"megatron-core\", megatron.core.__version__)' || echo 'megatron-core missing: install it, or pass --wheels (see --prepare)'
+    $PY -c 'from importlib.metadata import version; print(\"megatron-core\", version(\"megatron-core\"))' || echo 'megatron-core missing: install it, or pass --wheels (see --prepare)'
     nproc"
 fi
 

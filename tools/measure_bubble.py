@@ -96,15 +96,15 @@ def measure_stage(args, world_size):
     import torch.distributed as dist
     from megatron.core import parallel_state
 
+    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
-    from megatron_ponder.training.initialize import initialize_distributed, shutdown
     from megatron_ponder.training.trainer import Trainer
     from megatron_ponder.training.validation import validate_config
 
     torch.set_num_threads(1)
     config = parse_pretrain_args(pretrain_flags(args, world_size))
     validate_config(config, world_size)
-    initialize_distributed(config.parallel, config.train.seed)
+    mcore.init(config.parallel, config.train.seed)
     trainer = Trainer(config)
     simulated = [0.0]
     if args.compute == "sleep":
@@ -123,7 +123,7 @@ def measure_stage(args, world_size):
         if step >= args.warmup:
             samples.append((busy, wall))
     stage = parallel_state.get_pipeline_model_parallel_rank()
-    shutdown()
+    mcore.shutdown()
     return stage, samples
 
 

@@ -32,13 +32,13 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore")
     import torch
 
+    from megatron_ponder import mcore
     from megatron_ponder.config import ModelConfig, PonderConfig
     from megatron_ponder.model import build_model
     from megatron_ponder.model.init import initialize_weights
-    from megatron_ponder.parallel.state import ensure_single_process_parallel_state
     from megatron_ponder.training.presets import get_preset
 
-    ensure_single_process_parallel_state()
+    mcore.init(single_process=True)
     preset = {key: value for key, value in get_preset(args.model_preset).items()
               if key in ModelConfig.__dataclass_fields__}
     model_config = ModelConfig(**preset, vocab_size=args.vocab_size)

@@ -55,8 +55,8 @@ def measure_rank(flags, world_size):
     import torch
     import torch.distributed as dist
 
+    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
-    from megatron_ponder.training.initialize import initialize_distributed, shutdown
     from megatron_ponder.training.step import reduce_reported_loss
     from megatron_ponder.training.trainer import Trainer
     from megatron_ponder.training.validation import validate_config
@@ -64,7 +64,7 @@ def measure_rank(flags, world_size):
     torch.set_num_threads(1)
     config = parse_pretrain_args(flags)
     validate_config(config, world_size)
-    initialize_distributed(config.parallel, config.train.seed)
+    mcore.init(config.parallel, config.train.seed)
     trainer = Trainer(config)
     data = trainer._data()
     dist.barrier()
@@ -75,7 +75,7 @@ def measure_rank(flags, world_size):
     loss = reduce_reported_loss(trainer.compute_gradients(data))
     seconds = time.perf_counter() - start
     growth = peak_rss_growth_mib(before)
-    shutdown()
+    mcore.shutdown()
     return growth, seconds, loss
 
 

@@ -16,7 +16,6 @@ from typing import Optional
 import torch
 
 from megatron_ponder.checkpoint.storage import save_model_only_checkpoint
-from megatron_ponder.compat import activate_if_needed
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf.export import save_pretrained
 from megatron_ponder.hf.loading import checkpoint_tokenizer, from_pretrained, load_hf_config, \
@@ -53,7 +52,6 @@ def checkpoint_to_hf(root: str, folder: str, iteration: Optional[int] = None,
 
 def hf_to_checkpoint(hf_folder: str, root: str, **overrides) -> str:
     """Write ``hf_folder``'s weights as a model-only training checkpoint (iteration 0)."""
-    activate_if_needed()
     model = from_pretrained(hf_folder, engine="megatron", **overrides)
     os.makedirs(root, exist_ok=True)
     return save_model_only_checkpoint(
@@ -63,7 +61,6 @@ def hf_to_checkpoint(hf_folder: str, root: str, **overrides) -> str:
 def official_to_hf(source: str, output: str, dtype_name: Optional[str] = None) -> str:
     """``source`` in the native format, with its tokenizer.json; the weights keep the folder's
     dtype unless ``dtype_name`` (a ``DTYPES`` name) says otherwise."""
-    activate_if_needed()
     dtype = resolve_dtype(dtype_name or "auto", load_hf_config(source))
     tokenizer = os.path.join(source, "tokenizer.json")
     model = from_pretrained(source, engine="megatron")

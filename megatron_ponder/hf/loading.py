@@ -22,9 +22,9 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from megatron_ponder import mcore
 from megatron_ponder.checkpoint.layout import is_checkpoint_root
 from megatron_ponder.checkpoint.storage import load_model_weights, read_saved_config
-from megatron_ponder.compat import activate_if_needed
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf.adapters import check_weights, hf_to_megatron
 from megatron_ponder.hf.causal_lm import PonderForCausalLM
@@ -32,7 +32,6 @@ from megatron_ponder.hf.config_mapping import DTYPES, model_config_from_hf, pond
 from megatron_ponder.hf.native import dispatch, native_model
 from megatron_ponder.model.build import build_model
 from megatron_ponder.devices import default_device
-from megatron_ponder.parallel.state import ensure_single_process_parallel_state
 from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
 
 ENGINES = ("transformers", "megatron")
@@ -76,14 +75,15 @@ def load_hf_config(folder: str) -> dict:
 
 def megatron_from_folder(path: str, hf_config: dict, overrides: Dict[str, Any]
                          ) -> PonderForCausalLM:
-    """A Hugging Face folder as our model: float32 on CPU, in eval mode. Overrides:
-    ``num_latent_thoughts``, ``jacobi_iterations``, ``vanilla``, ``scale_embeds``."""
+    """A Hugging Face folder as our model: float32 on CPU, in eval mode (sets up megatron-core
+    in this process with ``mcore.init`` when not done yet). Overrides: ``num_latent_thoughts``,
+    ``jacobi_iterations``, ``vanilla``, ``scale_embeds``."""
     model_config = model_config_from_hf(hf_config)
     ponder_config = ponder_config_from_hf(hf_config, model_config.arch, overrides)
     hf_state = load_hf_state_dict(path)
     state = hf_to_megatron(model_config, hf_state)
 
-    ensure_single_process_parallel_state()
+    mcore.init(single_process=True)
     # Weights are overwritten right away: skip the random initialisation.
     model = build_model(model_config, ponder_config, perform_initialization=False)
     check_weights(state, model.state_dict())
@@ -100,8 +100,7 @@ def _config_section(cls, values: dict):
 def load_training_checkpoint(root: str, iteration: Optional[int] = None) -> PonderForCausalLM:
     """A training checkpoint's weights (any parallel layout) in one float32 model (TP=PP=1) on
     CPU, in eval mode; ``iteration``: default the latest intact one."""
-    activate_if_needed()
-    ensure_single_process_parallel_state()
+    mcore.init(single_process=True)
     saved = read_saved_config(root, iteration)
     model_values = dict(saved["model"])
     model_values["params_dtype"] = torch.float32  # full precision for conversion/inference

@@ -13,7 +13,7 @@ def build_model(model_config: ModelConfig, ponder_config: PonderConfig,
                 parallel_config: Optional[ParallelConfig] = None,
                 use_te: Optional[bool] = None, seed: Optional[int] = None,
                 **transformer_overrides) -> PonderGPTModel:
-    """Parallel state must be initialised (see ``megatron_ponder.parallel.state``). The initial
+    """Parallel state must be initialised (see ``megatron_ponder.mcore.init``). The initial
     weights depend on ``seed`` only (default: the seed torch was last seeded with)."""
     config = build_transformer_config(model_config, ponder_config, parallel_config,
                                       **transformer_overrides)

@@ -29,18 +29,14 @@ How it is wired:
 * Gradients are reduced once per step, over the single DDP module (not once per chunk).
 """
 
-import copy
 from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.enums import ModelType
-from megatron.core.pipeline_parallel.schedules import (
-    forward_backward_pipelining_with_interleaving,
-    forward_backward_pipelining_without_interleaving,
-)
 
+from megatron_ponder.mcore.schedules import pass_schedule_config, run_pass_schedule
 from megatron_ponder.model.ponder import ponder_pass, select_slot
 from megatron_ponder.parallel.microbatch_stream import MicroBatchStream
 from megatron_ponder.parallel.pass_plan import PassPlan, plan_step
@@ -143,50 +139,23 @@ class PonderPipeline:
         self._plans = plan_step(self.num_latent_thoughts, jacobi_per_microbatch)
         num_chunks = len(self._plans[0].slots)
         stream = MicroBatchStream(data_iterator, num_chunks, prepare)
-        config = self._schedule_config(num_chunks)
+        config = pass_schedule_config(self.stage.config, num_chunks, self.pipeline_size,
+                                      self.ddp_model)
         chunks = [PassChunk(self, index, config) for index in range(num_chunks)]
 
         def forward_step(view, chunk):
             microbatch, batch = next(view)
             return chunk(microbatch, batch), loss_func_for(batch)
 
-        schedule = (forward_backward_pipelining_with_interleaving if num_chunks > 1
-                    else forward_backward_pipelining_without_interleaving)
-        reports = schedule(
-            forward_step_func=forward_step, data_iterator=stream.views(), model=chunks,
-            num_microbatches=len(self._plans),
-            # Every message is padded to the longest pass; the schedule divides by TP under
-            # sequence parallelism.
+        reports = run_pass_schedule(
+            forward_step, stream.views(), chunks, num_microbatches=len(self._plans),
+            # Every message is padded to the longest pass.
             seq_length=self.max_slots * self.seq_length,
             micro_batch_size=self.micro_batch_size, forward_only=forward_only)
         if self._embedded or stream.cached:
             raise RuntimeError(f"pipeline step ended with {len(self._embedded)} embeddings and "
                                f"{stream.cached} micro-batches still cached")
         return reports
-
-    def _schedule_config(self, num_chunks: int):
-        config = copy.copy(self.stage.config)
-        if config.finalize_model_grads_func is not None:
-            config.finalize_model_grads_func = self._finalize_once(
-                config.finalize_model_grads_func)
-        config.variable_seq_lengths = False  # messages are padded to one shape instead
-        if num_chunks > 1:
-            config.virtual_pipeline_model_parallel_size = num_chunks
-            config.microbatch_group_size_per_vp_stage = self.pipeline_size
-            config.batch_p2p_comm = False
-            config.overlap_p2p_comm = True
-        else:  # one pass (K = 0): plain 1F1B, which does not overlap p2p
-            config.virtual_pipeline_model_parallel_size = None
-            config.overlap_p2p_comm = False
-        return config
-
-    def _finalize_once(self, finalize):
-        """The chunks share one DDP module: finalize (DP reduction, sequence-parallel norm
-        all-reduce, per-token scaling) once over it, not once per chunk."""
-        def finalize_stage(_chunks, num_tokens=None, pg_collection=None, force_all_reduce=False):
-            return finalize([self.ddp_model], num_tokens, pg_collection=pg_collection,
-                            force_all_reduce=force_all_reduce)
-        return finalize_stage
 
     # --------------------------------------------------------------------------- one unit
     def run_pass(self, chunk: int, received, microbatch: int,

@@ -133,15 +133,15 @@ def measure_rank(flags: List[str], world_size: int) -> Tuple[int, int, int, int]
     warnings.filterwarnings("ignore")
     from megatron.core import parallel_state
 
+    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args
-    from megatron_ponder.training.initialize import initialize_distributed, shutdown
     from megatron_ponder.training.trainer import Trainer
     from megatron_ponder.training.validation import validate_config
 
     torch.set_num_threads(1)
     config = parse_args(flags)
     validate_config(config, world_size)
-    initialize_distributed(config.parallel, config.train.seed)
+    mcore.init(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config)
         data = trainer._data()
@@ -155,7 +155,7 @@ def measure_rank(flags: List[str], world_size: int) -> Tuple[int, int, int, int]
         stage = parallel_state.get_pipeline_model_parallel_rank()
         return stage, trainer.num_microbatches, meter.peak, config.model.vocab_size
     finally:
-        shutdown()
+        mcore.shutdown()
 
 
 def measure_case(case: ValidationCase, timeout: float = 900) -> List[Tuple[int, int, int, int]]:

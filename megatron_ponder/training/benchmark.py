@@ -52,16 +52,16 @@ def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]
     warnings.filterwarnings("ignore")
     import torch
 
+    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args
     from megatron_ponder.training.flops import device_peak_tflops, step_flops
-    from megatron_ponder.training.initialize import initialize_distributed, shutdown
     from megatron_ponder.training.trainer import Trainer
     from megatron_ponder.training.validation import validate_config
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
     config = parse_args(flags)
     validate_config(config, 1)
-    initialize_distributed(config.parallel, config.train.seed)
+    mcore.init(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config)
         data = trainer._data()
@@ -111,7 +111,7 @@ def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]
                     mfu=tflops / peak if peak else None, peak_memory_mib=memory,
                     memory_kind=kind)
     finally:
-        shutdown()
+        mcore.shutdown()
 
 
 def variant_flags(base: Sequence[str], thoughts: int, jacobi: int) -> List[str]:

@@ -21,10 +21,9 @@ from megatron_ponder.checkpoint.layout import CheckpointError, checkpoint_dir
 from megatron_ponder.checkpoint.storage import (AsyncCheckpointWriter, config_to_json,
                                                 load_sharded_state, parallel_layout,
                                                 read_common_state, save_state)
-from megatron_ponder.training.optimizer_state import (
-    DP_RESHARDABLE, FULLY_RESHARDABLE, keep_adam_step_on_reshardable_load,
-    materialize_adam_state, optimizer_metadata, prime_distributed_optimizer,
-    restore_adam_steps, restore_zero_common_step, uses_distributed_optimizer)
+from megatron_ponder.mcore.optimizer_state import (
+    DP_RESHARDABLE, FULLY_RESHARDABLE, load_optimizer_state, materialize_adam_state,
+    optimizer_metadata, prime_distributed_optimizer, uses_distributed_optimizer)
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -137,10 +136,7 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, load_rng: 
     with torch.no_grad():
         model.load_state_dict(loaded["model"])
         if optimizer is not None:
-            restore_zero_common_step(optimizer, loaded["optimizer"])
-            with keep_adam_step_on_reshardable_load(optimizer):
-                optimizer.load_state_dict(loaded["optimizer"])
-            restore_adam_steps(optimizer, loaded["optimizer"])
+            load_optimizer_state(optimizer, loaded["optimizer"])
     if scheduler is not None and "opt_param_scheduler" in common:
         # megatron's load_state_dict adds the saved step count to the current one: right for
         # a fresh scheduler only, so a rollback inside a run starts it from 0 first.

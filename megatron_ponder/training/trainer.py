@@ -16,6 +16,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from megatron_ponder import mcore
 from megatron_ponder.checkpoint.storage import AsyncCheckpointWriter, config_to_json
 from megatron_ponder.data.config import DataConfigError
 from megatron_ponder.data.datasets import build_datasets
@@ -28,7 +29,6 @@ from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpo
 from megatron_ponder.training.config import PretrainConfig, TrainConfig
 from megatron_ponder.training.exit import ExitPolicy
 from megatron_ponder.training.flops import step_flops
-from megatron_ponder.training.initialize import initialize_distributed, shutdown
 from megatron_ponder.training.logger import TrainingLogger, WandbSettings
 from megatron_ponder.training.profiling import StepProfiler
 from megatron_ponder.training.step import PonderForwardStep, reduce_reported_loss
@@ -104,11 +104,11 @@ class Trainer:
         """Iterations (1-based) whose data a --rollback-on-nan skips when they come again."""
         self.result = TrainingResult()
         self.async_writer = AsyncCheckpointWriter() if config.checkpoint.async_save else None
-        logging = config.logging
+        log_config = config.logging
         self.profiler = StepProfiler(
-            logging.profile, logging.profile_step_start, logging.profile_step_end,
-            logging.profile_ranks, logging.use_pytorch_profiler,
-            logging.profile_dir or logging.tensorboard_dir or "profile")
+            log_config.profile, log_config.profile_step_start, log_config.profile_step_end,
+            log_config.profile_ranks, log_config.use_pytorch_profiler,
+            log_config.profile_dir or log_config.tensorboard_dir or "profile")
         self.logger = TrainingLogger(
             train.train_iters, config.logging.log_interval, dist.get_world_size(),
             train.global_batch_size, config.data.seq_length,
@@ -339,10 +339,10 @@ class Trainer:
             self.logger.log_validation(self.iteration, loss)
 
     def train(self) -> TrainingResult:
-        train, logging = self.config.train, self.config.logging
+        train, log_config = self.config.train, self.config.logging
         train_iter = self._data()
         self.model.train()
-        if self.iteration == 0 and logging.eval_interval:
+        if self.iteration == 0 and log_config.eval_interval:
             self._validate_and_log()
         exit_policy = ExitPolicy(train.exit_interval, train.exit_duration_in_mins,
                                  train.exit_signal_handler, start_time=self.start_time)
@@ -354,14 +354,14 @@ class Trainer:
         self._finish_async_saves(blocking=True)
         if self.result.exit_reason is not None:
             print_rank_0(f"exiting after iteration {self.iteration}: {self.result.exit_reason}")
-        elif not logging.eval_interval:
+        elif not log_config.eval_interval:
             self._validate_and_log()
         self.logger.close()
         return self.result
 
     def _train_loop(self, train_iter, exit_policy: ExitPolicy) -> None:
         cfg = self.config
-        train, logging, ckpt = cfg.train, cfg.logging, cfg.checkpoint
+        train, log_config, ckpt = cfg.train, cfg.logging, cfg.checkpoint
         first_iteration = self.iteration
         while self.iteration < train.train_iters:
             if self.iteration + 1 in self.iterations_to_skip:
@@ -370,7 +370,8 @@ class Trainer:
                 train_iter = self._roll_back()
                 continue
             done = self.iteration == train.train_iters
-            if logging.eval_interval and (self.iteration % logging.eval_interval == 0 or done):
+            if log_config.eval_interval and (
+                    self.iteration % log_config.eval_interval == 0 or done):
                 self._validate_and_log()
             self._finish_async_saves(blocking=False)
             exit_reason = None if done else exit_policy.reason(self.iteration)
@@ -386,7 +387,7 @@ class Trainer:
         --max-consecutive-nan-steps bad steps in a row and --rollback-on-nan is to handle
         that; without the option a NumericalFaultError stops the run instead."""
         cfg = self.config
-        train, logging = cfg.train, cfg.logging
+        train, log_config = cfg.train, cfg.logging
         self.profiler.step_begin(step)
         start = time.time()
         with self.profiler.label(step):
@@ -414,7 +415,7 @@ class Trainer:
         self.logger.record_step(seconds, flops, loss, jacobi,
                                 skipped and not non_finite, nan=bool(non_finite))
         params_norm = None
-        if logging.log_params_norm and self.logger.is_log_iteration(self.iteration):
+        if log_config.log_params_norm and self.logger.is_log_iteration(self.iteration):
             params_norm = params_l2_norm(self.model.module)
             self.result.params_norms.append((self.iteration, params_norm))
         self.logger.maybe_log(self.iteration, self.consumed_samples,
@@ -485,11 +486,12 @@ class Trainer:
 
 
 def _wandb_settings(config: PretrainConfig) -> Optional[WandbSettings]:
-    logging = config.logging
-    if not logging.wandb_project:
+    log_config = config.logging
+    if not log_config.wandb_project:
         return None
-    return WandbSettings(project=logging.wandb_project, exp_name=logging.wandb_exp_name,
-                         entity=logging.wandb_entity, save_dir=logging.wandb_save_dir or "wandb",
+    return WandbSettings(project=log_config.wandb_project, exp_name=log_config.wandb_exp_name,
+                         entity=log_config.wandb_entity,
+                         save_dir=log_config.wandb_save_dir or "wandb",
                          config=json.loads(config_to_json(config)))
 
 
@@ -552,10 +554,10 @@ def pretrain(config: PretrainConfig) -> TrainingResult:
     # Before any process group or model exists: a bad flag costs nothing.
     start_time = time.time()  # --exit-duration-in-mins counts from here, as in Megatron-LM
     validate_config(config, int(os.environ.get("WORLD_SIZE", "1")))
-    initialize_distributed(config.parallel, config.train.seed)
+    mcore.init(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config, start_time=start_time)
         trainer.resume()
         return trainer.train()
     finally:
-        shutdown()
+        mcore.shutdown()

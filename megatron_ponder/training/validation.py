@@ -152,27 +152,27 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
          "--exit-interval must be >= 1")
     need(train.exit_duration_in_mins is None or train.exit_duration_in_mins > 0,
          "--exit-duration-in-mins must be > 0")
-    ckpt, logging = config.checkpoint, config.logging
+    ckpt, log_config = config.checkpoint, config.logging
     need(not (ckpt.save_interval and not ckpt.save), "--save-interval needs --save DIR")
     need(ckpt.save_interval is None or ckpt.save_interval >= 1, "--save-interval must be >= 1")
     need(not (ckpt.finetune and not ckpt.load), "--finetune needs --load DIR")
     need(not (ckpt.async_save and not ckpt.save), "--async-save needs --save DIR")
     need(ckpt.ckpt_step is None or (ckpt.load and ckpt.ckpt_step >= 0),
          "--ckpt-step needs --load DIR and must be >= 0")
-    need(logging.log_interval >= 1, "--log-interval must be >= 1")
-    if logging.profile:
-        need(0 <= logging.profile_step_start < logging.profile_step_end,
+    need(log_config.log_interval >= 1, "--log-interval must be >= 1")
+    if log_config.profile:
+        need(0 <= log_config.profile_step_start < log_config.profile_step_end,
              "--profile-step-start must be >= 0 and below --profile-step-end")
-        need(logging.use_pytorch_profiler or torch.cuda.is_available(),
+        need(log_config.use_pytorch_profiler or torch.cuda.is_available(),
              "--profile without --use-pytorch-profiler marks an nsys capture range, which needs "
              "CUDA: add --use-pytorch-profiler")
-    need(logging.eval_interval is None or logging.eval_interval >= 1,
+    need(log_config.eval_interval is None or log_config.eval_interval >= 1,
          "--eval-interval must be >= 1")
-    need(logging.eval_iters >= 0, "--eval-iters must be >= 0 (0 turns validation off)")
-    if logging.wandb_project:
+    need(log_config.eval_iters >= 0, "--eval-iters must be >= 0 (0 turns validation off)")
+    if log_config.wandb_project:
         need(importlib.util.find_spec("wandb") is not None,
              "--wandb-project needs the wandb package: pip install wandb")
-    if logging.tensorboard_dir:
+    if log_config.tensorboard_dir:
         need(importlib.util.find_spec("tensorboard") is not None,
              "--tensorboard-dir needs the tensorboard package: pip install tensorboard")
 

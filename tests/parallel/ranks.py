@@ -112,15 +112,15 @@ def run_case(flags: List[str], steps: int) -> dict:
     import torch.distributed as dist
     from megatron.core import parallel_state
 
+    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args
-    from megatron_ponder.training.initialize import initialize_distributed
     from megatron_ponder.training.step import reduce_reported_loss
     from megatron_ponder.training.trainer import Trainer
     from megatron_ponder.training.validation import validate_config
 
     config = parse_args(flags)
     validate_config(config, int(os.environ.get("WORLD_SIZE", "1")))
-    initialize_distributed(config.parallel, config.train.seed)
+    mcore.init(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config)
         module = trainer.model.module
@@ -203,7 +203,7 @@ def built_model_weights(cases: List[dict]) -> List[dict]:
 
     from megatron_ponder.config import ModelConfig, ParallelConfig, PonderConfig
     from megatron_ponder.model import build_model
-    from megatron_ponder.training.initialize import initialize_distributed
+    from megatron_ponder import mcore
 
     torch.set_num_threads(1)
     results = []
@@ -212,7 +212,7 @@ def built_model_weights(cases: List[dict]) -> List[dict]:
             parallel = ParallelConfig(tensor_model_parallel_size=case["tp"],
                                       pipeline_model_parallel_size=case["pp"],
                                       sequence_parallel=case["tp"] > 1)
-            initialize_distributed(parallel, seed=1000 + int(os.environ.get("RANK", "0")))
+            mcore.init(parallel, seed=1000 + int(os.environ.get("RANK", "0")))
             try:
                 model = build_model(ModelConfig(**case["model"]), PonderConfig(), parallel,
                                     seed=case["seed"])

@@ -126,7 +126,8 @@ def test_exit_duration_stops_after_the_first_iteration_past_it():
                          ids=["adam", "distributed-optimizer"])
 def test_fp16_resume_keeps_the_loss_scale_and_continues_bit_for_bit(tmp_path, world, extra):
     # Saved at iteration 3, after three overflow-skipped steps: the optimizer has taken no
-    # step yet, the edge case Adam's lazily created state makes (see _materialize_adam_state).
+    # step yet, the edge case Adam's lazily created state makes (see
+    # megatron_ponder/mcore/optimizer_state.py, materialize_adam_state).
     save = str(tmp_path / "ckpt")
     flags = ["--fp16", "--initial-loss-scale", str(2**16), "--hysteresis", "1", *extra]
     uninterrupted = run_ranks(pretrain_from_flags, world, FLAGS + ["--train-iters", "6", *flags])[0]

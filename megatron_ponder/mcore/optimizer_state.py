@@ -1,6 +1,8 @@
 """Optimizer state around checkpoints: megatron-core's distributed-optimizer formats and the
 edge cases of megatron-core 0.16 with torch's AdamW (the optimizer used without TE/apex, e.g. on
-CPU), each worked around here, next to the reason, so that checkpointing.py stays about files.
+CPU), each worked around here, next to the reason, so that training/checkpointing.py stays
+about files. Checkpointing calls ``materialize_adam_state`` before saving, and
+``prime_distributed_optimizer`` then ``load_optimizer_state`` to load.
 
 Every function takes megatron's optimizer (possibly a ChainedOptimizer) and leaves optimizers it
 does not concern untouched.
@@ -68,7 +70,7 @@ def prime_distributed_optimizer(optimizer, model) -> None:
         group["lr"] = lr
 
 
-def restore_adam_steps(optimizer, loaded_state) -> None:
+def _restore_adam_steps(optimizer, loaded_state) -> None:
     """After priming, megatron's distributed optimizer keeps the primed Adam step counters
     (it only writes the saved counter into freshly allocated state): write the saved one."""
     if not uses_distributed_optimizer(optimizer):
@@ -84,7 +86,7 @@ def restore_adam_steps(optimizer, loaded_state) -> None:
 
 
 @contextlib.contextmanager
-def keep_adam_step_on_reshardable_load(optimizer):
+def _keep_adam_step_on_reshardable_load(optimizer):
     """Let megatron-core 0.16 load "fully_reshardable" state into torch's AdamW.
 
     Without TE/apex the optimizer is torch's AdamW, whose per-parameter state has a "step"
@@ -116,6 +118,16 @@ def keep_adam_step_on_reshardable_load(optimizer):
             del opt._set_main_param_and_optimizer_states  # back to the class's method
 
 
+def load_optimizer_state(optimizer, loaded_state) -> None:
+    """``optimizer.load_state_dict(loaded_state)`` (``loaded_state``: what dist_checkpointing
+    loaded for ``optimizer.sharded_state_dict(..., is_loading=True)`` after
+    ``prime_distributed_optimizer``), with megatron-core 0.16's edge cases handled."""
+    _restore_zero_common_step(optimizer, loaded_state)
+    with _keep_adam_step_on_reshardable_load(optimizer):
+        optimizer.load_state_dict(loaded_state)
+    _restore_adam_steps(optimizer, loaded_state)
+
+
 def materialize_adam_state(optimizer) -> None:
     """Give every parameter its Adam state before saving, if it has none yet.
 
@@ -144,7 +156,7 @@ def materialize_adam_state(optimizer) -> None:
                         param, memory_format=torch.preserve_format)
 
 
-def restore_zero_common_step(optimizer, loaded_state) -> None:
+def _restore_zero_common_step(optimizer, loaded_state) -> None:
     """Put back the Adam step of a checkpoint saved at step 0 (see ``materialize_adam_state``).
 
     megatron-core saves the step shared by all parameters as ``common_step`` only when it is

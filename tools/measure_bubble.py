@@ -99,11 +99,11 @@ def measure_stage(args, world_size):
     from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
     from megatron_ponder.training.initialize import initialize_distributed, shutdown
     from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import validate_config
+    from megatron_ponder.training.validation import resolve_config
 
     torch.set_num_threads(1)
     config = parse_pretrain_args(pretrain_flags(args, world_size))
-    validate_config(config, world_size)
+    config = resolve_config(config, world_size)
     initialize_distributed(config.parallel, config.train.seed)
     trainer = Trainer(config)
     simulated = [0.0]

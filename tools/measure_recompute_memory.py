@@ -66,11 +66,11 @@ def measure_rank(flags, world_size):
     from megatron_ponder.training.initialize import initialize_distributed, shutdown
     from megatron_ponder.training.step import reduce_reported_loss
     from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import validate_config
+    from megatron_ponder.training.validation import resolve_config
 
     torch.set_num_threads(1)
     config = parse_pretrain_args(flags)
-    validate_config(config, world_size)
+    config = resolve_config(config, world_size)
     initialize_distributed(config.parallel, config.train.seed)
     trainer = Trainer(config)
     data = trainer._data()

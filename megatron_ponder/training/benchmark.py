@@ -72,11 +72,11 @@ def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]
     from megatron_ponder.training.flops import device_peak_tflops, step_flops
     from megatron_ponder.training.initialize import initialize_distributed, shutdown
     from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import validate_config
+    from megatron_ponder.training.validation import resolve_config
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
     config = parse_args(flags)
-    validate_config(config, 1)
+    config = resolve_config(config, 1)
     initialize_distributed(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config)

@@ -10,7 +10,7 @@
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
@@ -22,7 +22,7 @@ from megatron_ponder.data.datasets import build_datasets
 from megatron_ponder.data.iterators import build_iterators
 from megatron_ponder.model.gpt_model import PonderGPTModel
 from megatron_ponder.parallel.state import default_device
-from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
+from megatron_ponder.tokenizer import build_tokenizer
 from megatron_ponder.training.checkpointing import (AsyncCheckpointWriter, config_to_json,
                                                    load_checkpoint, save_checkpoint)
 from megatron_ponder.training.config import PretrainConfig, TrainConfig
@@ -32,7 +32,7 @@ from megatron_ponder.training.initialize import initialize_distributed, shutdown
 from megatron_ponder.training.logger import TrainingLogger, WandbSettings
 from megatron_ponder.training.profiling import StepProfiler
 from megatron_ponder.training.step import PonderForwardStep, reduce_reported_loss
-from megatron_ponder.training.validation import validate_config
+from megatron_ponder.training.validation import resolve_config
 
 
 @dataclass
@@ -70,6 +70,12 @@ def print_rank_0(message: str) -> None:
         print(message, flush=True)
 
 
+def _print_once(message: str) -> None:
+    """Before the process group exists: print on the first rank of the torchrun world only."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, flush=True)
+
+
 class Trainer:
     """Owns the objects of one run; ``pretrain`` below is the entry point."""
 
@@ -79,14 +85,7 @@ class Trainer:
         self.config = config
         self.start_time = time.time() if start_time is None else start_time
         train = config.train
-        self.tokenizer = build_tokenizer(TokenizerSpec(
-            tokenizer_type=config.tokenizer.tokenizer_type,
-            tokenizer_model=config.tokenizer.tokenizer_model,
-            vocab_size=config.tokenizer.vocab_size))
-        vocab = self.tokenizer.padded_vocab_size(
-            tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
-            make_vocab_size_divisible_by=config.tokenizer.make_vocab_size_divisible_by)
-        config.model = replace(config.model, vocab_size=vocab)
+        self.tokenizer = build_tokenizer(config.tokenizer.spec())
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.num_microbatches = train.global_batch_size // (train.micro_batch_size * self.dp_size)
         self.model = self._build_model()
@@ -560,7 +559,8 @@ def pretrain(config: PretrainConfig) -> TrainingResult:
     """Run a whole pretraining job (in every process of the torchrun world)."""
     # Before any process group or model exists: a bad flag costs nothing.
     start_time = time.time()  # --exit-duration-in-mins counts from here, as in Megatron-LM
-    validate_config(config, int(os.environ.get("WORLD_SIZE", "1")))
+    config = resolve_config(config, int(os.environ.get("WORLD_SIZE", "1")),
+                            note=lambda message: _print_once(f"note: {message}"))
     initialize_distributed(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config, start_time=start_time)

@@ -1,13 +1,24 @@
-"""Reject inconsistent run configurations before any work starts, saying what to change."""
+"""Resolve a run's configuration before any work starts: every inconsistency is rejected,
+saying what to change, and every derived value is filled in one place.
 
+``resolve_config`` returns a frozen copy: nothing later changes it. What it derives is
+documented with the flags (global batch size, --train-iters from --train-samples, --min-lr,
+the padded vocabulary); the one setting it changes that a user gave, --sequence-parallel at
+tensor-parallel size 1, it states through ``note`` (Megatron-LM turns it off there too).
+"""
+
+import copy
 import importlib.util
 import warnings
+from typing import Callable, Optional
 
 import torch
 
 from megatron_ponder.data.config import DataConfigError
 from megatron_ponder.data.datasets import check_data_files
-from megatron_ponder.training.config import PretrainConfig
+from megatron_ponder.flags import freeze
+from megatron_ponder.tokenizer import TokenizerError, build_tokenizer
+from megatron_ponder.training.config import PretrainConfig, TokenizerConfig
 
 
 class ConfigError(ValueError):
@@ -35,9 +46,23 @@ def _resolve_length(config: PretrainConfig, need) -> None:
     need(train.train_iters >= 1, "--train-iters must be >= 1")
 
 
-def validate_config(config: PretrainConfig, world_size: int) -> None:
-    """Checks that need the whole config (each dataclass already checked its own fields).
-    Fills derived defaults (global batch size, min lr) in place."""
+def padded_vocab_size(tokenizer: TokenizerConfig, tensor_model_parallel_size: int) -> int:
+    """Rows of the embedding and output layers: the tokenizer's vocabulary padded to a multiple
+    of --make-vocab-size-divisible-by x the tensor-parallel size (builds the tokenizer)."""
+    return build_tokenizer(tokenizer.spec()).padded_vocab_size(
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        make_vocab_size_divisible_by=tokenizer.make_vocab_size_divisible_by)
+
+
+def resolve_config(config: PretrainConfig, world_size: int,
+                   note: Optional[Callable[[str], None]] = None) -> PretrainConfig:
+    """The run's configuration resolved for ``world_size`` processes and frozen; ``config``
+    itself is left as it is. Checks what needs the whole config (each dataclass already
+    checked its own fields) and reads dataset headers and the tokenizer, so that missing
+    files show up before any process group or model exists. A ConfigError lists every
+    problem, on one line. ``note`` (default: a warning) hears each setting that was changed."""
+    config = copy.deepcopy(config)
+    note = note or (lambda message: warnings.warn(message, stacklevel=3))
     model, parallel, train = config.model, config.parallel, config.train
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
     errors = []
@@ -87,8 +112,8 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
          f"--ffn-hidden-size {model.ffn_hidden_size} is not divisible by "
          f"--tensor-model-parallel-size {tp}")
     if parallel.sequence_parallel and tp == 1:
-        warnings.warn("--sequence-parallel has no effect with tensor parallel size 1; "
-                      "turning it off (as Megatron-LM does)")
+        note("--sequence-parallel has no effect with --tensor-model-parallel-size 1: running "
+             "without it (as Megatron-LM does)")
         parallel.sequence_parallel = False
     if parallel.sequence_parallel:
         need(config.data.seq_length % tp == 0,
@@ -106,7 +131,7 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
             need(not used, f"{flag} is not supported with --pipeline-model-parallel-size > 1 "
                  f"yet; use tensor and data parallelism")
     if ponder.ponder_warmup_iters and ponder.thoughts == 0:
-        warnings.warn("--ponder-warmup-iters has no effect with K = 0")
+        note("--ponder-warmup-iters has no effect with K = 0")
 
     need(train.micro_batch_size >= 1, "--micro-batch-size must be >= 1")
     if train.global_batch_size is None:
@@ -180,10 +205,16 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
              "--tokenizer-type NullTokenizer needs --vocab-size N")
     elif tokenizer.vocab_size is not None:
         errors.append("--vocab-size only applies to --tokenizer-type NullTokenizer")
-    if not errors:
-        try:  # missing or inconsistent dataset files, before any process starts
+    if not errors:  # missing or inconsistent dataset files, before any process starts
+        try:
             check_data_files(config.data)
         except DataConfigError as error:
             errors.append(str(error))
+    if not errors:
+        try:
+            model.vocab_size = padded_vocab_size(tokenizer, tp)
+        except (TokenizerError, OSError) as error:
+            errors.append(f"tokenizer: {error}")
     if errors:  # one line, however many problems: it is what pretrain_ponder.py prints
         raise ConfigError("invalid configuration: " + "; ".join(errors))
+    return freeze(config)

@@ -25,7 +25,8 @@ from typing import Any, Dict, Iterable, Optional, Type
 
 def option(default=dataclasses.MISSING, help: str = "", **metadata):
     """A dataclass field with its command-line help. ``metadata``: ``flag`` (the flag's name),
-    ``cli=False`` (no flag), ``choices``, ``metavar``, ``default_factory`` (called for the
+    ``cli=False`` (no flag), ``choices``, ``metavar``, ``negatable`` (a ``--no-`` form for a
+    switch that is off by default), ``default_factory`` (called for the
     default, e.g. a machine-dependent one)."""
     factory = metadata.pop("default_factory", dataclasses.MISSING)
     if factory is not dataclasses.MISSING:
@@ -94,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: Type, title: Optional[st
             if key in field.metadata:
                 common[key] = field.metadata[key]
         if kind is bool:
-            action = argparse.BooleanOptionalAction if default else "store_true"
+            negatable = default or field.metadata.get("negatable", False)
+            action = argparse.BooleanOptionalAction if negatable else "store_true"
             group.add_argument(flag_name(field), action=action, **common)
         elif several:
             group.add_argument(flag_name(field), nargs="+" if required else "*", type=kind,

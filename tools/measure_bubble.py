@@ -38,13 +38,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from a checkout without installing
 
 from megatron_ponder.parallel.launch import run_local_ranks  # noqa: E402
-from synthetic_run import add_model_arguments, synthetic_run_flags  # noqa: E402  (tools/synthetic_run.py)
+from synthetic_run import add_synthetic_run_arguments, synthetic_run_flags  # noqa: E402  (tools/synthetic_run.py)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline-sizes", type=int, nargs="+", default=[2, 4])
-    add_model_arguments(parser, seq_length=128, micro_batches=8, jacobi_iterations=2)
+    add_synthetic_run_arguments(parser, seq_length=128, micro_batches=8, jacobi_iterations=2)
     parser.add_argument("--compute", choices=("model", "sleep"), default="model")
     parser.add_argument("--forward-ms", type=float, default=20.0,
                         help="--compute sleep: simulated forward time of one pass on a stage")

@@ -24,13 +24,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from a checkout without installing
 
 from megatron_ponder.parallel.launch import run_local_ranks  # noqa: E402
-from synthetic_run import add_model_arguments, synthetic_run_flags  # noqa: E402  (tools/synthetic_run.py)
+from synthetic_run import add_synthetic_run_arguments, synthetic_run_flags  # noqa: E402  (tools/synthetic_run.py)
 SETTINGS = ("none", "selective", "full")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_arguments(parser, seq_length=256, micro_batches=2, jacobi_iterations=3)
+    add_synthetic_run_arguments(parser, seq_length=256, micro_batches=2, jacobi_iterations=3)
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
     parser.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)

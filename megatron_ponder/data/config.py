@@ -47,7 +47,7 @@ class DataConfig(Freezable):
     # (K+1)L slot sequence, and an s x s mask per sample would only cost memory.
     create_attention_mask: bool = option(
         False, "also return the [1, s, s] causal mask from the data loader",
-        flag="--create-attention-mask-in-dataloader")
+        flag="--create-attention-mask-in-dataloader", negatable=True)
     num_workers: int = option(2, "DataLoader worker processes")
     mmap_bin_files: bool = option(True, "read the .bin files with mmap (--no-mmap-bin-files: "
                                   "with file pointers)")

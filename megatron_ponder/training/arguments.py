@@ -11,7 +11,8 @@ from megatron_ponder.config import RANDOM_JACOBI_RECIPES, ModelConfig, ParallelC
 from megatron_ponder.data.config import DataConfig, DataConfigError
 from megatron_ponder.flags import OneLineErrorParser, add_arguments, from_arguments
 from megatron_ponder.training.config import CheckpointConfig, LoggingConfig, OptimConfig, \
-    PretrainConfig, TokenizerConfig, TrainConfig
+    PerformanceConfig, PretrainConfig, TokenizerConfig, TrainConfig
+from megatron_ponder.training.megatron_flags import MegatronModelFlags, add_unsupported_arguments
 from megatron_ponder.training.presets import PRESETS, get_preset
 
 # (PretrainConfig field, dataclass, argument group title)
@@ -20,7 +21,8 @@ SECTIONS = (
     ("parallel", ParallelConfig, "parallel"), ("optim", OptimConfig, "optimizer"),
     ("train", TrainConfig, "training"), ("data", DataConfig, "data"),
     ("tokenizer", TokenizerConfig, "tokenizer"), ("checkpoint", CheckpointConfig, "checkpoint"),
-    ("logging", LoggingConfig, "logging"),
+    ("logging", LoggingConfig, "logging"), ("performance", PerformanceConfig, "GPU performance"),
+    ("megatron", MegatronModelFlags, "Megatron-LM model flags"),
 )
 
 
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                     f"Presets: {', '.join(PRESETS)}.")
     for _, cls, title in SECTIONS:
         add_arguments(parser, cls, title)
+    add_unsupported_arguments(parser)
     return parser
 
 
@@ -57,6 +60,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         model.params_dtype = torch.bfloat16
     elif model.fp16:
         model.params_dtype = torch.float16
+    sections["megatron"].check(model, sections["data"].seq_length)
     if getattr(args, "random_jacobi_iterations", None) == []:
         # The flag without values: the paper's recipe for this architecture.
         ponder.random_jacobi_iterations = RANDOM_JACOBI_RECIPES[model.arch]

@@ -4,13 +4,14 @@ Field names are Megatron-LM's flag names (``micro_batch_size`` -> ``--micro-batc
 flags are generated from these fields by ``megatron_ponder/flags.py``.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional, Tuple
 
 from megatron_ponder.config import ModelConfig, ParallelConfig, PonderConfig
 from megatron_ponder.data.config import DEFAULT_SEED, DataConfig
-from megatron_ponder.flags import Freezable, option
+from megatron_ponder.flags import Freezable, flag_name, option
 from megatron_ponder.tokenizer.config import TokenizerConfig
+from megatron_ponder.training.megatron_flags import MegatronModelFlags
 
 
 @dataclass
@@ -147,6 +148,35 @@ class LoggingConfig(Freezable):
 
 
 @dataclass
+class PerformanceConfig(Freezable):
+    """Megatron-LM's GPU performance flags: honoured on GPUs where megatron-core can with this
+    project's layer spec, noted once where they have no effect (on CPU: all of them)."""
+
+    overlap_grad_reduce: bool = option(
+        False, "overlap the data-parallel gradient reduction with the backward (on GPUs it is "
+        "on whenever every step runs the same passes, with or without this flag)")
+    overlap_param_gather: bool = option(
+        False, "overlap the distributed optimizer's parameter all-gather with the forward "
+        "(needs --use-distributed-optimizer)")
+    grad_reduce_in_bf16: bool = option(False, "reduce gradients in bf16 instead of fp32")
+    attention_backend: str = option(
+        "auto", "accepted; the local attention is used (no fused kernel in this layer spec)",
+        choices=("auto", "flash", "fused", "unfused", "local"))
+    use_flash_attn: bool = option(False, "accepted; as --attention-backend")
+    cross_entropy_loss_fusion: bool = option(
+        False, "accepted; the loss is megatron-core's vocab-parallel cross entropy, unfused")
+    transformer_impl: str = option(
+        "local", "accepted; the layers are megatron-core's local (torch) implementation",
+        choices=("local", "transformer_engine"))
+
+    def requested(self):
+        """The flags given (non-default), as they are spelled."""
+        defaults = PerformanceConfig()
+        return [flag_name(f) for f in fields(self)
+                if getattr(self, f.name) != getattr(defaults, f.name)]
+
+
+@dataclass
 class PretrainConfig(Freezable):
     """Everything one pretraining run needs."""
 
@@ -159,3 +189,5 @@ class PretrainConfig(Freezable):
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    megatron: MegatronModelFlags = field(default_factory=MegatronModelFlags)

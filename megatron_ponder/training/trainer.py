@@ -133,9 +133,11 @@ class Trainer:
             post_process=parallel_state.is_pipeline_last_stage(),
             pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         ).to(default_device())
+        on_gpu, performance = torch.cuda.is_available(), cfg.performance
         ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
-            overlap_grad_reduce=torch.cuda.is_available() and _grad_reduce_can_overlap(cfg),
+            grad_reduce_in_fp32=not (on_gpu and performance.grad_reduce_in_bf16),
+            overlap_grad_reduce=on_gpu and _grad_reduce_can_overlap(cfg),
+            overlap_param_gather=on_gpu and performance.overlap_param_gather,
             use_distributed_optimizer=cfg.train.use_distributed_optimizer,
             average_in_collective=False,
         )

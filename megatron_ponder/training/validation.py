@@ -9,6 +9,7 @@ tensor-parallel size 1, it states through ``note`` (Megatron-LM turns it off the
 
 import copy
 import importlib.util
+import os
 import warnings
 from typing import Callable, Optional
 
@@ -18,6 +19,7 @@ from megatron_ponder.data.config import DataConfigError
 from megatron_ponder.data.datasets import check_data_files
 from megatron_ponder.flags import freeze
 from megatron_ponder.tokenizer import TokenizerError, build_tokenizer
+from megatron_ponder.training.checkpointing import checkpoint_dir, saved_iterations
 from megatron_ponder.training.config import PretrainConfig, TokenizerConfig
 
 
@@ -44,6 +46,31 @@ def _resolve_length(config: PretrainConfig, need) -> None:
         if train.train_iters is None:
             train.train_iters = 100
     need(train.train_iters >= 1, "--train-iters must be >= 1")
+
+
+def _note_performance_flags(config: PretrainConfig, note) -> None:
+    """One note for the GPU performance flags that will have no effect."""
+    requested = config.performance.requested()
+    if not torch.cuda.is_available():
+        if requested:
+            note(f"GPU performance flags have no effect on CPU: {', '.join(requested)}")
+        return
+    idle = [flag for flag in requested if flag not in (
+        "--overlap-grad-reduce", "--overlap-param-gather", "--grad-reduce-in-bf16")]
+    if idle:
+        note(f"no effect with this project's layer spec (megatron-core's local layers, unfused "
+             f"loss): {', '.join(idle)}")
+
+
+def _checkpoint_problem(root: str, step: Optional[int]) -> Optional[str]:
+    """What is wrong with --load / --ckpt-step that shows without reading the checkpoint (its
+    contents are verified when it is loaded; a damaged tracker falls back then), else None."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        return f"--load {root} is a file, not a checkpoint directory"
+    if step is not None and not os.path.isdir(checkpoint_dir(root, step)):
+        saved = ", ".join(f"iter_{i:07d}" for i in sorted(saved_iterations(root))) or "none"
+        return f"--ckpt-step {step}: {root} has no checkpoint for it (it holds: {saved})"
+    return None
 
 
 def padded_vocab_size(tokenizer: TokenizerConfig, tensor_model_parallel_size: int) -> int:
@@ -205,11 +232,18 @@ def resolve_config(config: PretrainConfig, world_size: int,
              "--tokenizer-type NullTokenizer needs --vocab-size N")
     elif tokenizer.vocab_size is not None:
         errors.append("--vocab-size only applies to --tokenizer-type NullTokenizer")
+    _note_performance_flags(config, note)
+    need(not config.performance.overlap_param_gather or train.use_distributed_optimizer,
+         "--overlap-param-gather needs --use-distributed-optimizer")
     if not errors:  # missing or inconsistent dataset files, before any process starts
         try:
             check_data_files(config.data)
         except DataConfigError as error:
             errors.append(str(error))
+    if not errors and ckpt.load:
+        problem = _checkpoint_problem(ckpt.load, ckpt.ckpt_step)
+        if problem:
+            errors.append(problem)
     if not errors:
         try:
             model.vocab_size = padded_vocab_size(tokenizer, tp)

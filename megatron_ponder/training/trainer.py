@@ -27,7 +27,8 @@ from megatron_ponder.training.checkpointing import (AsyncCheckpointWriter, confi
                                                    load_checkpoint, save_checkpoint)
 from megatron_ponder.training.config import PretrainConfig, TrainConfig
 from megatron_ponder.training.exit import ExitPolicy, FatalRunError
-from megatron_ponder.training.flops import step_flops
+from megatron_ponder.training.flops import parameter_count, step_flops, \
+    training_flops_per_token
 from megatron_ponder.training.initialize import initialize_distributed, shutdown
 from megatron_ponder.training.logger import TrainingLogger, WandbSettings
 from megatron_ponder.training.profiling import StepProfiler
@@ -557,12 +558,39 @@ def _is_logging_rank() -> bool:
             and parallel_state.get_data_parallel_rank() == 0)
 
 
+def run_summary(config: PretrainConfig, world_size: int) -> str:
+    """What the run will do, in a few lines: printed once at the start."""
+    model, ponder, train, parallel = config.model, config.ponder, config.train, config.parallel
+    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
+    dp = world_size // (tp * pp)
+    jacobi = (f"drawn from {list(ponder.random_jacobi_iterations)} per micro-batch"
+              if ponder.random_jacobi_iterations else str(ponder.jacobi_iterations))
+    seq = config.data.seq_length
+    tokens = train.train_iters * train.global_batch_size * seq
+    flops = training_flops_per_token(model, ponder, seq)
+    lines = [
+        f"model: {model.arch}, {parameter_count(model, ponder) / 1e6:.2f}M parameters, "
+        f"{model.num_layers} layers, hidden {model.hidden_size}, vocabulary {model.vocab_size}",
+        f"method: {ponder.ponder_method}, K = {ponder.thoughts} latent thoughts, J = {jacobi}; "
+        f"training FLOPs per token over all passes: {flops:.3e}",
+        f"layout: {world_size} processes = TP {tp} x PP {pp} x DP {dp}"
+        f"{', sequence parallel' if parallel.sequence_parallel else ''}; micro-batch "
+        f"{train.micro_batch_size}, global batch {train.global_batch_size} "
+        f"({train.global_batch_size // (train.micro_batch_size * dp)} micro-batches per rank)",
+        f"plan: {train.train_iters} iterations x {train.global_batch_size} samples x {seq} "
+        f"tokens = {tokens:,} tokens, {flops * tokens:.3e} training FLOPs",
+    ]
+    return "\n".join(lines)
+
+
 def pretrain(config: PretrainConfig) -> TrainingResult:
     """Run a whole pretraining job (in every process of the torchrun world)."""
     # Before any process group or model exists: a bad flag costs nothing.
     start_time = time.time()  # --exit-duration-in-mins counts from here, as in Megatron-LM
-    config = resolve_config(config, int(os.environ.get("WORLD_SIZE", "1")),
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    config = resolve_config(config, world_size,
                             note=lambda message: _print_once(f"note: {message}"))
+    _print_once(run_summary(config, world_size))
     initialize_distributed(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config, start_time=start_time)

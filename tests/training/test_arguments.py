@@ -240,3 +240,26 @@ def test_sequence_parallel_at_tp1_is_a_stated_resolution():
     assert len(notes) == 1 and "--sequence-parallel has no effect" in notes[0]
     with pytest.warns(UserWarning, match="no effect"):  # without a listener: a warning
         resolve_config(_config("--sequence-parallel"), 1)
+
+
+def test_run_summary_states_what_will_run():
+    from megatron_ponder.training.flops import step_flops
+    from megatron_ponder.training.trainer import run_summary
+
+    config = resolve_config(_config("--num-latent-thoughts", "2", "--jacobi-iterations", "3",
+                                    "--micro-batch-size", "2", "--global-batch-size", "8",
+                                    "--train-iters", "5", "--tensor-model-parallel-size", "2"), 4)
+    summary = run_summary(config, 4)
+    per_token = step_flops(config.model, config.ponder, 32, 1, [3]) / 32
+    assert f"training FLOPs per token over all passes: {per_token:.3e}" in summary
+    assert "K = 2 latent thoughts, J = 3" in summary
+    assert "4 processes = TP 2 x PP 1 x DP 2" in summary and "(2 micro-batches per rank)" in summary
+    assert "5 iterations x 8 samples x 32 tokens = 1,280 tokens" in summary
+    assert len(summary.splitlines()) == 4
+
+
+def test_eta_format():
+    from megatron_ponder.training.logger import format_duration
+
+    assert format_duration(59.6) == "00:01:00"
+    assert format_duration(3 * 86400 + 3723) == "3d 01:02:03"

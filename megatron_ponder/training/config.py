@@ -65,6 +65,11 @@ class TrainConfig(Freezable):
     train_samples: Optional[int] = option(
         None, "train for this many samples instead of --train-iters; the learning-rate "
         "schedule then counts samples (--lr-decay-samples, --lr-warmup-samples)")
+    rampup_batch_size: Tuple[int, ...] = option(
+        (), "START INCREMENT SAMPLES: start with a global batch of START samples and grow it "
+        "by INCREMENT, in equal steps over the first SAMPLES samples, up to "
+        "--global-batch-size (Megatron-LM's ramp-up, megatron-core's calculator)",
+        metavar="N")
     seed: int = option(DEFAULT_SEED, "seed for initialisation, data order and the J draws")
     use_distributed_optimizer: bool = option(False, "shard optimizer state over data parallel")
     recompute_granularity: Optional[str] = option(

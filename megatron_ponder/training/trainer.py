@@ -33,7 +33,7 @@ from megatron_ponder.training.initialize import initialize_distributed, shutdown
 from megatron_ponder.training.logger import TrainingLogger, WandbSettings
 from megatron_ponder.training.profiling import StepProfiler
 from megatron_ponder.training.step import PonderForwardStep, reduce_reported_loss
-from megatron_ponder.training.validation import resolve_config
+from megatron_ponder.training.validation import batch_size_calculator, resolve_config
 
 
 @dataclass
@@ -89,6 +89,8 @@ class Trainer:
         self.tokenizer = build_tokenizer(config.tokenizer.spec())
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.num_microbatches = train.global_batch_size // (train.micro_batch_size * self.dp_size)
+        self.batch_sizes = batch_size_calculator(train, self.dp_size, dist.get_rank())
+        self.current_global_batch_size = train.global_batch_size
         self.model = self._build_model()
         self.pipeline = None
         if config.parallel.pipeline_model_parallel_size > 1:
@@ -166,7 +168,7 @@ class Trainer:
         self.model.config.grad_scale_func = optimizer.scale_loss
         # The schedule counts iterations, or samples with --train-samples (as in Megatron-LM).
         if cfg.train.train_samples is not None:
-            self.scheduler_increment = cfg.train.global_batch_size
+            self.scheduler_increment = cfg.train.global_batch_size  # each step's, with ramp-up
             decay = optim.lr_decay_samples or cfg.train.train_samples
             warmup = optim.lr_warmup_samples
         else:
@@ -392,12 +394,24 @@ class Trainer:
                 self.result.exit_reason = exit_reason
                 return
 
+    def _set_batch_size(self) -> None:
+        """With --rampup-batch-size: this step's global batch and micro-batch count."""
+        if self.batch_sizes is None:
+            return
+        self.batch_sizes.update(self.consumed_samples, consistency_check=True)
+        self.num_microbatches = self.batch_sizes.get()
+        self.current_global_batch_size = self.batch_sizes.get_current_global_batch_size()
+        self.logger.global_batch_size = self.current_global_batch_size
+        if self.config.train.train_samples is not None:
+            self.scheduler_increment = self.current_global_batch_size
+
     def _run_step(self, step: int, train_iter) -> bool:
         """One training iteration with its bookkeeping and log line. True when it completed
         --max-consecutive-nan-steps bad steps in a row and --rollback-on-nan is to handle
         that; without the option a NumericalFaultError stops the run instead."""
         cfg = self.config
         train, logging = cfg.train, cfg.logging
+        self._set_batch_size()
         self.profiler.step_begin(step)
         start = time.time()
         with self.profiler.label(step):
@@ -412,7 +426,7 @@ class Trainer:
         loss_scale = float(self.optimizer.get_loss_scale())
         self.result.loss_scales.append(loss_scale)
         self.iteration += 1
-        self.consumed_samples += train.global_batch_size
+        self.consumed_samples += self.current_global_batch_size
         non_finite = self.non_finite
         self.consecutive_nan = self.consecutive_nan + 1 if non_finite else 0
         if non_finite:
@@ -446,10 +460,11 @@ class Trainer:
     def _skip_data(self, train_iter) -> None:
         """An iteration whose data a rollback skips: its micro-batches are read and dropped
         (every rank reads the same number), no forward, no optimizer or learning-rate step."""
+        self._set_batch_size()
         for _ in range(self.num_microbatches):
             next(train_iter)
         self.iteration += 1
-        self.consumed_samples += self.config.train.global_batch_size
+        self.consumed_samples += self.current_global_batch_size
         self.result.data_skipped.append(self.iteration)
         print_rank_0(f"iteration {self.iteration}: data skipped (--rollback-on-nan)")
         self.logger.maybe_log(self.iteration, self.consumed_samples,
@@ -576,9 +591,12 @@ def run_summary(config: PretrainConfig, world_size: int) -> str:
         f"layout: {world_size} processes = TP {tp} x PP {pp} x DP {dp}"
         f"{', sequence parallel' if parallel.sequence_parallel else ''}; micro-batch "
         f"{train.micro_batch_size}, global batch {train.global_batch_size} "
-        f"({train.global_batch_size // (train.micro_batch_size * dp)} micro-batches per rank)",
+        f"({train.global_batch_size // (train.micro_batch_size * dp)} micro-batches per rank)"
+        + (" after a ramp-up from {} by {} over {} samples".format(*train.rampup_batch_size)
+           if train.rampup_batch_size else ""),
         f"plan: {train.train_iters} iterations x {train.global_batch_size} samples x {seq} "
-        f"tokens = {tokens:,} tokens, {flops * tokens:.3e} training FLOPs",
+        f"tokens = {tokens:,} tokens{' at most' if train.rampup_batch_size else ''}, "
+        f"{flops * tokens:.3e} training FLOPs",
     ]
     return "\n".join(lines)
 

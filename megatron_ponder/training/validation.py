@@ -27,7 +27,57 @@ class ConfigError(ValueError):
     """An inconsistent combination of flags; the message names the flags to change."""
 
 
-def _resolve_length(config: PretrainConfig, need) -> None:
+def batch_size_calculator(train, data_parallel_size: int, rank: int = 0):
+    """megatron-core's number-of-micro-batches calculator for --rampup-batch-size (None without
+    it): ``update(consumed_samples, ...)`` then ``get()`` / ``get_current_global_batch_size()``."""
+    if not train.rampup_batch_size:
+        return None
+    from megatron.core.num_microbatches_calculator import \
+        RampupBatchsizeNumMicroBatchesCalculator
+
+    start, increment, samples = train.rampup_batch_size
+    return RampupBatchsizeNumMicroBatchesCalculator(
+        train.global_batch_size, train.micro_batch_size, data_parallel_size,
+        decrease_batch_size_if_needed=False, rank=rank, start_global_batch_size=start,
+        batch_size_increment=increment, ramup_samples=samples)
+
+
+def _check_rampup(train, dp: int, pp: int, need) -> bool:
+    """Whether --rampup-batch-size is well formed for this layout (else reported)."""
+    ramp = train.rampup_batch_size
+    if not ramp:
+        return True
+    if len(ramp) != 3:
+        need(False, f"--rampup-batch-size takes three numbers, START INCREMENT SAMPLES; got "
+             f"{' '.join(map(str, ramp))}")
+        return False
+    start, increment, samples = ramp
+    unit = train.micro_batch_size * dp
+    ok = (0 < start < train.global_batch_size and increment > 0 and samples >= 0
+          and (train.global_batch_size - start) % increment == 0
+          and start % unit == 0 and increment % unit == 0)
+    need(ok, f"--rampup-batch-size {start} {increment} {samples}: START must be below "
+         f"--global-batch-size {train.global_batch_size}, which START + n x INCREMENT must "
+         f"reach, and START and INCREMENT must be multiples of --micro-batch-size x "
+         f"data-parallel size = {unit}")
+    need(pp == 1, "--rampup-batch-size is not supported with --pipeline-model-parallel-size "
+         "> 1 yet")
+    return ok
+
+
+def _ramped_iterations(train, dp: int) -> int:
+    """Steps until --train-samples samples are consumed, the global batch ramping up."""
+    calculator = batch_size_calculator(train, dp)
+    consumed = iterations = 0
+    while consumed < train.train_samples:
+        calculator.update(consumed, consistency_check=False)
+        consumed += calculator.get_current_global_batch_size()
+        iterations += 1
+    return iterations
+
+
+def _resolve_length(config: PretrainConfig, need, dp: int = 1,
+                    ramp_ok: bool = False) -> None:
     """--train-iters or --train-samples (Megatron-LM's two ways to say how long), and the
     schedule flags that go with each; sets ``train_iters``."""
     train, optim = config.train, config.optim
@@ -39,7 +89,10 @@ def _resolve_length(config: PretrainConfig, need) -> None:
         need(train.train_samples >= train.global_batch_size,
              f"--train-samples {train.train_samples} is less than one global batch "
              f"({train.global_batch_size})")
-        train.train_iters = train.train_samples // train.global_batch_size
+        if train.rampup_batch_size and ramp_ok:
+            train.train_iters = _ramped_iterations(train, dp)
+        else:
+            train.train_iters = train.train_samples // train.global_batch_size
     else:
         need(optim.lr_decay_samples is None and not optim.lr_warmup_samples,
              "--lr-decay-samples / --lr-warmup-samples need --train-samples")
@@ -163,7 +216,8 @@ def resolve_config(config: PretrainConfig, world_size: int,
     need(train.micro_batch_size >= 1, "--micro-batch-size must be >= 1")
     if train.global_batch_size is None:
         train.global_batch_size = train.micro_batch_size * dp
-    _resolve_length(config, need)
+    ramp_ok = _check_rampup(train, dp, pp, need)
+    _resolve_length(config, need, dp, ramp_ok)
     need(train.global_batch_size % (train.micro_batch_size * dp) == 0,
          f"--global-batch-size {train.global_batch_size} is not divisible by --micro-batch-size "
          f"x data-parallel size = {train.micro_batch_size} x {dp}; pick a multiple of "

@@ -22,10 +22,12 @@ TINY = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4"
 def gpt3_175b_flags(run_dir):
     """examples/gpt3/train_gpt3_175b_distributed.sh, tiny: sizes, batch and iterations scaled
     down, one process; mock data and NullTokenizer instead of the corpus and GPT-2 vocab/merge
-    files; its --step-batch-size-schedule (a recent addition) left out."""
+    files; its --step-batch-size-schedule (a recent addition) replaced by the batch-size
+    ramp-up the script used before it."""
     return TINY + [
         "--attention-backend", "auto",
-        "--micro-batch-size", "1", "--global-batch-size", "2", "--train-iters", "3",
+        "--micro-batch-size", "1", "--global-batch-size", "2", "--rampup-batch-size", "1", "1",
+        "2", "--train-iters", "3",
         "--weight-decay", "0.1", "--adam-beta1", "0.9", "--adam-beta2", "0.95",
         "--init-method-std", "0.006", "--clip-grad", "1.0", "--fp16", "--lr", "6.0e-5",
         "--lr-decay-style", "cosine", "--min-lr", "6.0e-6", "--lr-warmup-fraction", ".001",
@@ -111,6 +113,7 @@ UNSUPPORTED_CASES = [
     (["--multi-latent-attention"], "--multi-latent-attention"),
     (["--apply-layernorm-1p"], "--apply-layernorm-1p"),
     (["--decoupled-lr", "5e-4"], "--decoupled-lr"),
+    (["--step-batch-size-schedule", "0:16 1B:32"], "--step-batch-size-schedule"),
     (["--num-layers-per-virtual-pipeline-stage", "2"], "--num-layers-per-virtual-pipeline-stage"),
     (["--tp-comm-overlap"], "--tp-comm-overlap"),
     (["--use-torch-fsdp2"], "--use-torch-fsdp2"),
@@ -168,3 +171,35 @@ def test_the_script_reports_an_unsupported_flag_without_a_traceback():
     assert lines == ["pretrain_ponder.py: error: --fp8-format is not supported here (fp8 "
                      "training) (see --help)"], completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_rampup_batch_size_counts_the_steps_with_megatron_cores_calculator(tmp_path):
+    from megatron_ponder.training.validation import batch_size_calculator
+
+    config = resolve_config(parse_args([
+        "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "100",
+        "--micro-batch-size", "1", "--global-batch-size", "8", "--rampup-batch-size", "2", "2",
+        "12", "--train-samples", "40", "--lr-decay-samples", "40"]), 1)
+    # Batches 2, 2, 4, 6 over the first 12 samples (4 per increment), then 8: 46 >= 40.
+    assert config.train.train_iters == 8
+    calculator = batch_size_calculator(config.train, 1)
+    sizes = []
+    for consumed in (0, 2, 4, 8, 14):
+        calculator.update(consumed, consistency_check=True)
+        sizes.append((calculator.get_current_global_batch_size(), calculator.get()))
+    assert sizes == [(2, 2), (2, 2), (4, 4), (6, 6), (8, 8)]
+
+
+@pytest.mark.parametrize("ramp,message", [
+    (["3", "2", "12"], "multiples of --micro-batch-size"),
+    (["8", "2", "12"], "START must be below"),
+    (["2", "2"], "takes three numbers"),
+])
+def test_rampup_batch_size_errors(ramp, message):
+    from megatron_ponder.training.validation import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(parse_args(["--mock-data", "--tokenizer-type", "NullTokenizer",
+                                   "--vocab-size", "100", "--micro-batch-size", "2",
+                                   "--global-batch-size", "8", "--rampup-batch-size"] + ramp),
+                       1)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GPU check of megatron_ponder on any CUDA machine: build the CUDA splice extension, run the kernel
 # tests, benchmark the splice kernels, train a pythia-160m-shaped model in bf16 with the fused and
-# with the torch splice, and exercise the training features (fp16, async checkpoints, profiler,
-# resume). Each step runs under its own time limit; a failed step does not stop the next one. Logs
-# and JSON go to the output directory and a summary is printed last; the exit status is non-zero
-# if any step failed.
+# with the torch splice, exercise the training features (fp16, async checkpoints, profiler,
+# resume) and time training steps of vanilla and PonderLM-2 (tools/bench_train.py). Each step
+# runs under its own time limit; a failed step does not stop the next one. Logs and JSON go to
+# the output directory and a summary is printed last; the exit status is non-zero if any step
+# failed.
 #
 #   bash tools/gpu_check.sh                         # every step, outputs in runs/gpu_check
 #   bash tools/gpu_check.sh --out DIR bench train   # some steps, outputs in DIR
@@ -17,12 +18,13 @@
 #   bash tools/gpu_check.sh --prepare wheels/ [--python-version 3.12]   # where pip works
 #   bash tools/gpu_check.sh --wheels wheels/                            # on the cluster
 #
-# Steps: env build tests bench train train_torch features. Outputs: summary.txt, env.txt,
-# build.log, tests.log, bench.txt, bench_kernels.json, train.log, train_torch.log, features.log.
+# Steps: env build tests bench train train_torch features bench_train. Outputs: summary.txt,
+# env.txt, build.log, tests.log, bench.txt, bench_kernels.json, train.log, train_torch.log,
+# features.log, bench_train.txt, bench_train.json.
 # Record the results in docs/benchmarks.md with the card's name and the command.
 set -u
 
-ALL_STEPS=(env build tests bench train train_torch features)
+ALL_STEPS=(env build tests bench train train_torch features bench_train)
 PREPARE_PACKAGES=("megatron-core==0.16.1")
 usage() {
   echo "usage: bash tools/gpu_check.sh [--out DIR] [--wheels DIR] [--budget SECONDS] [STEP ...]" >&2
@@ -180,6 +182,14 @@ if has_step features; then
     "$@" --train-iters 10 --load "$CKPT"' features "${FEATURES[@]}"
 fi
 
+if has_step bench_train; then
+  # Vanilla and PonderLM-2 K=1/K=2 at J=2/3 of the pythia-160m shape in bf16: step time against
+  # FLOPs, MFU against the card's peak.
+  run_step bench_train 300 "$OUT/bench_train.txt" "$PY" tools/bench_train.py \
+    --model-preset pythia-160m --vocab-size 50304 --bf16 --micro-batch-size 2 \
+    --global-batch-size 2 --steps 5 --warmup-steps 2 --json "$OUT/bench_train.json"
+fi
+
 echo "== summary ($((SECONDS - start_all))s in all)"
 cat "$summary"
 if [ -f "$OUT/env.txt" ]; then
@@ -191,4 +201,7 @@ fi
 for log in "$OUT/train.log" "$OUT/train_torch.log"; do
   [ -f "$log" ] && grep -E " iteration +20/" "$log" | sed "s|^|$(basename "$log"): |" | cut -c1-400
 done
+if [ -f "$OUT/bench_train.txt" ]; then
+  grep -E "^\|" "$OUT/bench_train.txt"
+fi
 exit $failed

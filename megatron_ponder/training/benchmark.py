@@ -3,7 +3,8 @@ against vanilla of the same model, each in its own fresh process on whatever dev
 (CUDA if available, else CPU), through the real ``Trainer`` (forward and backward of every pass
 and micro-batch, gradient reduction, optimizer step) on megatron-core's mock data.
 
-Per configuration: ms per step (mean over the timed steps; warm-up steps excluded), tokens/s,
+Per configuration: ms per step (median of the timed steps; warm-up steps excluded; every
+step's time is in the JSON), tokens/s,
 TFLOP/s counted over all passes (``training/flops.py``), MFU where the device's bf16 peak is
 known (``device_peak_tflops``; unknown on CPU), peak memory (CUDA: ``max_memory_allocated``
 during the timed steps; CPU: the growth of the peak resident set during the timed steps above
@@ -14,6 +15,7 @@ PonderLM-2/vanilla step-time ratio next to the FLOP ratio.
 import json
 import os
 import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -31,6 +33,7 @@ class BenchResult:
     device: str
     steps: int
     ms_per_step: float
+    step_ms: List[float]
     tokens_per_s: float
     flops_per_step: float
     tflops: float
@@ -100,15 +103,18 @@ def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]
         rss_before = _status_kib("VmRSS")
         has_rss = _reset_peak_rss() and rss_before is not None
         flops = 0
-        start = time.perf_counter()
+        step_seconds = []
         for _ in range(steps):
+            start = time.perf_counter()
             one_step()  # the J of each micro-batch of the step: trainer.forward_step
+            if cuda:
+                torch.cuda.synchronize()
+            step_seconds.append(time.perf_counter() - start)
             flops += step_flops(config.model, config.ponder, config.data.seq_length,
                                 config.train.micro_batch_size,
                                 trainer.forward_step.jacobi_used)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / steps
+        # The median: a CPU step now and then takes twice as long (scheduler, allocator).
+        seconds = statistics.median(step_seconds)
         if cuda:
             memory, kind = torch.cuda.max_memory_allocated() / 2**20, "cuda max allocated"
         elif has_rss:
@@ -118,7 +124,8 @@ def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]
         peak = device_peak_tflops()
         tflops = flops / steps / seconds / 1e12
         tokens = config.train.global_batch_size * config.data.seq_length
-        return dict(device=device, ms_per_step=seconds * 1e3, tokens_per_s=tokens / seconds,
+        return dict(device=device, ms_per_step=seconds * 1e3,
+                    step_ms=[round(t * 1e3, 3) for t in step_seconds], tokens_per_s=tokens / seconds,
                     flops_per_step=flops / steps, tflops=tflops,
                     mfu=tflops / peak if peak else None, peak_memory_mib=memory,
                     memory_kind=kind)

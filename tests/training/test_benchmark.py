@@ -29,7 +29,7 @@ def test_bench_train_table_and_json(tmp_path, capsys):
         assert result["ms_per_step"] > 0 and result["tokens_per_s"] > 0 and result["tflops"] > 0
         assert result["mfu"] is None  # no known peak on CPU
         assert result["memory_kind"] in ("cpu peak RSS growth", "cuda max allocated")
-        assert result["steps"] == 1
+        assert result["steps"] == 1 and len(result["step_ms"]) == 1
 
 
 def test_bad_variant_is_one_line_error(capsys):

@@ -57,7 +57,8 @@ def request_from_args(args, plan: PlanConfig):
     from megatron_ponder.planning.planner import PlanRequest
     from megatron_ponder.training.arguments import config_from_args
 
-    if not (args.data_path or args.train_data_path or args.mock_data):
+    if not any(getattr(args, name, None) for name in ("data_path", "train_data_path",
+                                                       "mock_data")):
         args.mock_data = True  # planning reads no data
     config = config_from_args(args)
     if plan.train_tokens is None or plan.gpus is None:

@@ -120,9 +120,11 @@ def _checkpoint_problem(root: str, step: Optional[int]) -> Optional[str]:
     contents are verified when it is loaded; a damaged tracker falls back then), else None."""
     if os.path.exists(root) and not os.path.isdir(root):
         return f"--load {root} is a file, not a checkpoint directory"
-    if step is not None and not os.path.isdir(checkpoint_dir(root, step)):
+    path = checkpoint_dir(root, step) if step is not None else None
+    if path is not None and not os.path.isdir(path):
         saved = ", ".join(f"iter_{i:07d}" for i in sorted(saved_iterations(root))) or "none"
-        return f"--ckpt-step {step}: {root} has no checkpoint for it (it holds: {saved})"
+        return f"--ckpt-step {step}: no checkpoint for iteration {step} ({path}); {root} holds: " \
+            f"{saved}"
     return None
 
 

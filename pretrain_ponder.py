@@ -7,13 +7,15 @@ pretrain_gpt.py). Run it with torchrun, e.g.
 See ``python pretrain_ponder.py --help`` and examples/pretrain_ponder.sh.
 """
 
-import warnings
-
-# megatron-core says this once per import site; the fallbacks are expected without TE/apex.
-warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-
 import os
 import sys
+import warnings
+
+# Third-party notices (megatron-core, Apex, Transformer Engine, torch): each shown once, by the
+# first process only, not once per import site and rank. The missing TE/Apex fallbacks are
+# expected (the layers are megatron-core's local ones).
+warnings.simplefilter("once" if os.environ.get("RANK", "0") == "0" else "ignore")
+warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
 from megatron_ponder.data.config import DataConfigError
 from megatron_ponder.errors import FatalRunError

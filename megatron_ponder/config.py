@@ -7,11 +7,13 @@ CPU-safe megatron switches are decided.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from megatron_ponder.flags import Freezable, option
 
 ARCHITECTURES = ("llama", "gpt_neox")
 
@@ -23,34 +25,29 @@ RANDOM_JACOBI_RECIPES = {"llama": (2, 3), "gpt_neox": (2, 3, 4)}
 PONDER_METHODS = ("ponderlm2", "pause", "loop")
 
 
-def _opt(default, help: str, **metadata):
-    """A dataclass field with its command-line help (see training/cli.py)."""
-    return field(default=default, metadata=dict(metadata, help=help))
-
-
 @dataclass
-class PonderConfig:
+class PonderConfig(Freezable):
     """How many latent thoughts and Jacobi passes the forward runs."""
 
-    num_latent_thoughts: int = _opt(1, "K: latent-thought slots per token (0 = one pass)")
-    jacobi_iterations: int = _opt(
+    num_latent_thoughts: int = option(1, "K: latent-thought slots per token (0 = one pass)")
+    jacobi_iterations: int = option(
         3, "J: Jacobi passes between the growth passes and the final pass; used for evaluation "
         "and in training when --random-jacobi-iterations is not given")
-    random_jacobi_iterations: Tuple[int, ...] = _opt(
+    random_jacobi_iterations: Tuple[int, ...] = option(
         (), "training: draw J per micro-batch uniformly from these values (paper: 2 3 for "
         "llama, 2 3 4 for gpt_neox; --random-jacobi-iterations with no values picks the "
         "architecture's recipe)")
-    scale_embeds: bool = _opt(True, "multiply word embeddings by sqrt(2.5 * hidden size)")
-    vanilla: bool = _opt(False, "plain causal-LM baseline: one pass, no thoughts, no scaling")
-    ponder_method: str = _opt(
+    scale_embeds: bool = option(True, "multiply word embeddings by sqrt(2.5 * hidden size)")
+    vanilla: bool = option(False, "plain causal-LM baseline: one pass, no thoughts, no scaling")
+    ponder_method: str = option(
         "ponderlm2", "what the K extra slots/passes are: 'ponderlm2' (latent thoughts), "
         "'pause' (K learned pause slots after every token, one pass, embeddings scaled by "
         "sqrt(H)) or 'loop' (the L tokens through the whole layer stack K+1 times, final norm "
         "once)", choices=PONDER_METHODS)
-    ponder_grad_passes: Optional[int] = _opt(
+    ponder_grad_passes: Optional[int] = option(
         None, "training: backpropagate through the last N passes only; earlier passes run "
         "without building a graph (cheaper; default: all passes, the paper)")
-    ponder_warmup_iters: int = _opt(
+    ponder_warmup_iters: int = option(
         0, "training: run the first N iterations as a one-pass K=0 model, then with K latent "
         "thoughts (a cheaper start; 0 = thoughts from the first step, the paper)")
 
@@ -97,35 +94,40 @@ class PonderConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Freezable):
     """Transformer shape and architecture (Llama or GPT-NeoX/Pythia)."""
 
-    arch: str = _opt("llama", "model architecture", flag="--model-arch", choices=ARCHITECTURES)
-    num_layers: int = _opt(2, "decoder layers")
-    hidden_size: int = _opt(64, "hidden size H")
-    num_attention_heads: int = _opt(4, "attention heads")
-    num_query_groups: Optional[int] = _opt(
+    arch: str = option("llama", "model architecture", flag="--model-arch", choices=ARCHITECTURES)
+    num_layers: int = option(2, "decoder layers")
+    hidden_size: int = option(64, "hidden size H")
+    num_attention_heads: int = option(4, "attention heads")
+    num_query_groups: Optional[int] = option(
         None, "key/value heads for grouped-query attention (default: one per attention head)")
-    ffn_hidden_size: Optional[int] = _opt(
+    ffn_hidden_size: Optional[int] = option(
         None, "MLP hidden size (default: 4H for gpt_neox, the Llama 8H/3 rule rounded up to 256)")
-    kv_channels: Optional[int] = _opt(None, "head dimension (default: H / heads)")
-    vocab_size: int = _opt(50304, "rows of the embedding and output layer (already padded)",
+    kv_channels: Optional[int] = option(None, "head dimension (default: H / heads)")
+    vocab_size: int = option(50304, "rows of the embedding and output layer (already padded)",
                            cli=False)
-    rotary_percent: Optional[float] = _opt(
+    rotary_percent: Optional[float] = option(
         None, "fraction of each head's channels with rotary (default: 1.0 llama, 0.25 gpt_neox)")
-    rotary_base: float = _opt(10000.0, "rotary base (theta)")
-    norm_epsilon: float = _opt(1e-5, "RMSNorm / LayerNorm epsilon")
-    parallel_residual: Optional[bool] = _opt(
+    rotary_base: float = option(10000.0, "rotary base (theta)")
+    norm_epsilon: float = option(1e-5, "RMSNorm / LayerNorm epsilon")
+    parallel_residual: Optional[bool] = option(
         None, "GPT-NeoX parallel residual (default on for gpt_neox)", cli=False)
-    init_method_std: Optional[float] = _opt(None, "init std (default: the paper's sqrt(2/(5H)))")
-    params_dtype: torch.dtype = _opt(torch.float32, "parameter dtype", cli=False)
-    bf16: bool = _opt(False, "bfloat16 parameters and compute (fp32 master weights)")
-    fp16: bool = _opt(False, "float16 parameters and compute (fp32 master weights, loss "
+    init_method_std: Optional[float] = option(None, "init std (default: the paper's sqrt(2/(5H)))")
+    params_dtype: torch.dtype = option(torch.float32, "parameter dtype", cli=False)
+    bf16: bool = option(False, "bfloat16 parameters and compute (fp32 master weights)")
+    fp16: bool = option(False, "float16 parameters and compute (fp32 master weights, loss "
                       "scaling: --loss-scale or dynamic)")
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.arch!r}; choose one of {ARCHITECTURES}")
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                     "ffn_hidden_size", "kv_channels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         neox = self.arch == "gpt_neox"
         if self.num_query_groups is None:
             self.num_query_groups = self.num_attention_heads
@@ -153,12 +155,12 @@ class ModelConfig:
 
 
 @dataclass
-class ParallelConfig:
+class ParallelConfig(Freezable):
     """Model-parallel sizes (data parallel is whatever is left of the world)."""
 
-    tensor_model_parallel_size: int = _opt(1, "tensor-parallel size")
-    pipeline_model_parallel_size: int = _opt(1, "pipeline-parallel size")
-    sequence_parallel: bool = _opt(False, "sequence parallelism (needs tensor parallel > 1)")
+    tensor_model_parallel_size: int = option(1, "tensor-parallel size")
+    pipeline_model_parallel_size: int = option(1, "pipeline-parallel size")
+    sequence_parallel: bool = option(False, "sequence parallelism (needs tensor parallel > 1)")
 
 
 def _normal_init(std: float):

@@ -38,13 +38,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from megatron_ponder.parallel.launch import run_local_ranks  # noqa: E402
 from megatron_ponder.training.synthetic_run import (  # noqa: E402
-    add_model_arguments, synthetic_run_flags)
+    add_synthetic_run_arguments, synthetic_run_flags)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline-sizes", type=int, nargs="+", default=[2, 4])
-    add_model_arguments(parser, seq_length=128, micro_batches=8, jacobi_iterations=2)
+    add_synthetic_run_arguments(parser, seq_length=128, micro_batches=8, jacobi_iterations=2)
     parser.add_argument("--compute", choices=("model", "sleep"), default="model")
     parser.add_argument("--forward-ms", type=float, default=20.0,
                         help="--compute sleep: simulated forward time of one pass on a stage")
@@ -99,11 +99,11 @@ def measure_stage(args, world_size):
     from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
     from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import validate_config
+    from megatron_ponder.training.validation import resolve_config
 
     torch.set_num_threads(1)
     config = parse_pretrain_args(pretrain_flags(args, world_size))
-    validate_config(config, world_size)
+    config = resolve_config(config, world_size)
     mcore.init(config.parallel, config.train.seed)
     trainer = Trainer(config)
     simulated = [0.0]

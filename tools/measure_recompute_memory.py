@@ -25,13 +25,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from megatron_ponder.parallel.launch import run_local_ranks  # noqa: E402
 from megatron_ponder.process_memory import peak_rss_growth_mib, reset_peak_rss, rss_kib  # noqa: E402
 from megatron_ponder.training.synthetic_run import (  # noqa: E402
-    add_model_arguments, synthetic_run_flags)
+    add_synthetic_run_arguments, synthetic_run_flags)
 SETTINGS = ("none", "selective", "full")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_arguments(parser, seq_length=256, micro_batches=2, jacobi_iterations=3)
+    add_synthetic_run_arguments(parser, seq_length=256, micro_batches=2, jacobi_iterations=3)
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
     parser.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
@@ -59,11 +59,11 @@ def measure_rank(flags, world_size):
     from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
     from megatron_ponder.training.step import reduce_reported_loss
     from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import validate_config
+    from megatron_ponder.training.validation import resolve_config
 
     torch.set_num_threads(1)
     config = parse_pretrain_args(flags)
-    validate_config(config, world_size)
+    config = resolve_config(config, world_size)
     mcore.init(config.parallel, config.train.seed)
     trainer = Trainer(config)
     data = trainer._data()

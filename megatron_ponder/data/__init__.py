@@ -20,12 +20,11 @@ corpus in ``megatron_ponder.data.default_corpus``.
 from megatron_ponder.data.config import (
     DataConfig,
     DataConfigError,
-    add_data_arguments,
-    data_config_from_args,
 )
 from megatron_ponder.data.datasets import (
     build_datasets,
     check_data_files,
+    data_blends,
     gpt_dataset_config,
     is_dataset_built_on_rank,
     parse_blend,
@@ -36,12 +35,11 @@ __all__ = [
     "DataConfig",
     "DataConfigError",
     "PretrainingSampler",
-    "add_data_arguments",
     "build_data_loader",
     "build_datasets",
     "build_iterators",
     "check_data_files",
-    "data_config_from_args",
+    "data_blends",
     "gpt_dataset_config",
     "is_dataset_built_on_rank",
     "parse_blend",

@@ -12,12 +12,14 @@ and the preprocessing workers import this package.
 
 import os
 import struct
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from megatron_ponder.data.config import DataConfig, DataConfigError
 from megatron_ponder.tokenizer import TextTokenizer
 
 Blend = Tuple[List[str], Optional[List[float]]]
+
+_PER_SPLIT_FLAGS = ("--train-data-path", "--valid-data-path", "--test-data-path")
 
 
 def parse_blend(tokens: Optional[Sequence[str]], flag: str = "--data-path") -> Optional[Blend]:
@@ -58,15 +60,12 @@ def gpt_dataset_config(config: DataConfig, tokenizer: TextTokenizer):
     """megatron-core's GPTDatasetConfig for ``config`` (checks that every prefix exists)."""
     from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
 
-    blend = parse_blend(config.data_path)
+    check_data_files(config)
+    blends = data_blends(config)
+    blend = blends["--data-path"]
     blend_per_split = None
-    if config.train_data_path:
-        blend_per_split = [parse_blend(config.train_data_path, "--train-data-path"),
-                           parse_blend(config.valid_data_path, "--valid-data-path"),
-                           parse_blend(config.test_data_path, "--test-data-path")]
-    for candidate in [blend] + (blend_per_split or []):
-        if candidate is not None:
-            _check_prefixes_exist(candidate[0])
+    if blends["--train-data-path"] is not None:
+        blend_per_split = [blends[flag] for flag in _PER_SPLIT_FLAGS]
     return GPTDatasetConfig(
         random_seed=config.seed,
         sequence_length=config.seq_length,
@@ -172,17 +171,22 @@ def is_dataset_built_on_rank() -> bool:
     return on_end_stage and parallel_state.get_tensor_model_parallel_rank() == 0
 
 
+def data_blends(config: DataConfig) -> Dict[str, Optional[Blend]]:
+    """Flag -> the blend it names (None where not given), for ``--data-path`` and the three
+    per-split flags; a DataConfigError names the flag whose syntax is wrong."""
+    return {flag: parse_blend(getattr(config, flag[2:].replace("-", "_")), flag)
+            for flag in ("--data-path",) + _PER_SPLIT_FLAGS}
+
+
 def check_data_files(config: DataConfig) -> None:
     """DataConfigError (one line) unless every dataset named by ``config`` has a readable
     ``.idx`` and a ``.bin`` of the size that index describes. Cheap (headers and sizes only),
     so it runs before any process group or model is built."""
     if config.mock_data:
         return
-    for tokens in (config.data_path, config.train_data_path, config.valid_data_path,
-                   config.test_data_path):
-        blend = parse_blend(tokens)
+    for flag, blend in data_blends(config).items():
         if blend is not None:
-            _check_prefixes_exist(blend[0])
+            _check_prefixes_exist(blend[0], flag)
 
 
 # The Megatron index format (megatron-core's IndexedDataset): magic, version, dtype code,
@@ -192,17 +196,17 @@ _INDEX_HEADER = struct.Struct("<9sQBQQ")
 _TOKEN_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 4, 8: 2}  # dtype code -> bytes
 
 
-def _check_prefixes_exist(prefixes: Sequence[str]) -> None:
+def _check_prefixes_exist(prefixes: Sequence[str], flag: str) -> None:
     for prefix in prefixes:
         missing = [path for path in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(path)]
         if missing:
             raise DataConfigError(
-                f"dataset {prefix!r} is missing {', '.join(missing)}; create it with "
+                f"{flag}: dataset {prefix!r} is missing {', '.join(missing)}; create it with "
                 "tools/preprocess_data.py (or tools/prepare_default_corpus.py)"
             )
         problem = _index_problem(prefix)
         if problem is not None:
-            raise DataConfigError(f"dataset {prefix!r}: {problem}; recreate it with "
+            raise DataConfigError(f"{flag}: dataset {prefix!r}: {problem}; recreate it with "
                                   "tools/preprocess_data.py")
 
 

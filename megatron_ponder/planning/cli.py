@@ -7,34 +7,33 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from megatron_ponder.config import _opt
-from megatron_ponder.training.cli import add_dataclass_arguments, build_dataclass
+from megatron_ponder.flags import add_arguments, from_arguments, option
 
 
 @dataclass
 class PlanConfig:
     """What the planner needs besides the model: the run and the cluster."""
 
-    train_tokens: Optional[float] = _opt(None, "tokens to train on, e.g. 300e9")
-    gpus: Optional[int] = _opt(None, "number of GPUs")
-    gpu_type: Optional[str] = _opt(
+    train_tokens: Optional[float] = option(None, "tokens to train on, e.g. 300e9")
+    gpus: Optional[int] = option(None, "number of GPUs")
+    gpu_type: Optional[str] = option(
         "h100", "GPU from the table in megatron_ponder/planning/hardware.py (h100, h200, "
         "a100, a100-40gb, l40s, b200); its fields can be overridden below")
-    gpu_memory_gib: Optional[float] = _opt(None, "GPU memory in GiB (overrides the table)")
-    peak_tflops: Optional[float] = _opt(None, "dense bf16 peak TFLOP/s (overrides the table)")
-    memory_bandwidth_tbs: Optional[float] = _opt(
+    gpu_memory_gib: Optional[float] = option(None, "GPU memory in GiB (overrides the table)")
+    peak_tflops: Optional[float] = option(None, "dense bf16 peak TFLOP/s (overrides the table)")
+    memory_bandwidth_tbs: Optional[float] = option(
         None, "memory bandwidth in TB/s (overrides the table)")
-    mfu: float = _opt(0.4, "assumed model FLOPs utilisation (fraction of the bf16 peak), e.g. "
+    mfu: float = option(0.4, "assumed model FLOPs utilisation (fraction of the bf16 peak), e.g. "
                       "the MFU a short run at this layout logged")
-    memory_reserve_gib: float = _opt(
+    memory_reserve_gib: float = option(
         4.0, "per-GPU memory kept free for the CUDA context, communication buffers and "
         "allocator fragmentation")
-    plan_fp32: bool = _opt(False, "plan fp32 training (default: bf16 mixed precision)")
-    max_tensor_parallel: int = _opt(8, "largest tensor-parallel size to consider (one node)")
-    top: int = _opt(10, "fitting layouts to print")
-    validate: bool = _opt(False, "instead of planning: build small models on CPU and compare "
+    plan_fp32: bool = option(False, "plan fp32 training (default: bf16 mixed precision)")
+    max_tensor_parallel: int = option(8, "largest tensor-parallel size to consider (one node)")
+    top: int = option(10, "fitting layouts to print")
+    validate: bool = option(False, "instead of planning: build small models on CPU and compare "
                           "the activation estimate with the bytes saved for backward")
-    validate_cases: Tuple[str, ...] = _opt(
+    validate_cases: Tuple[str, ...] = option(
         (), "with --validate: only these cases (names as printed; default: all)")
 
 
@@ -49,7 +48,7 @@ def build_parser():
     parser.description = ("Plan a PonderLM-2 run: FLOPs per token, per-GPU memory of candidate "
                           "layouts, the layouts that fit ranked by estimated step time, wall "
                           "time and GPU-hours. Takes pretrain_ponder.py's model flags.")
-    add_dataclass_arguments(parser, PlanConfig, "planning")
+    add_arguments(parser, PlanConfig, "planning")
     return parser
 
 
@@ -58,7 +57,8 @@ def request_from_args(args, plan: PlanConfig):
     from megatron_ponder.planning.planner import PlanRequest
     from megatron_ponder.training.arguments import config_from_args
 
-    if not (args.data_path or args.train_data_path or args.mock_data):
+    if not any(getattr(args, name, None) for name in ("data_path", "train_data_path",
+                                                       "mock_data")):
         args.mock_data = True  # planning reads no data
     config = config_from_args(args)
     if plan.train_tokens is None or plan.gpus is None:
@@ -80,7 +80,7 @@ def request_from_args(args, plan: PlanConfig):
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    plan = build_dataclass(PlanConfig, args)
+    plan = from_arguments(PlanConfig, args)
     if plan.validate:
         from megatron_ponder.planning.validation import select_cases, validate
 

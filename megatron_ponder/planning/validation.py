@@ -136,11 +136,11 @@ def measure_rank(flags: List[str], world_size: int) -> Tuple[int, int, int, int]
     from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args
     from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import validate_config
+    from megatron_ponder.training.validation import resolve_config
 
     torch.set_num_threads(1)
     config = parse_args(flags)
-    validate_config(config, world_size)
+    config = resolve_config(config, world_size)
     mcore.init(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config)

@@ -15,14 +15,10 @@ def arm_config(flags: List[str]) -> PretrainConfig:
     (--make-vocab-size-divisible-by at TP=1)."""
     from dataclasses import replace
 
-    from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
+    from megatron_ponder.training.validation import padded_vocab_size
 
     config = parse_args(list(flags))
-    tokenizer = build_tokenizer(TokenizerSpec.from_flags(config.tokenizer))
-    vocab = tokenizer.padded_vocab_size(
-        tensor_model_parallel_size=1,
-        make_vocab_size_divisible_by=config.tokenizer.make_vocab_size_divisible_by)
-    config.model = replace(config.model, vocab_size=vocab)
+    config.model = replace(config.model, vocab_size=padded_vocab_size(config.tokenizer, 1))
     return config
 
 

@@ -56,11 +56,11 @@ def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]
     from megatron_ponder.training.arguments import parse_args
     from megatron_ponder.training.flops import device_peak_tflops, step_flops
     from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import validate_config
+    from megatron_ponder.training.validation import resolve_config
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
     config = parse_args(flags)
-    validate_config(config, 1)
+    config = resolve_config(config, 1)
     mcore.init(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config)

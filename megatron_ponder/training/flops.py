@@ -112,3 +112,11 @@ def parameter_count(model: ModelConfig, ponder: Optional[PonderConfig] = None) -
     if ponder is not None and ponder.ponder_method == "pause" and ponder.thoughts:
         total += h
     return total
+
+
+def training_flops_per_token(model: ModelConfig, ponder: PonderConfig, seq_length: int) -> float:
+    """Training FLOPs (forward and backward of every pass) per token, averaged over the J that
+    --random-jacobi-iterations draws from (else the fixed J)."""
+    choices = ponder.random_jacobi_iterations or (ponder.jacobi_iterations,)
+    return sum(step_flops(model, ponder, seq_length, 1, [jacobi])
+               for jacobi in choices) / len(choices) / seq_length

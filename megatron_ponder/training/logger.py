@@ -16,6 +16,15 @@ def _timestamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def format_duration(seconds: float) -> str:
+    """``1d 02:03:04`` / ``02:03:04``: the time left at the last interval's pace."""
+    seconds = max(0, int(round(seconds)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {text}" if days else text
+
+
 def memory_megabytes() -> float:
     """Peak GPU memory allocated by torch, or this process's resident set size on CPU."""
     if torch.cuda.is_available():
@@ -133,6 +142,7 @@ class TrainingLogger:
                 f"consumed samples: {consumed_samples:12d}",
                 f"consumed tokens: {consumed_samples * self.seq_length:14d}",
                 f"elapsed time per iteration (ms): {seconds * 1000:.1f}",
+                f"ETA: {format_duration(seconds * (self.train_iters - iteration))}",
                 f"throughput per GPU (TFLOP/s/GPU): {tflops:.3f}",
                 f"tokens per second per GPU: {tokens_per_second / self.world_size:.1f}",
             ]

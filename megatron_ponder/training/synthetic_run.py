@@ -1,21 +1,33 @@
-"""For the measurement tools (tools/measure_*.py): pretrain_ponder.py flags for a short run on
-megatron-core's synthetic data (--mock-data), sized by the tool's own --arch/--num-layers/...
-arguments, which ``add_model_arguments`` defines."""
+"""Shared by the measurement tools: pretrain_ponder.py flags for a short run on megatron-core's
+synthetic data (--mock-data), sized by the tool's own --arch/--num-layers/... flags, which
+``add_synthetic_run_arguments`` makes from ``SyntheticRun``."""
+
+import dataclasses
+from dataclasses import dataclass
+
+from megatron_ponder.config import ARCHITECTURES
+from megatron_ponder.flags import add_arguments, field_default, option
 
 
-def add_model_arguments(parser, seq_length: int, micro_batches: int, jacobi_iterations: int):
-    """The tool arguments ``synthetic_run_flags`` reads (defaults that differ per tool given)."""
-    parser.add_argument("--arch", default="llama", choices=("llama", "gpt_neox"))
-    parser.add_argument("--num-layers", type=int, default=8)
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--num-attention-heads", type=int, default=8)
-    parser.add_argument("--seq-length", type=int, default=seq_length)
-    parser.add_argument("--micro-batch-size", type=int, default=4)
-    parser.add_argument("--micro-batches", type=int, default=micro_batches,
-                        help="micro-batches per step")
-    parser.add_argument("--num-latent-thoughts", type=int, default=1, help="K")
-    parser.add_argument("--jacobi-iterations", type=int, default=jacobi_iterations,
-                        help="J (fixed: V = K + J + 1 passes)")
+@dataclass
+class SyntheticRun:
+    """The model and batch of a measurement run."""
+
+    arch: str = option("llama", "model architecture", choices=ARCHITECTURES)
+    num_layers: int = option(8, "decoder layers")
+    hidden_size: int = option(256, "hidden size H")
+    num_attention_heads: int = option(8, "attention heads")
+    seq_length: int = option(128, "tokens per sample")
+    micro_batch_size: int = option(4, "samples per micro-batch")
+    micro_batches: int = option(8, "micro-batches per step")
+    num_latent_thoughts: int = option(1, "K")
+    jacobi_iterations: int = option(2, "J (fixed: V = K + J + 1 passes)")
+
+
+def add_synthetic_run_arguments(parser, **defaults):
+    """``SyntheticRun``'s flags, every value in the namespace (``defaults``: the tool's own)."""
+    every = {field.name: field_default(field) for field in dataclasses.fields(SyntheticRun)}
+    add_arguments(parser, SyntheticRun, "model and batch", defaults=dict(every, **defaults))
 
 
 def synthetic_run_flags(args, train_iters: int, tensor_parallel: int = 1,

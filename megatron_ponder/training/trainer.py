@@ -10,7 +10,7 @@
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
@@ -24,15 +24,16 @@ from megatron_ponder.data.iterators import build_iterators
 from megatron_ponder.devices import default_device
 from megatron_ponder.errors import FatalRunError
 from megatron_ponder.model.build import build_model
-from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
+from megatron_ponder.tokenizer import build_tokenizer
 from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_ponder.training.config import PretrainConfig, TrainConfig
 from megatron_ponder.training.exit import ExitPolicy
-from megatron_ponder.training.flops import step_flops
+from megatron_ponder.training.flops import parameter_count, step_flops, \
+    training_flops_per_token
 from megatron_ponder.training.logger import TrainingLogger, WandbSettings
 from megatron_ponder.training.profiling import StepProfiler
 from megatron_ponder.training.step import PonderForwardStep, reduce_reported_loss
-from megatron_ponder.training.validation import validate_config
+from megatron_ponder.training.validation import batch_size_calculator, resolve_config
 
 
 @dataclass
@@ -70,6 +71,12 @@ def print_rank_0(message: str) -> None:
         print(message, flush=True)
 
 
+def _print_once(message: str) -> None:
+    """Before the process group exists: print on the first rank of the torchrun world only."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, flush=True)
+
+
 class Trainer:
     """Owns the objects of one run; ``pretrain`` below is the entry point."""
 
@@ -79,13 +86,11 @@ class Trainer:
         self.config = config
         self.start_time = time.time() if start_time is None else start_time
         train = config.train
-        self.tokenizer = build_tokenizer(TokenizerSpec.from_flags(config.tokenizer))
-        vocab = self.tokenizer.padded_vocab_size(
-            tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
-            make_vocab_size_divisible_by=config.tokenizer.make_vocab_size_divisible_by)
-        config.model = replace(config.model, vocab_size=vocab)
+        self.tokenizer = build_tokenizer(config.tokenizer.spec())
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.num_microbatches = train.global_batch_size // (train.micro_batch_size * self.dp_size)
+        self.batch_sizes = batch_size_calculator(train, self.dp_size, dist.get_rank())
+        self.current_global_batch_size = train.global_batch_size
         self.model = self._build_model()
         self.pipeline = None
         if config.parallel.pipeline_model_parallel_size > 1:
@@ -121,13 +126,15 @@ class Trainer:
             DistributedDataParallelConfig, finalize_model_grads
 
         cfg = self.config
+        overrides = dict(calculate_per_token_loss=True, **recompute_overrides(cfg.train))
         module = build_model(cfg.model, cfg.ponder, cfg.parallel, seed=cfg.train.seed,
-                             calculate_per_token_loss=True,
-                             **recompute_overrides(cfg.train)).to(default_device())
+                             **overrides).to(default_device())
         transformer_config = module.config
+        on_gpu, performance = torch.cuda.is_available(), cfg.performance
         ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
-            overlap_grad_reduce=torch.cuda.is_available() and _grad_reduce_can_overlap(cfg),
+            grad_reduce_in_fp32=not (on_gpu and performance.grad_reduce_in_bf16),
+            overlap_grad_reduce=on_gpu and _grad_reduce_can_overlap(cfg),
+            overlap_param_gather=on_gpu and performance.overlap_param_gather,
             use_distributed_optimizer=cfg.train.use_distributed_optimizer,
             average_in_collective=False,
         )
@@ -155,7 +162,7 @@ class Trainer:
         self.model.config.grad_scale_func = optimizer.scale_loss
         # The schedule counts iterations, or samples with --train-samples (as in Megatron-LM).
         if cfg.train.train_samples is not None:
-            self.scheduler_increment = cfg.train.global_batch_size
+            self.scheduler_increment = cfg.train.global_batch_size  # each step's, with ramp-up
             decay = optim.lr_decay_samples or cfg.train.train_samples
             warmup = optim.lr_warmup_samples
         else:
@@ -382,12 +389,24 @@ class Trainer:
                 self.result.exit_reason = exit_reason
                 return
 
+    def _set_batch_size(self) -> None:
+        """With --rampup-batch-size: this step's global batch and micro-batch count."""
+        if self.batch_sizes is None:
+            return
+        self.batch_sizes.update(self.consumed_samples, consistency_check=True)
+        self.num_microbatches = self.batch_sizes.get()
+        self.current_global_batch_size = self.batch_sizes.get_current_global_batch_size()
+        self.logger.global_batch_size = self.current_global_batch_size
+        if self.config.train.train_samples is not None:
+            self.scheduler_increment = self.current_global_batch_size
+
     def _run_step(self, step: int, train_iter) -> bool:
         """One training iteration with its bookkeeping and log line. True when it completed
         --max-consecutive-nan-steps bad steps in a row and --rollback-on-nan is to handle
         that; without the option a NumericalFaultError stops the run instead."""
         cfg = self.config
         train, log_config = cfg.train, cfg.logging
+        self._set_batch_size()
         self.profiler.step_begin(step)
         start = time.time()
         with self.profiler.label(step):
@@ -402,7 +421,7 @@ class Trainer:
         loss_scale = float(self.optimizer.get_loss_scale())
         self.result.loss_scales.append(loss_scale)
         self.iteration += 1
-        self.consumed_samples += train.global_batch_size
+        self.consumed_samples += self.current_global_batch_size
         non_finite = self.non_finite
         self.consecutive_nan = self.consecutive_nan + 1 if non_finite else 0
         if non_finite:
@@ -436,10 +455,11 @@ class Trainer:
     def _skip_data(self, train_iter) -> None:
         """An iteration whose data a rollback skips: its micro-batches are read and dropped
         (every rank reads the same number), no forward, no optimizer or learning-rate step."""
+        self._set_batch_size()
         for _ in range(self.num_microbatches):
             next(train_iter)
         self.iteration += 1
-        self.consumed_samples += self.config.train.global_batch_size
+        self.consumed_samples += self.current_global_batch_size
         self.result.data_skipped.append(self.iteration)
         print_rank_0(f"iteration {self.iteration}: data skipped (--rollback-on-nan)")
         self.logger.maybe_log(self.iteration, self.consumed_samples,
@@ -549,11 +569,42 @@ def _is_logging_rank() -> bool:
             and parallel_state.get_data_parallel_rank() == 0)
 
 
+def run_summary(config: PretrainConfig, world_size: int) -> str:
+    """What the run will do, in a few lines: printed once at the start."""
+    model, ponder, train, parallel = config.model, config.ponder, config.train, config.parallel
+    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
+    dp = world_size // (tp * pp)
+    jacobi = (f"drawn from {list(ponder.random_jacobi_iterations)} per micro-batch"
+              if ponder.random_jacobi_iterations else str(ponder.jacobi_iterations))
+    seq = config.data.seq_length
+    tokens = train.train_iters * train.global_batch_size * seq
+    flops = training_flops_per_token(model, ponder, seq)
+    lines = [
+        f"model: {model.arch}, {parameter_count(model, ponder) / 1e6:.2f}M parameters, "
+        f"{model.num_layers} layers, hidden {model.hidden_size}, vocabulary {model.vocab_size}",
+        f"method: {ponder.ponder_method}, K = {ponder.thoughts} latent thoughts, J = {jacobi}; "
+        f"training FLOPs per token over all passes: {flops:.3e}",
+        f"layout: {world_size} processes = TP {tp} x PP {pp} x DP {dp}"
+        f"{', sequence parallel' if parallel.sequence_parallel else ''}; micro-batch "
+        f"{train.micro_batch_size}, global batch {train.global_batch_size} "
+        f"({train.global_batch_size // (train.micro_batch_size * dp)} micro-batches per rank)"
+        + (" after a ramp-up from {} by {} over {} samples".format(*train.rampup_batch_size)
+           if train.rampup_batch_size else ""),
+        f"plan: {train.train_iters} iterations x {train.global_batch_size} samples x {seq} "
+        f"tokens = {tokens:,} tokens{' at most' if train.rampup_batch_size else ''}, "
+        f"{flops * tokens:.3e} training FLOPs",
+    ]
+    return "\n".join(lines)
+
+
 def pretrain(config: PretrainConfig) -> TrainingResult:
     """Run a whole pretraining job (in every process of the torchrun world)."""
     # Before any process group or model exists: a bad flag costs nothing.
     start_time = time.time()  # --exit-duration-in-mins counts from here, as in Megatron-LM
-    validate_config(config, int(os.environ.get("WORLD_SIZE", "1")))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    config = resolve_config(config, world_size,
+                            note=lambda message: _print_once(f"note: {message}"))
+    _print_once(run_summary(config, world_size))
     mcore.init(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config, start_time=start_time)

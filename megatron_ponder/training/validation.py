@@ -1,22 +1,84 @@
-"""Reject inconsistent run configurations before any work starts, saying what to change."""
+"""Resolve a run's configuration before any work starts: every inconsistency is rejected,
+saying what to change, and every derived value is filled in one place.
 
+``resolve_config`` returns a frozen copy: nothing later changes it. What it derives is
+documented with the flags (global batch size, --train-iters from --train-samples, --min-lr,
+the padded vocabulary); the one setting it changes that a user gave, --sequence-parallel at
+tensor-parallel size 1, it states through ``note`` (Megatron-LM turns it off there too).
+"""
+
+import copy
 import importlib.util
+import os
 import warnings
+from typing import Callable, Optional
 
 import torch
 
+from megatron_ponder.checkpoint.layout import checkpoint_dir, saved_iterations
 from megatron_ponder.data.config import DataConfigError
 from megatron_ponder.data.datasets import check_data_files
+from megatron_ponder.flags import freeze
 from megatron_ponder.tokenizer import NULL_TOKENIZER, TIKTOKENIZER, TokenizerError, \
-    TokenizerSpec, check_tokenizer_flags
-from megatron_ponder.training.config import PretrainConfig
+    build_tokenizer, check_tokenizer_flags
+from megatron_ponder.training.config import PretrainConfig, TokenizerConfig
 
 
 class ConfigError(ValueError):
     """An inconsistent combination of flags; the message names the flags to change."""
 
 
-def _resolve_length(config: PretrainConfig, need) -> None:
+def batch_size_calculator(train, data_parallel_size: int, rank: int = 0):
+    """megatron-core's number-of-micro-batches calculator for --rampup-batch-size (None without
+    it): ``update(consumed_samples, ...)`` then ``get()`` / ``get_current_global_batch_size()``."""
+    if not train.rampup_batch_size:
+        return None
+    from megatron.core.num_microbatches_calculator import \
+        RampupBatchsizeNumMicroBatchesCalculator
+
+    start, increment, samples = train.rampup_batch_size
+    return RampupBatchsizeNumMicroBatchesCalculator(
+        train.global_batch_size, train.micro_batch_size, data_parallel_size,
+        decrease_batch_size_if_needed=False, rank=rank, start_global_batch_size=start,
+        batch_size_increment=increment, ramup_samples=samples)
+
+
+def _check_rampup(train, dp: int, pp: int, need) -> bool:
+    """Whether --rampup-batch-size is well formed for this layout (else reported)."""
+    ramp = train.rampup_batch_size
+    if not ramp:
+        return True
+    if len(ramp) != 3:
+        need(False, f"--rampup-batch-size takes three numbers, START INCREMENT SAMPLES; got "
+             f"{' '.join(map(str, ramp))}")
+        return False
+    start, increment, samples = ramp
+    unit = train.micro_batch_size * dp
+    ok = (0 < start < train.global_batch_size and increment > 0 and samples >= 0
+          and (train.global_batch_size - start) % increment == 0
+          and start % unit == 0 and increment % unit == 0)
+    need(ok, f"--rampup-batch-size {start} {increment} {samples}: START must be below "
+         f"--global-batch-size {train.global_batch_size}, which START + n x INCREMENT must "
+         f"reach, and START and INCREMENT must be multiples of --micro-batch-size x "
+         f"data-parallel size = {unit}")
+    need(pp == 1, "--rampup-batch-size is not supported with --pipeline-model-parallel-size "
+         "> 1 yet")
+    return ok
+
+
+def _ramped_iterations(train, dp: int) -> int:
+    """Steps until --train-samples samples are consumed, the global batch ramping up."""
+    calculator = batch_size_calculator(train, dp)
+    consumed = iterations = 0
+    while consumed < train.train_samples:
+        calculator.update(consumed, consistency_check=False)
+        consumed += calculator.get_current_global_batch_size()
+        iterations += 1
+    return iterations
+
+
+def _resolve_length(config: PretrainConfig, need, dp: int = 1,
+                    ramp_ok: bool = False) -> None:
     """--train-iters or --train-samples (Megatron-LM's two ways to say how long), and the
     schedule flags that go with each; sets ``train_iters``."""
     train, optim = config.train, config.optim
@@ -28,7 +90,10 @@ def _resolve_length(config: PretrainConfig, need) -> None:
         need(train.train_samples >= train.global_batch_size,
              f"--train-samples {train.train_samples} is less than one global batch "
              f"({train.global_batch_size})")
-        train.train_iters = train.train_samples // train.global_batch_size
+        if train.rampup_batch_size and ramp_ok:
+            train.train_iters = _ramped_iterations(train, dp)
+        else:
+            train.train_iters = train.train_samples // train.global_batch_size
     else:
         need(optim.lr_decay_samples is None and not optim.lr_warmup_samples,
              "--lr-decay-samples / --lr-warmup-samples need --train-samples")
@@ -37,9 +102,50 @@ def _resolve_length(config: PretrainConfig, need) -> None:
     need(train.train_iters >= 1, "--train-iters must be >= 1")
 
 
-def validate_config(config: PretrainConfig, world_size: int) -> None:
-    """Checks that need the whole config (each dataclass already checked its own fields).
-    Fills derived defaults (global batch size, min lr) in place."""
+def _note_performance_flags(config: PretrainConfig, note) -> None:
+    """One note for the GPU performance flags that will have no effect."""
+    requested = config.performance.requested()
+    if not torch.cuda.is_available():
+        if requested:
+            note(f"GPU performance flags have no effect on CPU: {', '.join(requested)}")
+        return
+    idle = [flag for flag in requested if flag not in (
+        "--overlap-grad-reduce", "--overlap-param-gather", "--grad-reduce-in-bf16")]
+    if idle:
+        note(f"no effect with this project's layer spec (megatron-core's local layers, unfused "
+             f"loss): {', '.join(idle)}")
+
+
+def _checkpoint_problem(root: str, step: Optional[int]) -> Optional[str]:
+    """What is wrong with --load / --ckpt-step that shows without reading the checkpoint (its
+    contents are verified when it is loaded; a damaged tracker falls back then), else None."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        return f"--load {root} is a file, not a checkpoint directory"
+    path = checkpoint_dir(root, step) if step is not None else None
+    if path is not None and not os.path.isdir(path):
+        saved = ", ".join(f"iter_{i:07d}" for i in sorted(saved_iterations(root))) or "none"
+        return f"--ckpt-step {step}: no checkpoint for iteration {step} ({path}); {root} holds: " \
+            f"{saved}"
+    return None
+
+
+def padded_vocab_size(tokenizer: TokenizerConfig, tensor_model_parallel_size: int) -> int:
+    """Rows of the embedding and output layers: the tokenizer's vocabulary padded to a multiple
+    of --make-vocab-size-divisible-by x the tensor-parallel size (builds the tokenizer)."""
+    return build_tokenizer(tokenizer.spec()).padded_vocab_size(
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        make_vocab_size_divisible_by=tokenizer.make_vocab_size_divisible_by)
+
+
+def resolve_config(config: PretrainConfig, world_size: int,
+                   note: Optional[Callable[[str], None]] = None) -> PretrainConfig:
+    """The run's configuration resolved for ``world_size`` processes and frozen; ``config``
+    itself is left as it is. Checks what needs the whole config (each dataclass already
+    checked its own fields) and reads dataset headers and the tokenizer, so that missing
+    files show up before any process group or model exists. A ConfigError lists every
+    problem, on one line. ``note`` (default: a warning) hears each setting that was changed."""
+    config = copy.deepcopy(config)
+    note = note or (lambda message: warnings.warn(message, stacklevel=3))
     model, parallel, train = config.model, config.parallel, config.train
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
     errors = []
@@ -89,8 +195,8 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
          f"--ffn-hidden-size {model.ffn_hidden_size} is not divisible by "
          f"--tensor-model-parallel-size {tp}")
     if parallel.sequence_parallel and tp == 1:
-        warnings.warn("--sequence-parallel has no effect with tensor parallel size 1; "
-                      "turning it off (as Megatron-LM does)")
+        note("--sequence-parallel has no effect with --tensor-model-parallel-size 1: running "
+             "without it (as Megatron-LM does)")
         parallel.sequence_parallel = False
     if parallel.sequence_parallel:
         need(config.data.seq_length % tp == 0,
@@ -108,12 +214,13 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
             need(not used, f"{flag} is not supported with --pipeline-model-parallel-size > 1 "
                  f"yet; use tensor and data parallelism")
     if ponder.ponder_warmup_iters and ponder.thoughts == 0:
-        warnings.warn("--ponder-warmup-iters has no effect with K = 0")
+        note("--ponder-warmup-iters has no effect with K = 0")
 
     need(train.micro_batch_size >= 1, "--micro-batch-size must be >= 1")
     if train.global_batch_size is None:
         train.global_batch_size = train.micro_batch_size * dp
-    _resolve_length(config, need)
+    ramp_ok = _check_rampup(train, dp, pp, need)
+    _resolve_length(config, need, dp, ramp_ok)
     need(train.global_batch_size % (train.micro_batch_size * dp) == 0,
          f"--global-batch-size {train.global_batch_size} is not divisible by --micro-batch-size "
          f"x data-parallel size = {train.micro_batch_size} x {dp}; pick a multiple of "
@@ -178,17 +285,30 @@ def validate_config(config: PretrainConfig, world_size: int) -> None:
 
     tokenizer = config.tokenizer
     try:  # flag combinations and missing files; loading waits for the trainer
-        check_tokenizer_flags(TokenizerSpec.from_flags(tokenizer))
+        check_tokenizer_flags(tokenizer.spec())
     except TokenizerError as error:
         errors.append(str(error))
     if tokenizer.vocab_size is not None and tokenizer.tokenizer_type not in (
             NULL_TOKENIZER, TIKTOKENIZER):
         errors.append("--vocab-size only applies to --tokenizer-type NullTokenizer and "
                       "TikTokenizer")
-    if not errors:
-        try:  # missing or inconsistent dataset files, before any process starts
+    _note_performance_flags(config, note)
+    need(not config.performance.overlap_param_gather or train.use_distributed_optimizer,
+         "--overlap-param-gather needs --use-distributed-optimizer")
+    if not errors:  # missing or inconsistent dataset files, before any process starts
+        try:
             check_data_files(config.data)
         except DataConfigError as error:
             errors.append(str(error))
+    if not errors and ckpt.load:
+        problem = _checkpoint_problem(ckpt.load, ckpt.ckpt_step)
+        if problem:
+            errors.append(problem)
+    if not errors:
+        try:
+            model.vocab_size = padded_vocab_size(tokenizer, tp)
+        except (TokenizerError, OSError) as error:
+            errors.append(f"tokenizer: {error}")
     if errors:  # one line, however many problems: it is what pretrain_ponder.py prints
         raise ConfigError("invalid configuration: " + "; ".join(errors))
+    return freeze(config)

@@ -8,10 +8,9 @@ import torch
 from megatron_ponder.data import (
     DataConfig,
     PretrainingSampler,
-    add_data_arguments,
     build_iterators,
-    data_config_from_args,
 )
+from megatron_ponder.flags import add_arguments, from_arguments
 
 
 def _take(sampler, count):
@@ -91,13 +90,13 @@ def test_build_iterators_yields_batched_dicts():
 
 
 def test_data_flags_parse_into_a_data_config():
-    parser = add_data_arguments(argparse.ArgumentParser())
-    parser.add_argument("--seq-length", type=int)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, DataConfig)
     args = parser.parse_args(["--data-path", "40", "a", "60", "b", "--split", "98,2,0",
                               "--seq-length", "512", "--eod-mask-loss", "--num-workers", "0",
                               "--no-mmap-bin-files"])
-    config = data_config_from_args(args)
-    assert config.data_path == ["40", "a", "60", "b"]
+    config = from_arguments(DataConfig, args)
+    assert config.data_path == ("40", "a", "60", "b")
     assert (config.split, config.seq_length, config.seed) == ("98,2,0", 512, 1234)
     assert config.eod_mask_loss and not config.mmap_bin_files and config.num_workers == 0
     assert not config.create_attention_mask

@@ -116,10 +116,10 @@ def run_case(flags: List[str], steps: int) -> dict:
     from megatron_ponder.training.arguments import parse_args
     from megatron_ponder.training.step import reduce_reported_loss
     from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import validate_config
+    from megatron_ponder.training.validation import resolve_config
 
     config = parse_args(flags)
-    validate_config(config, int(os.environ.get("WORLD_SIZE", "1")))
+    config = resolve_config(config, int(os.environ.get("WORLD_SIZE", "1")))
     mcore.init(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config)

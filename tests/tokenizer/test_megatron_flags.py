@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from megatron_ponder.tokenizer import HuggingFaceTokenizer, MegatronCoreTokenizer, \
-    TokenizerError, TokenizerSpec, build_tokenizer
+    TokenizerSpec, build_tokenizer
 from megatron_ponder.training.arguments import parse_args
-from megatron_ponder.training.validation import ConfigError, validate_config
+from megatron_ponder.training.validation import ConfigError, resolve_config
 from tests.tools.conftest import REPO_ROOT, load_tool
 
 from .assets import GPT2_MERGES, TIKTOKEN_MERGES, write_gpt2_files, write_hugging_face_folder, \
@@ -73,8 +73,7 @@ def _flags(flags, assets):
 
 def _training_tokenizer(flags):
     """What pretrain_ponder.py builds: parsed and validated flags -> tokenizer."""
-    config = parse_args(["--mock-data"] + flags)
-    validate_config(config, 1)
+    config = resolve_config(parse_args(["--mock-data"] + flags), 1)
     return build_tokenizer(TokenizerSpec.from_flags(config.tokenizer))
 
 
@@ -149,7 +148,7 @@ def test_bad_flags_are_one_line_in_training_and_preprocessing(flag_templates, me
     flags = [flag.format(**values) for flag in flag_templates]
     message = message.format(**values)
     with pytest.raises(ConfigError) as raised:
-        validate_config(parse_args(["--mock-data"] + flags), 1)
+        resolve_config(parse_args(["--mock-data"] + flags), 1)
     assert message in str(raised.value) and "\n" not in str(raised.value)
 
     (tmp_path / "in.jsonl").write_text('{"text": "x"}\n')
@@ -162,13 +161,15 @@ def test_bad_flags_are_one_line_in_training_and_preprocessing(flag_templates, me
 
 def test_a_file_that_does_not_load_is_one_line(assets, preprocess_tool, tmp_path, capsys):
     """Flags that pass the checks but a vocabulary smaller than --vocab-size says (here the
-    default 131072): the load fails with one line naming the file."""
+    default 131072): the load fails with one line naming the file, in training already while
+    the configuration is resolved (before any process group or model)."""
     flags = ["--tokenizer-type", "TikTokenizer", "--tokenizer-model", assets["tiktoken"]]
-    with pytest.raises(TokenizerError) as raised:
+    with pytest.raises(ConfigError) as raised:
         _training_tokenizer(flags)
-    message = str(raised.value)
+    prefix = "invalid configuration: tokenizer: "
+    assert str(raised.value).startswith(prefix) and "\n" not in str(raised.value)
+    message = str(raised.value)[len(prefix):]
     assert message.startswith(f"cannot load TikTokenizer from {assets['tiktoken']}: ")
-    assert "\n" not in message
 
     (tmp_path / "in.jsonl").write_text('{"text": "x"}\n')
     status = preprocess_tool.main(["--input", str(tmp_path / "in.jsonl"), "--output-prefix",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron_ponder.training.arguments import parse_args
-from megatron_ponder.training.validation import ConfigError, validate_config
+from megatron_ponder.training.validation import ConfigError, resolve_config
 
 MOCK = ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "100"]
 
@@ -146,23 +146,20 @@ def _config(*flags):
 ])
 def test_validation_errors_say_what_to_change(flags, world, message):
     with pytest.raises(ConfigError, match=message.replace("-", r"\-")):
-        validate_config(_config(*flags), world)
+        resolve_config(_config(*flags), world)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the nsys capture range works")
 def test_nsys_profiling_without_cuda_asks_for_the_torch_profiler():
     with pytest.raises(ConfigError, match="add --use-pytorch-profiler"):
-        validate_config(_config("--profile"), 1)
+        resolve_config(_config("--profile"), 1)
 
 
 def test_train_samples_set_the_number_of_steps():
-    config = _config("--train-samples", "100", "--micro-batch-size", "2",
-                     "--global-batch-size", "8")
-    validate_config(config, 2)
+    config = resolve_config(_config("--train-samples", "100", "--micro-batch-size", "2",
+                                    "--global-batch-size", "8"), 2)
     assert config.train.train_iters == 12  # whole global batches only, as in Megatron-LM
-    default = _config()
-    validate_config(default, 1)
-    assert default.train.train_iters == 100
+    assert resolve_config(_config(), 1).train.train_iters == 100
 
 
 def test_recompute_flags_reach_the_transformer_config():
@@ -186,12 +183,12 @@ def test_recompute_flags_reach_the_transformer_config():
       "--global-batch-size", "8"], 4),
 ])
 def test_valid_pipeline_layouts_pass(flags, world):
-    validate_config(_config(*flags), world)
+    resolve_config(_config(*flags), world)
 
 
 def test_every_layout_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as error:
-        validate_config(_config("--pipeline-model-parallel-size", "3",
+        resolve_config(_config("--pipeline-model-parallel-size", "3",
                                 "--tensor-model-parallel-size", "8",
                                 "--global-batch-size", "4", "--micro-batch-size", "4"), 24)
     message = str(error.value)
@@ -203,26 +200,66 @@ def test_every_layout_problem_is_reported_at_once():
 
 def test_rollback_on_nan_needs_save_and_a_nan_limit():
     with pytest.raises(ConfigError, match="--rollback-on-nan needs --save DIR"):
-        validate_config(_config("--rollback-on-nan"), 1)
+        resolve_config(_config("--rollback-on-nan"), 1)
     with pytest.raises(ConfigError, match="--max-consecutive-nan-steps >= 1"):
-        validate_config(_config("--rollback-on-nan", "--save", "ckpt",
+        resolve_config(_config("--rollback-on-nan", "--save", "ckpt",
                                 "--max-consecutive-nan-steps", "0"), 1)
-    validate_config(_config("--rollback-on-nan", "--save", "ckpt"), 1)
+    resolve_config(_config("--rollback-on-nan", "--save", "ckpt"), 1)
 
 
 def test_null_tokenizer_needs_vocab_size():
     config = _config()
     config.tokenizer = dataclasses.replace(config.tokenizer, vocab_size=None)
     with pytest.raises(ConfigError, match="NullTokenizer needs --vocab-size"):
-        validate_config(config, 1)
+        resolve_config(config, 1)
 
 
 def test_derived_defaults():
-    config = _config("--micro-batch-size", "2", "--lr", "2e-3")
-    validate_config(config, 4)
+    config = resolve_config(_config("--micro-batch-size", "2", "--lr", "2e-3"), 4)
     assert config.train.global_batch_size == 8
     assert config.optim.min_lr == pytest.approx(2e-4)
-    config = _config("--sequence-parallel")
-    with pytest.warns(UserWarning, match="no effect"):
-        validate_config(config, 1)
+    assert config.model.vocab_size == 128  # NullTokenizer's 100 ids + EOD, padded
+
+
+def test_resolved_config_is_a_frozen_copy():
+    given = _config("--micro-batch-size", "2")
+    resolved = resolve_config(given, 1)
+    assert given.train.global_batch_size is None  # the input is left as it was
+    with pytest.raises(dataclasses.FrozenInstanceError, match="resolved and frozen"):
+        resolved.model.vocab_size = 7
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        resolved.train = given.train
+    changed = dataclasses.replace(resolved.train, micro_batch_size=4)  # copies stay possible
+    assert changed.micro_batch_size == 4 and resolved.train.micro_batch_size == 2
+
+
+def test_sequence_parallel_at_tp1_is_a_stated_resolution():
+    notes = []
+    config = resolve_config(_config("--sequence-parallel"), 1, note=notes.append)
     assert not config.parallel.sequence_parallel
+    assert len(notes) == 1 and "--sequence-parallel has no effect" in notes[0]
+    with pytest.warns(UserWarning, match="no effect"):  # without a listener: a warning
+        resolve_config(_config("--sequence-parallel"), 1)
+
+
+def test_run_summary_states_what_will_run():
+    from megatron_ponder.training.flops import step_flops
+    from megatron_ponder.training.trainer import run_summary
+
+    config = resolve_config(_config("--num-latent-thoughts", "2", "--jacobi-iterations", "3",
+                                    "--micro-batch-size", "2", "--global-batch-size", "8",
+                                    "--train-iters", "5", "--tensor-model-parallel-size", "2"), 4)
+    summary = run_summary(config, 4)
+    per_token = step_flops(config.model, config.ponder, 32, 1, [3]) / 32
+    assert f"training FLOPs per token over all passes: {per_token:.3e}" in summary
+    assert "K = 2 latent thoughts, J = 3" in summary
+    assert "4 processes = TP 2 x PP 1 x DP 2" in summary and "(2 micro-batches per rank)" in summary
+    assert "5 iterations x 8 samples x 32 tokens = 1,280 tokens" in summary
+    assert len(summary.splitlines()) == 4
+
+
+def test_eta_format():
+    from megatron_ponder.training.logger import format_duration
+
+    assert format_duration(59.6) == "00:01:00"
+    assert format_duration(3 * 86400 + 3723) == "3d 01:02:03"

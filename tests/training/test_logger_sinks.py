@@ -12,7 +12,7 @@ import pytest
 
 from megatron_ponder.training.arguments import parse_args
 from megatron_ponder.training.logger import TrainingLogger, WandbSettings
-from megatron_ponder.training.validation import ConfigError, validate_config
+from megatron_ponder.training.validation import ConfigError, resolve_config
 
 
 class FakeRun:
@@ -77,7 +77,7 @@ def test_wandb_flag_without_the_package_says_how_to_get_it():
                          "100", "--wandb-project", "ponder"])
     assert config.logging.wandb_project == "ponder"
     with pytest.raises(ConfigError, match="pip install wandb"):
-        validate_config(config, 1)
+        resolve_config(config, 1)
 
 
 def test_wandb_flags_become_settings_with_the_whole_config():

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import numpy
@@ -56,6 +56,7 @@ from megatron_ponder.data.preprocess.output import (
     token_dtype_for_vocab,
 )
 from megatron_ponder.data.preprocess.progress import ProgressReporter
+from megatron_ponder.flags import option
 from megatron_ponder.tokenizer import TokenizerError, TokenizerSpec, build_tokenizer
 
 _BATCHES_IN_FLIGHT_PER_WORKER = 4
@@ -69,52 +70,47 @@ class PreprocessError(Exception):
 
 @dataclass
 class PreprocessConfig:
-    """One run of ``tools/preprocess_data.py``; field names follow its flags."""
+    """One preprocessing run: text in, tokenized .bin/.idx datasets out (tools/preprocess_data.py
+    makes its flags from these fields)."""
 
-    inputs: Sequence[str]
-    """``--input``: JSONL (plain, .gz or .zst) or text files, globs or directories."""
-
-    output_prefix: str
-    """``--output-prefix``: outputs are ``<prefix>_<key>_document.bin/.idx``."""
-
-    json_keys: Sequence[str] = ("text",)
-    """``--json-keys``: one output dataset per key (JSONL only)."""
-
-    input_format: str = JSONL
-    """``--input-format``: ``jsonl`` or ``text``."""
-
-    text_document: str = TEXT_DOCUMENT_PER_FILE
-    """``--text-document``: with text input, one document per ``file`` or per blank-line
-    separated ``block``."""
-
-    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
-    """The tokenizer flags (``--tokenizer-type``, ``--tokenizer-model``, ...), as in training."""
-
-    append_eod: bool = False
-    """``--append-eod``: end every document with the tokenizer's EOD id."""
-
-    workers: int = 1
-    """``--workers``: tokenizing processes in all; 1 tokenizes in the reading process."""
-
-    partitions: int = 1
-    """``--partitions``: read and tokenize this many contiguous pieces of the input in parallel
-    (each with ``workers // partitions`` workers), then concatenate them."""
-
-    split_sentences: bool = False
-    """``--split-sentences``: store each sentence as a sequence of its document; outputs are
-    ``<prefix>_<key>_sentence.bin/.idx``."""
-
-    keep_newlines: bool = False
-    """``--keep-newlines``: with ``split_sentences``, keep the line breaks between sentences."""
-
-    log_interval: int = 100
-    """``--log-interval``: documents between progress reports."""
-
-    skip_invalid: bool = False
-    """``--skip-invalid``: skip and count invalid records instead of stopping."""
-
-    overwrite: bool = False
-    """``--overwrite``: replace existing outputs."""
+    inputs: Sequence[str] = option(
+        help="input files, globs (quote them; '**' recurses) or directories (their .jsonl/.json "
+        "files, plain, .gz or .zst, recursively; with --input-format text every file); read in "
+        "the order given, compressed files as a stream", flag="--input", metavar="PATH")
+    output_prefix: str = option(
+        help="writes <prefix>_<key>_document.bin and .idx (the directory must exist)")
+    json_keys: Sequence[str] = option(
+        ("text",), "keys of the JSON objects to tokenize, each into its own output dataset "
+        "(jsonl only)", metavar="KEY")
+    input_format: str = option(
+        JSONL, "jsonl: one JSON object per line; text: plain UTF-8 text (see --text-document)",
+        choices=INPUT_FORMATS)
+    text_document: str = option(
+        TEXT_DOCUMENT_PER_FILE, "with --input-format text: one document per file, or per block "
+        "of lines separated by blank lines", choices=TEXT_DOCUMENT_UNITS)
+    tokenizer: TokenizerSpec = option(
+        help="the tokenizer (its flags: --tokenizer-type, --tokenizer-model, ...)",
+        default_factory=TokenizerSpec, cli=False)
+    append_eod: bool = option(False, "append the end-of-document token to every document")
+    workers: int = option(
+        1, "tokenizing processes in all; 1 tokenizes in the reading process. The output is "
+        "identical for any value")
+    partitions: int = option(
+        1, "cut the input into N contiguous pieces (whole files, or line ranges of plain files) "
+        "read and tokenized in parallel, each with --workers/N workers, then concatenated; the "
+        "output is the same for any N")
+    split_sentences: bool = option(
+        False, "split each document into sentences (a built-in rule-based splitter), stored as "
+        "the document's sequences; outputs are <prefix>_<key>_sentence.bin/.idx")
+    keep_newlines: bool = option(
+        False, "with --split-sentences: keep the line breaks between sentences (otherwise the "
+        "whitespace between sentences is dropped)")
+    log_interval: int = option(100, "documents between progress reports")
+    skip_invalid: bool = option(
+        False, "skip and count invalid records (malformed JSON, missing key, non-string value, "
+        "invalid UTF-8) instead of stopping at the first one")
+    overwrite: bool = option(False, "replace existing outputs (otherwise an existing output is "
+                             "an error)")
 
 
 @dataclass

@@ -1,0 +1,48 @@
+"""``TokenizerConfig``: Megatron-LM's tokenizer flags, shared by training and preprocessing
+(``megatron_ponder.flags`` makes the flags)."""
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from megatron_ponder.flags import Freezable, option
+from megatron_ponder.tokenizer.build import HUGGING_FACE_TOKENIZER, TOKENIZER_TYPES, \
+    TokenizerSpec
+from megatron_ponder.tokenizer.megatron_core import TIKTOKEN_PATTERNS
+
+
+@dataclass
+class TokenizerConfig(Freezable):
+    """Which tokenizer (Megatron-LM's flags); it fixes the padded vocabulary size.
+    ``TokenizerSpec`` (what ``build_tokenizer`` takes) has the same fields but the padding."""
+
+    tokenizer_type: str = option(
+        HUGGING_FACE_TOKENIZER, "tokenizer kind, as in Megatron-LM (the SentencePiece types, "
+        "TikTokenizer, NullTokenizer and HuggingFaceTokenizer with a model directory or hub name "
+        "are megatron-core's own tokenizers)", choices=TOKENIZER_TYPES)
+    tokenizer_model: Optional[str] = option(
+        None, "HuggingFaceTokenizer: a tokenizer.json, a directory or a hub name (default: the "
+        "bundled GPT-NeoX-20B tokenizer, read offline); SentencePieceTokenizer, "
+        "GPTSentencePieceTokenizer, Llama2Tokenizer: the SentencePiece .model file; "
+        "TikTokenizer: the tiktoken JSON vocabulary; GPT2BPETokenizer without --vocab-file: a "
+        ".tiktoken ranks file (default: GPT-2's, from openai-whisper)", metavar="PATH_OR_NAME")
+    vocab_file: Optional[str] = option(
+        None, "GPT2BPETokenizer: GPT-2's vocab.json (with --merge-file)")
+    merge_file: Optional[str] = option(
+        None, "GPT2BPETokenizer: GPT-2's merges.txt (with --vocab-file)")
+    vocab_size: Optional[int] = option(
+        None, "NullTokenizer: ids 0..N-1, end-of-document N; TikTokenizer: vocabulary size "
+        "including the special tokens (default there: 131072)")
+    tiktoken_pattern: Optional[str] = option(
+        None, "TikTokenizer: the pre-tokenization regex (default: v2)",
+        choices=TIKTOKEN_PATTERNS)
+    tiktoken_num_special_tokens: int = option(
+        1000, "TikTokenizer: ids reserved for special tokens, before the vocabulary's own")
+    tiktoken_special_tokens: Tuple[str, ...] = option(
+        (), "TikTokenizer: the named special tokens, which must include <unk> <s> </s> <mask> "
+        "<pad> <cls> <sep> (default: those seven); </s> is the end-of-document token")
+    make_vocab_size_divisible_by: int = option(
+        128, "pad the vocabulary to a multiple of this times the tensor-parallel size")
+
+    def spec(self) -> TokenizerSpec:
+        """What ``build_tokenizer`` needs."""
+        return TokenizerSpec.from_flags(self)

@@ -1,18 +1,21 @@
 """The scoring / prefill forward for inference: fixed or adaptive Jacobi, padding, KV cache.
 
-Same passes as training (``ponder.py``: K growth passes, Jacobi passes, a final pass), plus what
-inference needs on top:
+Same passes as training (the ``PassPlan`` of ``model/ponder.py``: K growth passes, Jacobi
+passes, a final pass), with what inference needs hung on the plan's hooks:
 
-* **Adaptive Jacobi.** Instead of a fixed J, iterate until the thoughts stop changing: after each
-  Jacobi pass, stop when the largest absolute change of any fed-back slot (slots 0..K-1 of real
-  tokens) is at most ``tolerance`` (0 = bit-identical), or after ``iterations`` passes (the
-  cap). Identical thoughts give the next pass identical inputs, so the final pass then runs at
-  the Jacobi fixed point, which is the exact sequential computation (docs/method.md, "The fixed point").
+* **Adaptive Jacobi** (the plan's stopping rule). Instead of a fixed J, iterate until the
+  thoughts stop changing: after each Jacobi pass, stop when the largest absolute change of any
+  fed-back slot (slots 0..K-1 of real tokens) is at most ``tolerance`` (0 = bit-identical), or
+  after ``iterations`` passes (the cap). Identical thoughts give the next pass identical inputs,
+  so the final pass then runs at the Jacobi fixed point, which is the exact sequential
+  computation (docs/method.md, "The fixed point").
 * **Padding.** ``token_is_real`` [B, L] gives per-row positions and key masks to every pass.
-* **Cache.** Only the final pass writes to a ``KVCache``: its (K+1)L slots are the ones decoding
-  continues from; earlier passes hold not-yet-converged thoughts.
+* **Cache** (the plan's final-pass hook). Only the final pass writes to a ``KVCache``: its
+  (K+1)L slots are the ones decoding continues from; earlier passes hold not-yet-converged
+  thoughts.
 """
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -25,7 +28,7 @@ from megatron_ponder.inference.attention_hooks import (
     token_positions,
 )
 from megatron_ponder.model.baselines import loop_forward, pause_forward
-from megatron_ponder.model.ponder import pass_schedule, ponder_pass, select_slot
+from megatron_ponder.model.ponder import PassPlan, ponder_forward
 
 ADAPTIVE = "adaptive"
 DEFAULT_MAX_ADAPTIVE_ITERATIONS = 32
@@ -112,6 +115,27 @@ def _thought_change(previous: torch.Tensor, current: torch.Tensor, num_thoughts:
     return float(change.max()) if change.numel() else 0.0
 
 
+class _JacobiWatch:
+    """The stopping rule inference hangs on the ``PassPlan``: counts the Jacobi passes and,
+    with an adaptive schedule, ends them once the thoughts changed by at most the tolerance."""
+
+    def __init__(self, schedule: JacobiSchedule, num_latent_thoughts: int, num_tokens: int,
+                 token_is_real: Optional[torch.Tensor]):
+        self.schedule = schedule
+        self.shape = (num_latent_thoughts, num_tokens)
+        self.token_is_real = token_is_real
+        self.report = PassReport(passes=0, jacobi_iterations=0)
+
+    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> bool:
+        self.report.jacobi_iterations += 1
+        if not self.schedule.adaptive:
+            return False
+        self.report.thought_change = _thought_change(previous, current, *self.shape,
+                                                     self.token_is_real)
+        self.report.converged = self.report.thought_change <= self.schedule.tolerance
+        return self.report.converged
+
+
 def run_ponder_passes(model, input_ids: torch.Tensor, num_latent_thoughts: int,
                       schedule: JacobiSchedule, token_is_real: Optional[torch.Tensor] = None,
                       cache: Optional[KVCache] = None) -> Tuple[torch.Tensor, PassReport]:
@@ -121,7 +145,6 @@ def run_ponder_passes(model, input_ids: torch.Tensor, num_latent_thoughts: int,
     With ``token_is_real`` (False = padding) rows get their own positions and padded keys are
     masked; with ``cache`` the final pass writes its (K+1)L slots to it.
     """
-    num_tokens = input_ids.shape[1]
     if token_is_real is not None:
         token_is_real = token_is_real.to(device=input_ids.device, dtype=torch.bool)
         if bool(token_is_real.all()):
@@ -135,32 +158,28 @@ def run_ponder_passes(model, input_ids: torch.Tensor, num_latent_thoughts: int,
         loops = model.ponder_config.ponder_method == "loop"
         return hidden, PassReport(passes=num_latent_thoughts + 1 if loops else 1,
                                   jacobi_iterations=0)
-    embeddings = model.embed(input_ids)
-    schedule_slots = pass_schedule(num_latent_thoughts, schedule.iterations)
-    hidden, report = None, PassReport(passes=0, jacobi_iterations=0)
+    watch = _JacobiWatch(schedule, num_latent_thoughts, input_ids.shape[1], token_is_real)
+    plan = PassPlan(num_latent_thoughts, schedule.iterations, stop_jacobi=watch,
+                    around_final_pass=lambda: _writing_to(
+                        model, cache, input_ids, token_is_real, num_latent_thoughts + 1))
     with key_value_hook(model, padding):
-        # Every pass but the final one; index >= K are the Jacobi passes.
-        for index, num_slots in enumerate(schedule_slots[:-1]):
-            new = ponder_pass(model, embeddings, hidden, num_slots, token_positions=positions)
-            report.passes += 1
-            if index >= num_latent_thoughts:
-                report.jacobi_iterations += 1
-                if schedule.adaptive:
-                    report.thought_change = _thought_change(
-                        hidden, new, num_latent_thoughts, num_tokens, token_is_real)
-                    report.converged = report.thought_change <= schedule.tolerance
-            hidden = new
-            if report.converged:
-                break
-    final_slots = schedule_slots[-1]
-    if cache is not None:
-        real = (token_is_real if token_is_real is not None
-                else torch.ones_like(input_ids, dtype=torch.bool))
-        cache.extend(real.repeat_interleave(final_slots, dim=1))
-    with key_value_hook(model, cache if cache is not None else padding):
-        hidden = ponder_pass(model, embeddings, hidden, final_slots, token_positions=positions)
-    report.passes += 1
-    return select_slot(hidden, final_slots, final_slots - 1), report
+        hidden = ponder_forward(model, input_ids, plan, token_positions=positions)
+    watch.report.passes = num_latent_thoughts + watch.report.jacobi_iterations + 1
+    return hidden, watch.report
+
+
+@contextlib.contextmanager
+def _writing_to(model, cache: Optional[KVCache], input_ids, token_is_real, num_slots: int):
+    """Attention of the pass run inside writes its ``num_slots`` slots per token to ``cache``
+    (and reads them back); without a cache, nothing changes."""
+    if cache is None:
+        yield
+        return
+    real = (token_is_real if token_is_real is not None
+            else torch.ones_like(input_ids, dtype=torch.bool))
+    cache.extend(real.repeat_interleave(num_slots, dim=1))
+    with key_value_hook(model, cache):
+        yield
 
 
 def _baseline_passes(model, input_ids, num_extra: int, token_is_real, positions, padding,
@@ -173,9 +192,6 @@ def _baseline_passes(model, input_ids, num_extra: int, token_is_real, positions,
             raise ValueError("the Loop baseline (--ponder-method loop) has no KV-cache decode")
         with key_value_hook(model, padding):
             return loop_forward(model, input_ids, num_extra, token_positions=positions)
-    if cache is not None:
-        real = (token_is_real if token_is_real is not None
-                else torch.ones_like(input_ids, dtype=torch.bool))
-        cache.extend(real.repeat_interleave(num_extra + 1, dim=1))
-    with key_value_hook(model, cache if cache is not None else padding):
+    with key_value_hook(model, padding), _writing_to(model, cache, input_ids, token_is_real,
+                                                     num_extra + 1):
         return pause_forward(model, input_ids, num_extra, token_positions=positions)

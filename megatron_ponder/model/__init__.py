@@ -2,6 +2,6 @@
 
 from megatron_ponder.model.gpt_model import PonderGPTModel
 from megatron_ponder.model.build import build_model
-from megatron_ponder.model.ponder import draw_jacobi_iterations, pass_schedule, ponder_forward
+from megatron_ponder.model.ponder import PassPlan, draw_jacobi_iterations, ponder_forward
 
-__all__ = ["PonderGPTModel", "build_model", "draw_jacobi_iterations", "pass_schedule", "ponder_forward"]
+__all__ = ["PassPlan", "PonderGPTModel", "build_model", "draw_jacobi_iterations", "ponder_forward"]

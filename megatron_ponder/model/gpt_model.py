@@ -23,7 +23,7 @@ from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.model.baselines import loop_forward, pause_forward
 from megatron_ponder.model.init import seed_only_initialization
 from megatron_ponder.model.layer_specs import block_submodules
-from megatron_ponder.model.ponder import ponder_forward
+from megatron_ponder.model.ponder import PassPlan, ponder_forward
 from megatron_ponder.model.rotary import RotaryAngles
 
 
@@ -150,9 +150,9 @@ class PonderGPTModel(MegatronModule):
         elif ponder.ponder_method == "loop" and thoughts:
             final = loop_forward(self, input_ids, thoughts, **stack_kwargs)
         else:
-            grad_passes = ponder.ponder_grad_passes if self.training else None
-            final = ponder_forward(self, input_ids, thoughts, jacobi_iterations,
-                                   grad_passes=grad_passes, **stack_kwargs)
+            plan = PassPlan(thoughts, jacobi_iterations,
+                            grad_passes=ponder.ponder_grad_passes if self.training else None)
+            final = ponder_forward(self, input_ids, plan, **stack_kwargs)
         if labels is None:
             return self.output(final).transpose(0, 1).contiguous()
         return self.token_losses(final, labels)

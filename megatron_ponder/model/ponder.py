@@ -15,10 +15,16 @@ Gradients flow through every pass (nothing is detached). With K = 0 there is not
 and the forward is one ordinary pass. ``grad_passes=N`` (``--ponder-grad-passes``, not in the
 paper) runs all but the last N passes without building a graph: the same forward values, a
 truncated gradient, and no backward (nor saved activations) for the early passes.
+
+The schedule is a ``PassPlan``, the one description of the passes that every driver follows:
+``ponder_forward`` here (training and scoring), inference (``megatron_ponder.inference.passes``
+hangs adaptive Jacobi stopping and the KV cache on its hooks) and the pipeline
+(``megatron_ponder.parallel.pipeline`` runs each pass as one round through the stages).
 """
 
 import contextlib
-from typing import List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,46 +32,77 @@ import torch
 from megatron_ponder.ops import splice
 
 
-def pass_schedule(num_latent_thoughts: int, jacobi_iterations: int) -> List[int]:
-    """Slots per token of each pass: K growth passes, then J Jacobi passes and the final pass.
+@dataclass(frozen=True)
+class PassPlan:
+    """The passes of one forward and the hooks its callers hang on them."""
 
-    K=1, J=3 -> [1, 2, 2, 2, 2] (lengths L, 2L, 2L, 2L, 2L); K=0 -> [1].
-    """
-    k = num_latent_thoughts
-    if k == 0:
-        return [1]
-    return list(range(1, k + 1)) + [k + 1] * (jacobi_iterations + 1)
+    num_latent_thoughts: int
+    jacobi_iterations: int
+    grad_passes: Optional[int] = None
+    """Build a graph for the last N passes only (None: all)."""
+    stop_jacobi: Optional[Callable[[torch.Tensor, torch.Tensor], bool]] = None
+    """Called after each Jacobi pass with the previous pass's output and its own; True skips
+    the remaining Jacobi passes (adaptive Jacobi). None: run all J."""
+    around_final_pass: Callable[[], ContextManager] = contextlib.nullcontext
+    """Entered around the final pass only (inference attaches the KV cache there)."""
+
+    def __post_init__(self):
+        if self.grad_passes is not None and self.stop_jacobi is not None:
+            # grad_passes counts back from the planned final pass; an early stop would move it.
+            raise ValueError("a PassPlan takes grad_passes or stop_jacobi, not both")
+
+    @property
+    def slots(self) -> Tuple[int, ...]:
+        """Slots per token of each pass: K growth passes, then J Jacobi passes and the final
+        pass. K=1, J=3 -> (1, 2, 2, 2, 2) (lengths L, 2L, 2L, 2L, 2L); K=0 -> (1,)."""
+        k = self.num_latent_thoughts
+        if k == 0:
+            return (1,)
+        return tuple(range(1, k + 1)) + (k + 1,) * (self.jacobi_iterations + 1)
+
+    @property
+    def final(self) -> int:
+        """Index of the final pass, the one whose slot K is scored."""
+        return len(self.slots) - 1
+
+    def ends_jacobi(self, index: int, previous, output) -> bool:
+        """Whether the stopping rule ends the Jacobi passes after pass ``index``."""
+        is_jacobi = self.num_latent_thoughts <= index < self.final
+        return is_jacobi and self.stop_jacobi is not None and self.stop_jacobi(previous, output)
+
+    def builds_graph(self, index: int) -> bool:
+        """Whether pass ``index`` is among the last ``grad_passes`` (every pass without it)."""
+        return index >= len(self.slots) - (self.grad_passes or len(self.slots))
+
+    def graph(self, index: int) -> ContextManager:
+        """``torch.no_grad()`` around a pass that builds no graph, else nothing."""
+        return contextlib.nullcontext() if self.builds_graph(index) else torch.no_grad()
 
 
-def ponder_forward(model, input_ids, num_latent_thoughts: int, jacobi_iterations: int,
-                   grad_passes: Optional[int] = None, **stack_kwargs):
-    """Run every pass and return the final pass's stack output at slot K, [L, B, H].
+def ponder_forward(model, input_ids, plan: PassPlan, **stack_kwargs):
+    """Run the passes of ``plan`` and return the final pass's stack output at slot K, [L, B, H].
 
     ``model`` provides ``embed(input_ids)`` (scaled word embeddings, [L, B, H]) and
     ``stack(hidden, num_slots, **stack_kwargs)``; sequence-parallel shards work unchanged
-    because the splice only moves rows within a token's own slots. ``grad_passes``: build a
-    graph for the last N passes only (None: all).
+    because the splice only moves rows within a token's own slots.
     """
     embeddings = model.embed(input_ids)
     hidden = None
-    schedule = pass_schedule(num_latent_thoughts, jacobi_iterations)
-    for index, num_slots in enumerate(schedule):
-        with graph_unless(index < len(schedule) - (grad_passes or len(schedule))):
-            hidden = ponder_pass(model, embeddings, hidden, num_slots, **stack_kwargs)
+    for index, num_slots in enumerate(plan.slots[:plan.final]):  # growth and Jacobi passes
+        with plan.graph(index):
+            new = ponder_pass(model, embeddings, hidden, num_slots, **stack_kwargs)
+        stop, hidden = plan.ends_jacobi(index, hidden, new), new
+        if stop:
+            break
+    num_slots = plan.slots[plan.final]
+    with plan.graph(plan.final), plan.around_final_pass():
+        hidden = ponder_pass(model, embeddings, hidden, num_slots, **stack_kwargs)
     return select_slot(hidden, num_slots, num_slots - 1)
 
 
-def graph_unless(no_graph: bool):
-    """``torch.no_grad()`` for a pass outside the last ``grad_passes``, else nothing."""
-    return torch.no_grad() if no_graph else contextlib.nullcontext()
-
-
 def ponder_pass(model, embeddings, previous, num_slots: int, **stack_kwargs):
-    """One pass: ``stack(splice(e, previous))``, or ``stack(e)`` for the first pass.
-
-    Exposed so inference can drive the same passes with its own stopping rule (adaptive
-    Jacobi) and attach a KV cache to the final pass only.
-    """
+    """One pass: ``stack(splice(e, previous))``, or ``stack(e)`` for the first pass. The
+    pipeline runs its passes one at a time through this."""
     inputs = embeddings if previous is None else splice(embeddings, previous, num_slots)
     return model.stack(inputs, num_slots, **stack_kwargs)
 

@@ -1,11 +1,11 @@
 """Which pass of a micro-batch runs in which virtual pipeline chunk.
 
-Under pipeline parallelism every pass is one virtual chunk of megatron's interleaved schedule
-(see ``pipeline.py``), and the schedule needs the same number of chunks for every micro-batch of
-a step. With J drawn per micro-batch, the step runs ``K + max(J) + 1`` chunks; a micro-batch with
-a smaller J fills the difference with *pass-through* chunks that forward the hidden state
-unchanged (no layer runs, each stage just hands the tensor on). They sit right after the growth
-passes, so for every micro-batch
+Under pipeline parallelism every pass of a micro-batch's ``PassPlan`` (``model/ponder.py``) is
+one virtual chunk of megatron's interleaved schedule (see ``pipeline.py``), and the schedule needs
+the same number of chunks for every micro-batch of a step. With J drawn per micro-batch, the step
+runs ``K + max(J) + 1`` chunks; a micro-batch with a smaller J fills the difference with
+*pass-through* chunks that forward the hidden state unchanged (no layer runs, each stage just
+hands the tensor on). They sit right after the growth passes, so for every micro-batch
 
     chunk 0 .. K-1           growth passes (1 .. K slots per token)
     then max(J) - J          pass-throughs carrying the last growth output
@@ -18,50 +18,39 @@ all stages agree on the plan without communicating.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
-from megatron_ponder.model.ponder import pass_schedule
+from megatron_ponder.model.ponder import PassPlan
 
 
 def num_chunks(num_latent_thoughts: int, jacobi_per_microbatch: Sequence[int]) -> int:
     """Virtual chunks one step needs: the passes of its longest micro-batch."""
     if not jacobi_per_microbatch:
         raise ValueError("a step needs at least one micro-batch")
-    return max(len(pass_schedule(num_latent_thoughts, j)) for j in jacobi_per_microbatch)
+    return max(len(PassPlan(num_latent_thoughts, j).slots) for j in jacobi_per_microbatch)
 
 
 @dataclass(frozen=True)
-class PassPlan:
-    """The chunks of one micro-batch: ``slots[c]`` is the number of slots per token of the pass
-    run in chunk ``c``, or None for a pass-through chunk."""
+class ChunkPlan:
+    """The passes of one micro-batch laid out on the step's chunks: ``pass_in_chunk[c]`` is the
+    index in ``passes`` of the pass chunk ``c`` runs, or None for a pass-through chunk."""
 
-    slots: tuple
+    passes: PassPlan
+    pass_in_chunk: Tuple[Optional[int], ...]
 
     @classmethod
-    def build(cls, num_latent_thoughts: int, jacobi_iterations: int,
-              chunks: int) -> "PassPlan":
-        passes = pass_schedule(num_latent_thoughts, jacobi_iterations)
-        padding = chunks - len(passes)
+    def build(cls, passes: PassPlan, chunks: int) -> "ChunkPlan":
+        padding = chunks - len(passes.slots)
         if padding < 0:
-            raise ValueError(f"{len(passes)} passes (K={num_latent_thoughts}, "
-                             f"J={jacobi_iterations}) do not fit in {chunks} chunks")
-        growth = passes[:num_latent_thoughts]
-        return cls(tuple(growth) + (None,) * padding + tuple(passes[num_latent_thoughts:]))
-
-    @property
-    def final_chunk(self) -> int:
-        return len(self.slots) - 1
-
-    def previous_slots(self, chunk: int) -> Optional[int]:
-        """Slots per token of the tensor chunk ``chunk`` receives (the output of the last
-        real pass before it), None for chunk 0, which starts from the embeddings."""
-        for earlier in range(chunk - 1, -1, -1):
-            if self.slots[earlier] is not None:
-                return self.slots[earlier]
-        return None
+            raise ValueError(f"{len(passes.slots)} passes (K={passes.num_latent_thoughts}, "
+                             f"J={passes.jacobi_iterations}) do not fit in {chunks} chunks")
+        growth = passes.num_latent_thoughts
+        return cls(passes, tuple(range(growth)) + (None,) * padding
+                   + tuple(range(growth, len(passes.slots))))
 
 
-def plan_step(num_latent_thoughts: int, jacobi_per_microbatch: Sequence[int]) -> List[PassPlan]:
+def plan_step(num_latent_thoughts: int, jacobi_per_microbatch: Sequence[int]) -> List[ChunkPlan]:
     """The plan of every micro-batch of one step (all with the same number of chunks)."""
     chunks = num_chunks(num_latent_thoughts, jacobi_per_microbatch)
-    return [PassPlan.build(num_latent_thoughts, j, chunks) for j in jacobi_per_microbatch]
+    return [ChunkPlan.build(PassPlan(num_latent_thoughts, j), chunks)
+            for j in jacobi_per_microbatch]

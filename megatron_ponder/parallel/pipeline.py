@@ -20,7 +20,8 @@ How it is wired:
 * Passes differ in length (L rows, then up to (K+1) L): every message is padded to (K+1) L rows
   (divided by TP under sequence parallelism) and the receiver slices, so no shape handshake is
   needed.
-* J varies per micro-batch: see ``pass_plan.py`` (pass-through chunks up to the step's longest).
+* The passes are the model's ``PassPlan`` (``model/ponder.py``), one ``ponder_pass`` per chunk.
+  J varies per micro-batch: see ``pass_plan.py`` (pass-through chunks up to the step's longest).
 * Stage 0 embeds a micro-batch once (pass 0) and splices those embeddings into every later pass;
   the last stage applies the final norm in every pass (the thought is the final-normed output)
   and the output layer and loss in the final pass only.
@@ -37,9 +38,9 @@ from megatron.core import parallel_state
 from megatron.core.enums import ModelType
 
 from megatron_ponder.mcore.schedules import pass_schedule_config, run_pass_schedule
-from megatron_ponder.model.ponder import ponder_pass, select_slot
+from megatron_ponder.model.ponder import PassPlan, ponder_pass, select_slot
 from megatron_ponder.parallel.microbatch_stream import MicroBatchStream
-from megatron_ponder.parallel.pass_plan import PassPlan, plan_step
+from megatron_ponder.parallel.pass_plan import ChunkPlan, plan_step
 
 
 class _AddLaterPassGradients(torch.autograd.Function):
@@ -121,7 +122,7 @@ class PonderPipeline:
         # Rows of one slot plane on this rank (sequence parallelism cuts at token boundaries).
         self.rows_per_slot = seq_length // tp if config.sequence_parallel else seq_length
         self.max_slots = num_latent_thoughts + 1
-        self._plans: List[PassPlan] = []
+        self._plans: List[ChunkPlan] = []
         self._embedded: Dict[int, _EmbeddedMicroBatch] = {}
 
     # --------------------------------------------------------------------------- one step
@@ -137,7 +138,7 @@ class PonderPipeline:
         pass's per-token losses.
         """
         self._plans = plan_step(self.num_latent_thoughts, jacobi_per_microbatch)
-        num_chunks = len(self._plans[0].slots)
+        num_chunks = len(self._plans[0].pass_in_chunk)
         stream = MicroBatchStream(data_iterator, num_chunks, prepare)
         config = pass_schedule_config(self.stage.config, num_chunks, self.pipeline_size,
                                       self.ddp_model)
@@ -162,34 +163,37 @@ class PonderPipeline:
                  batch: Dict[str, Any]) -> torch.Tensor:
         """Chunk ``chunk`` of ``microbatch`` on this stage: the tensor to send on (padded), or
         per-token losses [B, L] for the final pass on the last stage."""
-        plan = self._plans[microbatch]
-        num_slots = plan.slots[chunk]
-        if num_slots is None:
+        index = self._plans[microbatch].pass_in_chunk[chunk]
+        if index is None:
             # A pass-through chunk (this micro-batch drew a smaller J than the step's longest).
             return received.view_as(received)
+        passes = self._plans[microbatch].passes
+        num_slots = passes.slots[index]
         if self.is_first_stage:
-            hidden = self._first_stage_pass(plan, chunk, received, microbatch, batch)
+            hidden = self._first_stage_pass(passes, index, received, microbatch, batch)
         else:
             hidden = self.stage.stack(received[: num_slots * self.rows_per_slot], num_slots)
-        if self.is_last_stage and chunk == plan.final_chunk:
+        if self.is_last_stage and index == passes.final:
             return self.stage.token_losses(select_slot(hidden, num_slots, num_slots - 1),
                                            batch["labels"])
         return self._pad_to_message(hidden)
 
-    def _first_stage_pass(self, plan: PassPlan, chunk: int, received, microbatch: int,
+    def _first_stage_pass(self, passes: PassPlan, index: int, received, microbatch: int,
                           batch: Dict[str, Any]) -> torch.Tensor:
-        if chunk == 0:
+        """Pass ``index`` on stage 0: over the embeddings (pass 0), else spliced with the
+        previous pass's output received from the last stage."""
+        if index == 0:
             embedded = _EmbeddedMicroBatch(self.stage.embed(batch["tokens"]))
             self._embedded[microbatch] = embedded
             embeddings, previous = embedded.for_first_pass, None
         else:
             embedded = self._embedded[microbatch]
-            previous_rows = plan.previous_slots(chunk) * self.rows_per_slot
+            previous_rows = passes.slots[index - 1] * self.rows_per_slot
             embeddings, previous = embedded.for_later_passes, received[:previous_rows]
-        if chunk == plan.final_chunk:
+        if index == passes.final:
             # Last use on this stage; the autograd graph keeps what backward needs.
             del self._embedded[microbatch]
-        return ponder_pass(self.stage, embeddings, previous, plan.slots[chunk])
+        return ponder_pass(self.stage, embeddings, previous, passes.slots[index])
 
     def _pad_to_message(self, hidden: torch.Tensor) -> torch.Tensor:
         missing = self.max_slots * self.rows_per_slot - hidden.shape[0]

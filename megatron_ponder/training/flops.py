@@ -14,7 +14,7 @@ from typing import Iterable, List, Optional, Tuple
 import torch
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.model.ponder import pass_schedule
+from megatron_ponder.model.ponder import PassPlan
 
 # Dense bf16 peak TFLOP/s by device-name fragment (datasheet values, no sparsity).
 _PEAK_BF16_TFLOPS = (
@@ -55,7 +55,7 @@ def forward_passes(ponder: PonderConfig, num_latent_thoughts: int, jacobi_iterat
     elif k and ponder.ponder_method == "loop":
         slots = [1] * (k + 1)
     else:
-        slots = pass_schedule(k, jacobi_iterations)
+        slots = PassPlan(k, jacobi_iterations).slots
     count = len(slots)
     graph_from = count - min(ponder.ponder_grad_passes or count, count) if training else 0
     return [(n, index == count - 1, index >= graph_from) for index, n in enumerate(slots)]

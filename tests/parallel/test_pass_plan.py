@@ -2,9 +2,9 @@
 
 import pytest
 
-from megatron_ponder.model.ponder import pass_schedule
+from megatron_ponder.model.ponder import PassPlan
 from megatron_ponder.parallel.microbatch_stream import MicroBatchStream
-from megatron_ponder.parallel.pass_plan import PassPlan, num_chunks, plan_step
+from megatron_ponder.parallel.pass_plan import ChunkPlan, num_chunks, plan_step
 
 
 def test_chunks_follow_the_longest_micro_batch():
@@ -19,22 +19,23 @@ def test_chunks_follow_the_longest_micro_batch():
 @pytest.mark.parametrize("jacobi", [[3], [2, 3, 4], [4, 2, 2, 3], [0, 1]])
 def test_every_plan_runs_exactly_its_passes_and_ends_with_the_final_pass(k, jacobi):
     plans = plan_step(k, jacobi)
-    assert len({len(plan.slots) for plan in plans}) == 1
+    assert len({len(plan.pass_in_chunk) for plan in plans}) == 1
     for j, plan in zip(jacobi, plans):
-        real = [slots for slots in plan.slots if slots is not None]
-        assert real == pass_schedule(k, j)  # the same passes, in the same order
-        assert plan.slots[0] == 1 and plan.slots[-1] == k + 1  # embeddings first, final last
-        assert plan.final_chunk == len(plan.slots) - 1
-        # Pass-throughs only after the growth passes, so the growth lengths stay in place.
-        assert list(plan.slots[:k]) == list(range(1, k + 1))
+        assert plan.passes == PassPlan(k, j)
+        real = [index for index in plan.pass_in_chunk if index is not None]
+        assert real == list(range(len(plan.passes.slots)))  # every pass once, in order
+        assert plan.pass_in_chunk[0] == 0  # embeddings first
+        assert plan.pass_in_chunk[-1] == plan.passes.final  # the final pass in the last chunk
+        # Pass-throughs only after the growth passes, so the growth passes stay in place.
+        assert list(plan.pass_in_chunk[:k]) == list(range(k))
 
 
-def test_previous_slots_skip_pass_throughs():
-    plan = PassPlan.build(2, 1, 2 + 3 + 1)  # K=2, J=1 in a step with J up to 3
-    assert plan.slots == (1, 2, None, None, 3, 3)
-    assert [plan.previous_slots(c) for c in range(6)] == [None, 1, 2, 2, 2, 3]
+def test_pass_throughs_sit_after_the_growth_passes():
+    plan = ChunkPlan.build(PassPlan(2, 1), 2 + 3 + 1)  # K=2, J=1 in a step with J up to 3
+    assert plan.pass_in_chunk == (0, 1, None, None, 2, 3)
+    assert plan.passes.slots == (1, 2, 3, 3)
     with pytest.raises(ValueError, match="do not fit"):
-        PassPlan.build(2, 4, 6)
+        ChunkPlan.build(PassPlan(2, 4), 6)
 
 
 def test_each_view_sees_every_micro_batch_once_in_order_and_the_cache_drains():

@@ -126,3 +126,26 @@ def test_no_import_against_the_layering():
     wrong = sorted(f"{source} -> {target}" for source, targets in FORBIDDEN.items()
                    for target in graph.get(source, set()) & targets)
     assert not wrong, f"forbidden imports: {wrong}"
+
+
+# The layers of docs/architecture.md: a package imports only lower layers; the shared modules of
+# layer 0 may import each other (the cycle test still applies to them).
+LAYERS = {
+    "config": 0, "flags": 0, "errors": 0, "devices": 0, "log": 0, "process_memory": 0,
+    "ops": 1, "tokenizer": 1, "mcore": 1, "checkpoint": 1,
+    "model": 2, "data": 2,
+    "parallel": 3, "inference": 3,
+    "hf": 4, "training": 4,
+    "eval": 5, "planning": 5,
+    "reproduction": 6,
+}
+
+
+def test_every_package_has_a_layer_and_imports_only_lower_ones():
+    graph = import_graph(PACKAGE)
+    unplaced = sorted(set(graph) - set(LAYERS))
+    assert not unplaced, f"add these to LAYERS and docs/architecture.md: {unplaced}"
+    upward = sorted(f"{source} -> {target}" for source, targets in graph.items()
+                    for target in targets
+                    if LAYERS[target] >= LAYERS[source] and LAYERS[source] > 0)
+    assert not upward, f"imports of the same or a higher layer: {upward}"

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from megatron_ponder.parallel.launch import run_local_ranks
+from megatron_ponder.parallel.local_ranks import run_local_ranks
 
 
 class SavedTensorMeter:

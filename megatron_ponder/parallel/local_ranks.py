@@ -4,8 +4,9 @@ Used by the multi-rank tests (tests/distributed.py) and the measurement tools
 (tools/measure_bubble.py, tools/measure_recompute_memory.py). Each rank is a fresh process
 (forked from a server that has imported torch and megatron-core once) with the caller's
 environment plus RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT and OMP_NUM_THREADS=1, so code
-under test initialises torch.distributed exactly as under torchrun. Return values come back per rank; an exception on
-any rank raises with that rank's traceback; a dead or hung rank fails after ``timeout`` seconds.
+under test initialises torch.distributed exactly as under torchrun. Return values come back per
+rank; an exception on any rank raises with that rank's traceback; a dead or hung rank fails
+after ``timeout`` seconds.
 """
 
 import multiprocessing

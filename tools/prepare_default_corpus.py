@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 from megatron_ponder.data.default_corpus import SourceError, prepare_default_corpus
-from megatron_ponder.data.preprocess import PreprocessError
+from megatron_ponder.data.preprocess import PreprocessError, available_cpus
 from megatron_ponder.tokenizer import (
     GPT2_BPE_TOKENIZER,
     HUGGING_FACE_TOKENIZER,
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="as in tools/preprocess_data.py (default: %(default)s)")
     parser.add_argument("--tokenizer-model", default=None,
                         help="as in tools/preprocess_data.py; default: GPT-NeoX-20B")
-    parser.add_argument("--workers", type=int, default=_available_cpus(),
+    parser.add_argument("--workers", type=int, default=available_cpus(),
                         help="tokenizing processes (default: the usable CPUs, %(default)s here)")
     return parser
 
@@ -75,13 +75,6 @@ def main(argv=None) -> int:
         return 130
     print(" ".join(corpus.data_args()))
     return 0
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from megatron_ponder.data.preprocess import (
     JSONL,
     PreprocessConfig,
     PreprocessError,
+    available_cpus,
     run_preprocessing,
 )
 from megatron_ponder.flags import OneLineErrorParser, add_arguments, explicit_values, \
@@ -43,7 +44,7 @@ class _Terminated(BaseException):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, PreprocessConfig, "preprocessing",
-                  defaults={"workers": _available_cpus()})
+                  defaults={"workers": available_cpus()})
     # Preprocessing pads nothing: the vocabulary is the tokenizer's own.
     add_arguments(parser, TokenizerConfig, "tokenizer", exclude=("make_vocab_size_divisible_by",))
     return parser
@@ -79,13 +80,6 @@ def main(argv=None) -> int:
 
 def _raise_terminated(signum, frame):
     raise _Terminated()
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 if __name__ == "__main__":

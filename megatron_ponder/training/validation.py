@@ -185,15 +185,11 @@ def resolve_config(config: PretrainConfig, world_size: int,
     need(model.num_layers % max(pp, 1) == 0,
          f"--num-layers {model.num_layers} is not divisible by --pipeline-model-parallel-size "
          f"{pp}")
-    need(model.num_attention_heads % max(tp, 1) == 0,
-         f"--num-attention-heads {model.num_attention_heads} is not divisible by "
-         f"--tensor-model-parallel-size {tp}")
-    need(model.num_query_groups % max(tp, 1) == 0,
-         f"--num-query-groups {model.num_query_groups} is not divisible by "
-         f"--tensor-model-parallel-size {tp}")
-    need(model.ffn_hidden_size % max(tp, 1) == 0,
-         f"--ffn-hidden-size {model.ffn_hidden_size} is not divisible by "
-         f"--tensor-model-parallel-size {tp}")
+    for flag, size in (("--num-attention-heads", model.num_attention_heads),
+                       ("--num-query-groups", model.num_query_groups),
+                       ("--ffn-hidden-size", model.ffn_hidden_size)):
+        need(size % max(tp, 1) == 0,
+             f"{flag} {size} is not divisible by --tensor-model-parallel-size {tp}")
     if parallel.sequence_parallel and tp == 1:
         note("--sequence-parallel has no effect with --tensor-model-parallel-size 1: running "
              "without it (as Megatron-LM does)")

@@ -20,6 +20,7 @@ from megatron_ponder.data.preprocess.pipeline import (
     PreprocessConfig,
     PreprocessError,
     PreprocessSummary,
+    available_cpus,
     run_preprocessing,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "PreprocessConfig",
     "PreprocessError",
     "PreprocessSummary",
+    "available_cpus",
     "dataset_prefix",
     "run_preprocessing",
 ]

@@ -143,6 +143,14 @@ class PreprocessSummary:
         return "\n".join(lines)
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (the default number of tokenizing workers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def run_preprocessing(
     config: PreprocessConfig, log: Optional[TextIO] = None
 ) -> PreprocessSummary:

@@ -1,8 +1,8 @@
 """Rank-aware logging: ``get_logger(__name__)`` is a standard ``logging.Logger`` whose records
 are emitted by rank 0 only, so N ranks do not print N copies of a line.
 
-A record passed ``extra=EVERY_RANK`` is emitted by every rank. In a multi-rank run each line is
-prefixed with the rank that wrote it. Output goes to the current ``sys.stdout`` at INFO level
+A record passed ``extra=EVERY_RANK`` is emitted by every rank, and in a multi-rank run prefixed
+with the rank that wrote it (rank 0's own lines need no prefix). Output goes to the current ``sys.stdout`` at INFO level
 through one handler on the ``megatron_ponder`` logger (configure that logger to change it).
 """
 
@@ -32,7 +32,7 @@ class _RankFilter(logging.Filter):
 class _RankFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        if getattr(record, "world_size", 1) > 1:
+        if getattr(record, "every_rank", False) and getattr(record, "world_size", 1) > 1:
             return f"[rank {record.rank}] {text}"
         return text
 

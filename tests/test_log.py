@@ -1,5 +1,5 @@
-"""The rank-aware logger: rank 0 only by default, every rank on request, rank prefixes in
-multi-rank runs, output on the current stdout."""
+"""The rank-aware logger: rank 0 only by default, every rank on request (with a rank prefix in
+multi-rank runs), output on the current stdout."""
 
 import pytest
 
@@ -26,7 +26,7 @@ def test_rank_zero_only_unless_every_rank_is_asked(capsys, rank):
     logger.warning("every rank", extra=log.EVERY_RANK)
     rank(0, 2)
     logger.info("from rank 0")
-    assert capsys.readouterr().out == "[rank 1] every rank\n[rank 0] from rank 0\n"
+    assert capsys.readouterr().out == "[rank 1] every rank\nfrom rank 0\n"
 
 
 def test_loggers_live_under_the_package_logger():

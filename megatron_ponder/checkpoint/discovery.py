@@ -11,11 +11,10 @@ from megatron_ponder.checkpoint.integrity import MANIFEST_FILE, has_manifest, ve
 from megatron_ponder.checkpoint.layout import (MANIFEST_CHECKPOINT_VERSION, TRACKER_FILE,
                                                CheckpointError, checkpoint_dir,
                                                read_latest_iteration, saved_iterations)
+from megatron_ponder.log import get_logger
 
 
-def log_on_rank_0(message: str) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(message, flush=True)
+logger = get_logger(__name__)
 
 
 def forget_verified(path: str) -> None:
@@ -89,7 +88,7 @@ def find_checkpoint(root: str, iteration: Optional[int] = None) -> Optional[int]
         if not with_manifest and not pre_manifest and tracker_problem is None:
             # No save ever completed (the first one moves the tracker, after the manifest):
             # these are interrupted saves, say a job killed inside its first save.
-            log_on_rank_0(f"no complete checkpoint in {root} (no {TRACKER_FILE}; "
+            logger.info(f"no complete checkpoint in {root} (no {TRACKER_FILE}; "
                           f"{', '.join(f'iter_{i:07d}' for i in sorted(saved))} never "
                           f"completed): starting from scratch")
             return None
@@ -99,7 +98,7 @@ def find_checkpoint(root: str, iteration: Optional[int] = None) -> Optional[int]
                 f"{tracker_problem or f'no {TRACKER_FILE}'}, and none has a manifest to show it "
                 f"is complete: pick one with --ckpt-step")
         missing = f"{os.path.join(root, TRACKER_FILE)} is missing"
-        log_on_rank_0(f"{tracker_problem or missing}: looking for the newest complete "
+        logger.info(f"{tracker_problem or missing}: looking for the newest complete "
                       f"checkpoint in {root}")
         candidates = with_manifest
     else:
@@ -108,10 +107,10 @@ def find_checkpoint(root: str, iteration: Optional[int] = None) -> Optional[int]
     for position, candidate in enumerate(candidates):
         problem = checkpoint_problem(root, candidate)
         if problem is not None:
-            log_on_rank_0(f"checkpoint at iteration {candidate} is damaged: {problem}")
+            logger.info(f"checkpoint at iteration {candidate} is damaged: {problem}")
             continue
         if position > 0:
-            log_on_rank_0(f"falling back to the checkpoint at iteration {candidate}: the newest "
+            logger.info(f"falling back to the checkpoint at iteration {candidate}: the newest "
                           f"complete one (the newer ones are damaged, see above)")
         _note_unverified(checkpoint_dir(root, candidate))
         return candidate
@@ -133,5 +132,5 @@ def _saved_before_manifests(path: str) -> bool:
 
 def _note_unverified(path: str) -> None:
     if not has_manifest(path):
-        log_on_rank_0(f"{path} has no manifest (saved before checkpoint manifests existed): "
+        logger.info(f"{path} has no manifest (saved before checkpoint manifests existed): "
                       f"loading it unverified")

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 
-from megatron_ponder.checkpoint.discovery import find_checkpoint, forget_verified, log_on_rank_0
+from megatron_ponder.checkpoint.discovery import find_checkpoint, forget_verified, logger
 from megatron_ponder.checkpoint.integrity import check_pickles, first_line, write_manifest
 from megatron_ponder.checkpoint.layout import (CHECKPOINT_VERSION, TRACKER_FILE,
                                                CheckpointError, checkpoint_dir,
@@ -100,14 +100,14 @@ def _apply_retention(root: str, newest: int, retain: int) -> None:
     (damaged ones a resumed run fell back from) are left for the run to overwrite."""
     problem = check_pickles(checkpoint_dir(root, newest))
     if problem is not None:  # the new one does not read back: keep the older ones
-        log_on_rank_0(f"not applying --save-retain: the new checkpoint does not read back: "
+        logger.info(f"not applying --save-retain: the new checkpoint does not read back: "
                       f"{problem}")
         return
     older = [i for i in saved_iterations(root) if i <= newest][retain:]
     for iteration in older:
         shutil.rmtree(checkpoint_dir(root, iteration), ignore_errors=True)
     if older:
-        log_on_rank_0(f"--save-retain {retain}: deleted checkpoints at iterations "
+        logger.info(f"--save-retain {retain}: deleted checkpoints at iterations "
                       f"{', '.join(map(str, sorted(older)))}")
 
 

@@ -23,6 +23,7 @@ from megatron_ponder.data.datasets import build_datasets
 from megatron_ponder.data.iterators import build_iterators
 from megatron_ponder.devices import default_device
 from megatron_ponder.errors import FatalRunError
+from megatron_ponder.log import get_logger
 from megatron_ponder.model.build import build_model
 from megatron_ponder.tokenizer import build_tokenizer
 from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
@@ -66,15 +67,7 @@ class NumericalFaultError(FatalRunError):
     """Too many consecutive steps with NaN/inf (--max-consecutive-nan-steps)."""
 
 
-def print_rank_0(message: str) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(message, flush=True)
-
-
-def _print_once(message: str) -> None:
-    """Before the process group exists: print on the first rank of the torchrun world only."""
-    if os.environ.get("RANK", "0") == "0":
-        print(message, flush=True)
+logger = get_logger(__name__)
 
 
 class Trainer:
@@ -192,12 +185,12 @@ class Trainer:
             load_rng=not (finetune or ckpt.no_load_rng), iteration=ckpt.ckpt_step,
             ddp_model=self.model)
         if state is None:
-            print_rank_0(f"no checkpoint in {ckpt.load}: starting from scratch")
+            logger.info(f"no checkpoint in {ckpt.load}: starting from scratch")
             return
         if not finetune:
             self.iteration = state["iteration"]
             self.consumed_samples = state["consumed_samples"]
-        print_rank_0(f"loaded checkpoint from {ckpt.load} at iteration {state['iteration']}"
+        logger.info(f"loaded checkpoint from {ckpt.load} at iteration {state['iteration']}"
                      + (" (finetune: starting at iteration 0)" if finetune else ""))
 
     def _data(self):
@@ -330,14 +323,14 @@ class Trainer:
                                self.scheduler, self.consumed_samples, self.config,
                                optim_fully_reshardable=ckpt.dist_ckpt_optim_fully_reshardable,
                                async_writer=self.async_writer, retain=ckpt.save_retain)
-        print_rank_0(f"{'started saving' if self.async_writer else 'saved'} checkpoint at "
+        logger.info(f"{'started saving' if self.async_writer else 'saved'} checkpoint at "
                      f"iteration {self.iteration} to {path}")
 
     def _finish_async_saves(self, blocking: bool) -> None:
         if self.async_writer is None:
             return
         for iteration in self.async_writer.poll(blocking=blocking):
-            print_rank_0(f"finished saving checkpoint at iteration {iteration} (async)")
+            logger.info(f"finished saving checkpoint at iteration {iteration} (async)")
 
     def _validate_and_log(self) -> None:
         loss = self.evaluate()
@@ -360,7 +353,7 @@ class Trainer:
         # complete checkpoint either way.
         self._finish_async_saves(blocking=True)
         if self.result.exit_reason is not None:
-            print_rank_0(f"exiting after iteration {self.iteration}: {self.result.exit_reason}")
+            logger.info(f"exiting after iteration {self.iteration}: {self.result.exit_reason}")
         elif not log_config.eval_interval:
             self._validate_and_log()
         self.logger.close()
@@ -426,7 +419,7 @@ class Trainer:
         self.consecutive_nan = self.consecutive_nan + 1 if non_finite else 0
         if non_finite:
             self.result.nan_iterations.append(self.iteration)
-            print_rank_0(f"iteration {self.iteration}: {non_finite}: step skipped (no "
+            logger.info(f"iteration {self.iteration}: {non_finite}: step skipped (no "
                          f"optimizer or learning-rate update; {self.consecutive_nan} in a row)")
         flops = step_flops(cfg.model, cfg.ponder, cfg.data.seq_length,
                            train.micro_batch_size, jacobi,
@@ -461,7 +454,7 @@ class Trainer:
         self.iteration += 1
         self.consumed_samples += self.current_global_batch_size
         self.result.data_skipped.append(self.iteration)
-        print_rank_0(f"iteration {self.iteration}: data skipped (--rollback-on-nan)")
+        logger.info(f"iteration {self.iteration}: data skipped (--rollback-on-nan)")
         self.logger.maybe_log(self.iteration, self.consumed_samples,
                               self.optimizer.param_groups[0]["lr"], None,
                               float(self.optimizer.get_loss_scale()))
@@ -488,7 +481,7 @@ class Trainer:
         self.iterations_to_skip.update(skipped)
         self.consecutive_nan = 0
         self.result.rollbacks.append((failed_at, self.iteration))
-        print_rank_0(
+        logger.info(
             f"iteration {failed_at}: {len(bad)} consecutive steps with NaN/inf, the last "
             f"{reason}: rolled back to the checkpoint at iteration {self.iteration} "
             f"(--rollback-on-nan); the data of iteration{'s' if len(skipped) > 1 else ''} "
@@ -603,8 +596,8 @@ def pretrain(config: PretrainConfig) -> TrainingResult:
     start_time = time.time()  # --exit-duration-in-mins counts from here, as in Megatron-LM
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     config = resolve_config(config, world_size,
-                            note=lambda message: _print_once(f"note: {message}"))
-    _print_once(run_summary(config, world_size))
+                            note=lambda message: logger.info(f"note: {message}"))
+    logger.info(run_summary(config, world_size))
     mcore.init(config.parallel, config.train.seed)
     try:
         trainer = Trainer(config, start_time=start_time)

@@ -171,8 +171,15 @@ class PerformanceConfig(Freezable):
     cross_entropy_loss_fusion: bool = option(
         False, "accepted; the loss is megatron-core's vocab-parallel cross entropy, unfused")
     transformer_impl: str = option(
-        "local", "accepted; the layers are megatron-core's local (torch) implementation",
+        "transformer_engine", "the linear layers: transformer_engine (as in Megatron-LM) uses "
+        "Transformer Engine's where it is installed on a CUDA machine and megatron-core's local "
+        "ones elsewhere; local: always megatron-core's local layers",
         choices=("local", "transformer_engine"))
+
+    def use_te(self):
+        """``build_model``'s ``use_te``: False for local layers, None for Transformer Engine's
+        where it is available."""
+        return False if self.transformer_impl == "local" else None
 
     def requested(self):
         """The flags given (non-default), as they are spelled."""

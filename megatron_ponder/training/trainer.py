@@ -120,7 +120,8 @@ class Trainer:
 
         cfg = self.config
         overrides = dict(calculate_per_token_loss=True, **recompute_overrides(cfg.train))
-        module = build_model(cfg.model, cfg.ponder, cfg.parallel, seed=cfg.train.seed,
+        module = build_model(cfg.model, cfg.ponder, cfg.parallel,
+                             use_te=cfg.performance.use_te(), seed=cfg.train.seed,
                              **overrides).to(default_device())
         transformer_config = module.config
         on_gpu, performance = torch.cuda.is_available(), cfg.performance

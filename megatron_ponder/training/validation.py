@@ -110,7 +110,8 @@ def _note_performance_flags(config: PretrainConfig, note) -> None:
             note(f"GPU performance flags have no effect on CPU: {', '.join(requested)}")
         return
     idle = [flag for flag in requested if flag not in (
-        "--overlap-grad-reduce", "--overlap-param-gather", "--grad-reduce-in-bf16")]
+        "--overlap-grad-reduce", "--overlap-param-gather", "--grad-reduce-in-bf16",
+        "--transformer-impl")]
     if idle:
         note(f"no effect with this project's layer spec (megatron-core's local layers, unfused "
              f"loss): {', '.join(idle)}")

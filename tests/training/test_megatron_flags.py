@@ -203,3 +203,12 @@ def test_rampup_batch_size_errors(ramp, message):
                                    "--vocab-size", "100", "--micro-batch-size", "2",
                                    "--global-batch-size", "8", "--rampup-batch-size"] + ramp),
                        1)
+
+
+def test_transformer_impl_chooses_the_linear_layers():
+    """As in Megatron-LM the default is transformer_engine: Transformer Engine's layers where it
+    is available (use_te None lets the layer spec decide), never with --transformer-impl local."""
+    default = parse_args(["--mock-data"]).performance
+    assert default.transformer_impl == "transformer_engine" and default.use_te() is None
+    local = parse_args(["--mock-data", "--transformer-impl", "local"]).performance
+    assert local.use_te() is False

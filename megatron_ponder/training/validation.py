@@ -210,6 +210,10 @@ def resolve_config(config: PretrainConfig, world_size: int,
                            ("--ponder-warmup-iters", ponder.ponder_warmup_iters > 0)):
             need(not used, f"{flag} is not supported with --pipeline-model-parallel-size > 1 "
                  f"yet; use tensor and data parallelism")
+    # The Pause and Loop baselines run their own passes, which --ponder-grad-passes does not cut.
+    need(ponder.ponder_grad_passes is None or ponder.is_ponderlm2,
+         f"--ponder-grad-passes applies to --ponder-method ponderlm2 only, not "
+         f"{ponder.ponder_method}")
     if ponder.ponder_warmup_iters and ponder.thoughts == 0:
         note("--ponder-warmup-iters has no effect with K = 0")
 

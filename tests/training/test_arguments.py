@@ -145,6 +145,8 @@ def _config(*flags):
      "--ponder-method pause is not supported with --pipeline-model-parallel-size > 1"),
     (["--ponder-grad-passes", "2", "--pipeline-model-parallel-size", "2"], 2,
      "--ponder-grad-passes is not supported with"),
+    (["--ponder-method", "loop", "--ponder-grad-passes", "1"], 1,
+     "--ponder-grad-passes applies to --ponder-method ponderlm2 only, not loop"),
     (["--ponder-warmup-iters", "5", "--pipeline-model-parallel-size", "2"], 2,
      "--ponder-warmup-iters is not supported with"),
 ])

@@ -82,6 +82,7 @@ def test_eval_text_formats(tmp_path):
         list(text_documents(str(binary)))
 
 
+@pytest.mark.slow  # 85 s on 2 cores; `make test-slow`
 def test_reproduction_end_to_end_and_resume(corpus, tmp_path):
     recipe = dataclasses.replace(
         RECIPES["small"], name="test", train_iters=2, eval_points=2, eval_iters=1,

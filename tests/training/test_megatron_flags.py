@@ -71,7 +71,10 @@ def llama3_8b_flags(run_dir):
     ]
 
 
-@pytest.mark.parametrize("example", [gpt3_175b_flags, llama3_8b_flags])
+# The GPT-3 script's run (fp16 loss scaling, batch ramp-up, checkpoint) takes a minute on 2 cores:
+# `make test-slow` runs it; the Llama-3 script's runs by default.
+@pytest.mark.parametrize("example", [pytest.param(gpt3_175b_flags, marks=pytest.mark.slow),
+                                     llama3_8b_flags])
 def test_megatron_example_script_flags_train(example, tmp_path):
     flags = example(tmp_path) + ["--num-latent-thoughts", "1"]
     result = run_ranks(pretrain_from_flags, 1, flags, timeout=900)[0]

@@ -5,9 +5,11 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from megatron_ponder.flags import Freezable, option
-from megatron_ponder.tokenizer.build import HUGGING_FACE_TOKENIZER, TOKENIZER_TYPES, \
-    TokenizerSpec
+from megatron_ponder.tokenizer.build import TOKENIZER_TYPES, TokenizerSpec
 from megatron_ponder.tokenizer.megatron_core import TIKTOKEN_PATTERNS
+
+# The defaults are TokenizerSpec's (what build_tokenizer takes), written once there.
+_SPEC = TokenizerSpec()
 
 
 @dataclass
@@ -16,30 +18,33 @@ class TokenizerConfig(Freezable):
     ``TokenizerSpec`` (what ``build_tokenizer`` takes) has the same fields but the padding."""
 
     tokenizer_type: str = option(
-        HUGGING_FACE_TOKENIZER, "tokenizer kind, as in Megatron-LM (the SentencePiece types, "
-        "TikTokenizer, NullTokenizer and HuggingFaceTokenizer with a model directory or hub name "
-        "are megatron-core's own tokenizers)", choices=TOKENIZER_TYPES)
+        _SPEC.tokenizer_type, "tokenizer kind, as in Megatron-LM (the SentencePiece types, "
+        "TikTokenizer, NullTokenizer and HuggingFaceTokenizer with a model directory or hub "
+        "name are megatron-core's own tokenizers)", choices=TOKENIZER_TYPES)
     tokenizer_model: Optional[str] = option(
-        None, "HuggingFaceTokenizer: a tokenizer.json, a directory or a hub name (default: the "
-        "bundled GPT-NeoX-20B tokenizer, read offline); SentencePieceTokenizer, "
-        "GPTSentencePieceTokenizer, Llama2Tokenizer: the SentencePiece .model file; "
-        "TikTokenizer: the tiktoken JSON vocabulary; GPT2BPETokenizer without --vocab-file: a "
-        ".tiktoken ranks file (default: GPT-2's, from openai-whisper)", metavar="PATH_OR_NAME")
+        _SPEC.tokenizer_model, "HuggingFaceTokenizer: a tokenizer.json, a directory or a hub "
+        "name (default: the bundled GPT-NeoX-20B tokenizer, read offline); "
+        "SentencePieceTokenizer, GPTSentencePieceTokenizer, Llama2Tokenizer: the SentencePiece "
+        ".model file; TikTokenizer: the tiktoken JSON vocabulary; GPT2BPETokenizer without "
+        "--vocab-file: a .tiktoken ranks file (default: GPT-2's, from openai-whisper)",
+        metavar="PATH_OR_NAME")
     vocab_file: Optional[str] = option(
-        None, "GPT2BPETokenizer: GPT-2's vocab.json (with --merge-file)")
+        _SPEC.vocab_file, "GPT2BPETokenizer: GPT-2's vocab.json (with --merge-file)")
     merge_file: Optional[str] = option(
-        None, "GPT2BPETokenizer: GPT-2's merges.txt (with --vocab-file)")
+        _SPEC.merge_file, "GPT2BPETokenizer: GPT-2's merges.txt (with --vocab-file)")
     vocab_size: Optional[int] = option(
-        None, "NullTokenizer: ids 0..N-1, end-of-document N; TikTokenizer: vocabulary size "
-        "including the special tokens (default there: 131072)")
+        _SPEC.vocab_size, "NullTokenizer: ids 0..N-1, end-of-document N; TikTokenizer: "
+        "vocabulary size including the special tokens (default there: 131072)")
     tiktoken_pattern: Optional[str] = option(
-        None, "TikTokenizer: the pre-tokenization regex (default: v2)",
+        _SPEC.tiktoken_pattern, "TikTokenizer: the pre-tokenization regex (default: v2)",
         choices=TIKTOKEN_PATTERNS)
     tiktoken_num_special_tokens: int = option(
-        1000, "TikTokenizer: ids reserved for special tokens, before the vocabulary's own")
+        _SPEC.tiktoken_num_special_tokens,
+        "TikTokenizer: ids reserved for special tokens, before the vocabulary's own")
     tiktoken_special_tokens: Tuple[str, ...] = option(
-        (), "TikTokenizer: the named special tokens, which must include <unk> <s> </s> <mask> "
-        "<pad> <cls> <sep> (default: those seven); </s> is the end-of-document token")
+        _SPEC.tiktoken_special_tokens, "TikTokenizer: the named special tokens, which must "
+        "include <unk> <s> </s> <mask> <pad> <cls> <sep> (default: those seven); </s> is the "
+        "end-of-document token")
     make_vocab_size_divisible_by: int = option(
         128, "pad the vocabulary to a multiple of this times the tensor-parallel size")
 

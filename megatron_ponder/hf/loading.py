@@ -18,6 +18,7 @@ Both read the same config and weights with the same checks and give the same log
 import dataclasses
 import json
 import os
+from types import SimpleNamespace
 from typing import Any, Dict, Optional, Union
 
 import torch
@@ -230,9 +231,7 @@ def _native_from_folder(path: str, hf_config: dict, requested_dtype, device, dev
 def checkpoint_tokenizer(root: str, iteration: Optional[int] = None):
     """The tokenizer a training run used (from the config its checkpoint stores)."""
     saved = read_saved_config(root, iteration).get("tokenizer", {})
-    names = {field.name for field in dataclasses.fields(TokenizerSpec)}
-    return build_tokenizer(TokenizerSpec(**{
-        name: value for name, value in saved.items() if name in names}))
+    return build_tokenizer(TokenizerSpec.from_flags(SimpleNamespace(**saved)))
 
 
 def load_tokenizer(source: Optional[str] = None, tokenizer: Optional[str] = None):

@@ -36,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                     for name, recipe in RECIPES.items()))
     parser.add_argument("--arms", nargs="+", default=None,
                         help="run only these arms (and the arms they continue from)")
+    parser.add_argument("--lr", type=float, nargs="+", default=None, metavar="LR",
+                        help="peak learning rate(s) (default: the recipe's); every arm runs at "
+                             "each, an arm at a rate other than the recipe's as <arm>-lr<LR>")
     parser.add_argument("--output-dir", default=None,
                         help="default: runs/reproduce/<scale>")
     parser.add_argument("--eval-text", default=None,
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     recipe = RECIPES[args.scale]
     try:
-        arms = select_arms(recipe, args.arms)
+        arms = select_arms(recipe, args.arms, args.lr)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -149,7 +149,8 @@ class Reproduction:
                      os.path.join(self.setup.arm_dir(arm), "train.log"))]
         state = read_json(os.path.join(self.setup.arm_dir(arm), "state.json")) or {}
         return dict(
-            arm=arm.name, description=arm.description, group=arm.group, seed=arm.seed,
+            arm=arm.name, family=arm.family, lr=arm.learning_rate(self.setup.recipe),
+            description=arm.description, group=arm.group, seed=arm.seed,
             iterations=iterations, continued_from=arm.init_from,
             training_tokens=start_tokens + iterations * tokens_per_iteration,
             training_flops=start_flops + flops[-1],

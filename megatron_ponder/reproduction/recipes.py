@@ -20,7 +20,7 @@ ponderlm2-k1-continued      the vanilla arm's final model, trained further as K=
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 SEEDS = (1234, 4321)
@@ -127,6 +127,18 @@ class Arm:
     group: str = "baseline"
     """For the plots: baseline, ponderlm2, cheaper or continued."""
     tags: Tuple[str, ...] = field(default=())
+    lr: Optional[float] = None
+    """Peak learning rate when not the recipe's (a learning-rate sweep, ``--lr``)."""
+    base: Optional[str] = None
+    """The arm this one is a learning-rate variant of (its name without the rate suffix)."""
+
+    @property
+    def family(self) -> str:
+        """The arm's name without a learning-rate suffix: what the claims compare."""
+        return self.base or self.name
+
+    def learning_rate(self, recipe: "Recipe") -> float:
+        return self.lr if self.lr is not None else recipe.lr
 
 
 def arms_for(recipe: Recipe) -> List[Arm]:
@@ -164,9 +176,35 @@ def default_arm_names(recipe: Recipe) -> List[str]:
     return [arm.name for arm in arms_for(recipe) if "optional" not in arm.tags]
 
 
-def select_arms(recipe: Recipe, names: Optional[Sequence[str]]) -> List[Arm]:
+def lr_suffix(lr: float) -> str:
+    return f"-lr{lr:g}"
+
+
+def at_learning_rate(recipe: Recipe, arm: Arm, lr: float) -> Arm:
+    """``arm`` trained at peak rate ``lr``: the arm itself at the recipe's rate, else a copy
+    named ``<arm>-lr<rate>`` (its own run directory) whose source arm, if any, is at the same
+    rate too."""
+    if lr == recipe.lr:
+        return arm
+    return replace(arm, name=arm.name + lr_suffix(lr), lr=lr, base=arm.name,
+                   init_from=arm.init_from and arm.init_from + lr_suffix(lr))
+
+
+def select_arms(recipe: Recipe, names: Optional[Sequence[str]],
+                learning_rates: Optional[Sequence[float]] = None) -> List[Arm]:
     """The named arms (default: all but the optional ones) plus the arms they depend on,
-    in run order. Unknown names raise with the list of known ones."""
+    in run order, each at every rate of ``learning_rates`` (default: the recipe's).
+    Unknown names and non-positive rates raise with what is allowed."""
+    rates = list(learning_rates or [recipe.lr])
+    bad = [rate for rate in rates if not rate > 0 or not math.isfinite(rate)]
+    if bad:
+        raise ValueError(f"--lr must be positive, got {bad[0]:g}")
+    rates = sorted(set(rates))
+    return [at_learning_rate(recipe, arm, rate) for rate in rates
+            for arm in _select_at_recipe_rate(recipe, names)]
+
+
+def _select_at_recipe_rate(recipe: Recipe, names: Optional[Sequence[str]]) -> List[Arm]:
     arms = arms_for(recipe)
     by_name = {arm.name: arm for arm in arms}
     wanted = list(names) if names else default_arm_names(recipe)

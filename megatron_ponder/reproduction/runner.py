@@ -76,7 +76,7 @@ def training_flags(setup: Setup, arm: Arm, train_iters: int) -> List[str]:
         "--seq-length", str(recipe.seq_length),
         "--micro-batch-size", str(recipe.micro_batch_size),
         "--global-batch-size", str(recipe.global_batch_size),
-        "--train-iters", str(train_iters), "--lr", str(recipe.lr),
+        "--train-iters", str(train_iters), "--lr", str(arm.learning_rate(recipe)),
         "--lr-warmup-fraction", "0.02", "--lr-decay-style", "cosine",
         "--weight-decay", "0.1", "--clip-grad", "1.0", "--seed", str(arm.seed),
         "--eval-interval", str(recipe.eval_interval), "--eval-iters", str(recipe.eval_iters),
@@ -90,7 +90,7 @@ def training_flags(setup: Setup, arm: Arm, train_iters: int) -> List[str]:
 def arm_train_iters(setup: Setup, arm: Arm, flops_of: Callable[[Arm, int], float]) -> int:
     """Iterations of ``arm``: the recipe's, the continued length, or (compute-matched) as
     many as fit the other arm's training FLOPs. ``flops_of(arm, iters)`` counts FLOPs."""
-    if arm.flops_matched_to:
+    if arm.flops_matched_to:  # FLOPs do not depend on the learning rate
         other = find_arm(setup.recipe, arm.flops_matched_to)
         budget = flops_of(other, setup.recipe.train_iters)
         return max(int(round(budget / flops_of(arm, 1))), 1)

@@ -41,6 +41,22 @@ def test_selecting_a_continued_arm_brings_its_source_first():
         select_arms(SMALL, ["vanila"])
 
 
+def test_learning_rate_sweep_names_each_rate_and_keeps_sources_at_the_same_rate(tmp_path):
+    arms = select_arms(SMALL, ["vanilla", "ponderlm2-k1-continued"], [0.004, SMALL.lr])
+    assert [arm.name for arm in arms] == ["vanilla", "ponderlm2-k1-continued",
+                                          "vanilla-lr0.004", "ponderlm2-k1-continued-lr0.004"]
+    swept = arms[3]
+    assert (swept.family, swept.init_from, swept.lr) == ("ponderlm2-k1-continued",
+                                                         "vanilla-lr0.004", 0.004)
+    setup = _setup(tmp_path)
+    assert parse_args(training_flags(setup, swept, 10)).optim.lr == 0.004
+    assert parse_args(training_flags(setup, arms[0], 10)).optim.lr == SMALL.lr
+    assert arms[0].family == "vanilla" and arms[0].learning_rate(SMALL) == SMALL.lr
+    for bad in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="--lr must be positive"):
+            select_arms(SMALL, ["vanilla"], [bad])
+
+
 def test_arm_flags_differ_only_where_the_arm_does(tmp_path):
     setup = _setup(tmp_path)
     configs = {arm.name: parse_args(training_flags(setup, arm, 300)) for arm in arms_for(SMALL)}

@@ -8,6 +8,11 @@ Reads the log lines pretrain_ponder.py prints (the same format as Megatron-LM, s
 logs work too): "iteration N/ M | ... | lm loss: X |" and
 "validation loss at iteration N | lm loss value: X |". Several logs -> several runs on one plot;
 train curves are lines, validation points are markers of the same colour.
+
+``--compare`` instead checks that two runs logged the same training losses, iteration by
+iteration, within ``--rtol`` (the GPU check compares the fast path with the local one this way):
+
+    python tools/plot_loss.py fast/train.log local/train.log --compare --rtol 0.02
 """
 
 import argparse
@@ -62,13 +67,38 @@ def plot(runs: Dict[str, Dict[str, List[Tuple[int, float]]]], output: str, title
     plt.close(fig)
 
 
+def compare(reference: List[Tuple[int, float]], other: List[Tuple[int, float]],
+            rtol: float) -> Tuple[List[str], bool]:
+    """Table lines of the training losses both runs logged, and whether every pair agrees
+    within ``rtol`` (relative to the first run's loss); False when they share no iteration."""
+    first, second = dict(reference), dict(other)
+    shared = sorted(set(first) & set(second))
+    lines = ["| iteration | first | second | relative difference |", "|---:|---:|---:|---:|"]
+    agree = bool(shared)
+    for iteration in shared:
+        a, b = first[iteration], second[iteration]
+        difference = abs(a - b) / max(abs(a), 1e-12)
+        ok = difference <= rtol  # NaN fails
+        agree = agree and ok
+        lines.append(f"| {iteration} | {a:.6f} | {b:.6f} | {difference:.2e}"
+                     f"{'' if ok else ' over rtol'} |")
+    return lines, agree
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", nargs="+", help="log files of pretrain_ponder.py / Megatron-LM")
     parser.add_argument("--labels", nargs="*", help="one label per log (default: file names)")
     parser.add_argument("--output", default="loss.png", help="PNG to write (default: loss.png)")
     parser.add_argument("--title", default="PonderLM-2 pretraining", help="plot title")
+    parser.add_argument("--compare", action="store_true",
+                        help="two logs: check their training losses agree within --rtol "
+                             "instead of plotting (exit status 1 if not)")
+    parser.add_argument("--rtol", type=float, default=0.02,
+                        help="--compare's relative tolerance (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.compare and len(args.logs) != 2:
+        parser.error(f"--compare takes two logs, got {len(args.logs)}")
     labels = args.labels or [os.path.basename(os.path.dirname(os.path.abspath(p))) + "/" +
                              os.path.basename(p) for p in args.logs]
     if len(labels) != len(args.logs):
@@ -81,6 +111,14 @@ def main(argv=None) -> int:
         if not curves["train"] and not curves["valid"]:
             parser.error(f"{path} has no Megatron-format loss lines")
         runs[label] = curves
+    if args.compare:
+        (first, second), (first_label, second_label) = runs.values(), labels
+        lines, agree = compare(first["train"], second["train"], args.rtol)
+        print(f"training losses of {first_label} (first) and {second_label} (second):")
+        print("\n".join(lines))
+        print(f"{'agree' if agree else 'DIFFER'} within rtol {args.rtol:g} over "
+              f"{len(lines) - 2} shared iterations")
+        return 0 if agree else 1
     plot(runs, args.output, args.title)
     counts = ", ".join(f"{label}: {len(curves['train'])} train / {len(curves['valid'])} "
                        f"validation points" for label, curves in runs.items())

@@ -7,6 +7,7 @@ loop itself lives in ``ponder.py``; this file only wires megatron-core together.
 
 import contextlib
 import math
+import os
 from typing import Optional
 
 import torch
@@ -21,6 +22,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.model.baselines import loop_forward, pause_forward
+from megatron_ponder.model.execution import CPU_PATH, ExecutionPath
 from megatron_ponder.model.init import seed_only_initialization
 from megatron_ponder.model.layer_specs import block_submodules
 from megatron_ponder.model.ponder import PassPlan, ponder_forward
@@ -39,9 +41,12 @@ class PonderGPTModel(MegatronModule):
 
     def __init__(self, config: TransformerConfig, model_config: ModelConfig,
                  ponder_config: PonderConfig, pre_process: bool = True,
-                 post_process: bool = True, use_te: Optional[bool] = None,
+                 post_process: bool = True, path: ExecutionPath = CPU_PATH,
                  pp_rank: Optional[int] = None, seed: Optional[int] = None):
         super().__init__(config=config)
+        self.execution_path = path
+        # Transformer Engine reads its attention switches from the environment.
+        os.environ.update(path.attention_environment())
         self.model_config = model_config
         self.ponder_config = ponder_config
         self.pre_process = pre_process
@@ -73,7 +78,7 @@ class PonderGPTModel(MegatronModule):
             # embeddings or the splice, later stages from the tensor the pipeline received
             # (megatron_ponder.parallel.pipeline), so the block itself never receives.
             self.decoder = TransformerBlock(
-                config, block_submodules(config, model_config.parallel_residual, use_te, pp_rank),
+                config, block_submodules(config, model_config.parallel_residual, path, pp_rank),
                 pre_process=True, post_process=post_process,
             )
             if post_process:
@@ -130,8 +135,13 @@ class PonderGPTModel(MegatronModule):
     def token_losses(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the output layer on ``hidden`` (slot K of every token, [L, B, H],
         this rank's sequence-parallel shard) against ``labels`` [B, L]: losses [B, L]."""
-        losses = tensor_parallel.vocab_parallel_cross_entropy(
-            self.output(hidden).float(), labels.transpose(0, 1).contiguous())
+        logits, targets = self.output(hidden), labels.transpose(0, 1).contiguous()
+        impl = self.execution_path.cross_entropy
+        if impl == "unfused":
+            losses = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), targets)
+        else:  # the fused kernels take the logits in their dtype and compute in float32
+            losses = fused_cross_entropy(impl)(
+                logits, targets, parallel_state.get_tensor_model_parallel_group())
         return losses.transpose(0, 1).contiguous()
 
     # ----------------------------------------------------------------- single-stage forward
@@ -161,6 +171,21 @@ class PonderGPTModel(MegatronModule):
         """megatron's schedules call this before every forward step. With one stage there is
         nothing to receive; under pipeline parallelism the per-pass chunks of
         ``megatron_ponder.parallel.pipeline`` receive instead, so this stays a no-op."""
+
+
+def fused_cross_entropy(impl: str):
+    """megatron-core's fused vocab-parallel cross entropy: ``native`` (its own kernels) or
+    ``te`` (Transformer Engine's); called as ``f(logits [s, b, V/TP], targets [s, b], group)``."""
+    if impl == "te":
+        from megatron.core.extensions.transformer_engine import te_parallel_cross_entropy
+
+        if te_parallel_cross_entropy is None:
+            raise RuntimeError("--cross-entropy-fusion-impl te needs Transformer Engine's "
+                               "parallel cross entropy (transformer_engine >= 1.9)")
+        return te_parallel_cross_entropy
+    from megatron.core.fusions.fused_cross_entropy import fused_vocab_parallel_cross_entropy
+
+    return fused_vocab_parallel_cross_entropy
 
 
 def pause_embedding_parameter(config: TransformerConfig) -> torch.nn.Parameter:

@@ -43,10 +43,38 @@ class BenchResult:
     memory_kind: str
     step_ratio: Optional[float] = None
     flop_ratio: Optional[float] = None
+    top_kernels: Optional[List[dict]] = None
+    """With ``--profile-top N``: the N kernels (GPU) or operators (CPU) that took the most
+    time in one profiled step after the timed ones."""
 
 
-def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]) -> dict:
-    """In a fresh process: time ``steps`` training steps after ``warmup`` ones."""
+def profile_one_step(step, top: int, cuda: bool) -> List[dict]:
+    """Run ``step()`` under the torch profiler: the ``top`` kernels by self time (device time
+    on GPUs, CPU time otherwise), each with its calls, milliseconds and share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as recorded:
+        step()
+        if cuda:
+            import torch
+
+            torch.cuda.synchronize()
+    events = recorded.key_averages()
+    attribute = "self_device_time_total" if cuda else "self_cpu_time_total"
+    # On GPUs the kernels are the events with device time; CPU-side ops have none of their own.
+    timed = [event for event in events if getattr(event, attribute, 0) > 0]
+    total = sum(getattr(event, attribute) for event in timed) or 1.0
+    timed.sort(key=lambda event: getattr(event, attribute), reverse=True)
+    return [dict(name=event.key, calls=event.count,
+                 ms=round(getattr(event, attribute) / 1e3, 3),
+                 share=round(getattr(event, attribute) / total, 4)) for event in timed[:top]]
+
+
+def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int],
+               profile_top: int = 0) -> dict:
+    """In a fresh process: time ``steps`` training steps after ``warmup`` ones (then profile
+    one more with ``profile_top`` > 0)."""
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -103,13 +131,14 @@ def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]
         else:
             memory, kind = float("nan"), "unavailable"
         peak = device_peak_tflops()
+        top_kernels = profile_one_step(one_step, profile_top, cuda) if profile_top else None
         tflops = flops / steps / seconds / 1e12
         tokens = config.train.global_batch_size * config.data.seq_length
         return dict(device=device, ms_per_step=seconds * 1e3,
                     step_ms=[round(t * 1e3, 3) for t in step_seconds], tokens_per_s=tokens / seconds,
                     flops_per_step=flops / steps, tflops=tflops,
                     mfu=tflops / peak if peak else None, peak_memory_mib=memory,
-                    memory_kind=kind)
+                    memory_kind=kind, top_kernels=top_kernels)
     finally:
         mcore.shutdown()
 
@@ -125,7 +154,7 @@ def variant_name(thoughts: int, jacobi: int) -> str:
 
 def run_benchmark(base_flags: Sequence[str], variants=DEFAULT_VARIANTS, warmup: int = 1,
                   steps: int = 3, threads: Optional[int] = None,
-                  timeout: float = 3600) -> List[BenchResult]:
+                  timeout: float = 3600, profile_top: int = 0) -> List[BenchResult]:
     """Every variant (K, J) in its own process; ratios against the K=0 variant."""
     if steps < 1 or warmup < 0:
         raise ValueError(f"need --steps >= 1 and --warmup-steps >= 0, got {steps}, {warmup}")
@@ -137,7 +166,7 @@ def run_benchmark(base_flags: Sequence[str], variants=DEFAULT_VARIANTS, warmup: 
             raise ValueError(f"K and J must be >= 0, got K={thoughts} J={jacobi}")
         flags = variant_flags(base_flags, thoughts, jacobi)
         (measured,) = run_local_ranks(bench_rank, 1, flags, warmup, steps, threads,
-                                      timeout=timeout)
+                                      profile_top, timeout=timeout)
         results.append(BenchResult(name=variant_name(thoughts, jacobi),
                                    num_latent_thoughts=thoughts, jacobi_iterations=jacobi,
                                    steps=steps, **measured))
@@ -159,6 +188,12 @@ def format_table(results: List[BenchResult]) -> str:
         lines.append(f"| {r.name} | {r.tokens_per_s:,.0f} | {r.ms_per_step:,.1f} | "
                      f"{r.tflops:.4f} | {mfu} | {r.peak_memory_mib:,.0f} | {ratio[0]} | "
                      f"{ratio[1]} |")
+    for r in results:
+        if r.top_kernels:
+            lines += ["", f"top {len(r.top_kernels)} kernels of one {r.name} step:",
+                      "| kernel | calls | ms | share |", "|---|---:|---:|---:|"]
+            lines += [f"| {k['name'][:90]} | {k['calls']} | {k['ms']:.3f} | "
+                      f"{100 * k['share']:.1f}% |" for k in r.top_kernels]
     return "\n".join(lines)
 
 
@@ -210,16 +245,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: every core)")
     parser.add_argument("--json", default=None, help="write the results to this file")
+    parser.add_argument("--profile-top", type=int, default=0, metavar="N",
+                        help="profile one more step of each variant and list its N most "
+                             "time-consuming kernels (default: no profile)")
     args, model_flags = parser.parse_known_args(argv)
     try:
         variants = tuple(_variant(v) for v in args.variants) if args.variants \
             else DEFAULT_VARIANTS
-        total = args.warmup_steps + args.steps
+        total = args.warmup_steps + args.steps + (1 if args.profile_top else 0)
         base = list(BASE_FLAGS) + model_flags + ["--train-iters", str(total)]
         from megatron_ponder.training.arguments import parse_args
 
         parse_args(variant_flags(base, *variants[0]))  # bad model flags fail here, once
-        results = run_benchmark(base, variants, args.warmup_steps, args.steps, args.threads)
+        if args.profile_top < 0:
+            raise ValueError(f"--profile-top must be >= 0, got {args.profile_top}")
+        results = run_benchmark(base, variants, args.warmup_steps, args.steps, args.threads,
+                                profile_top=args.profile_top)
     except ValueError as error:
         parser.error(str(error))
     print(format_table(results))

@@ -10,6 +10,8 @@ from typing import Optional, Tuple
 from megatron_ponder.config import ModelConfig, ParallelConfig, PonderConfig
 from megatron_ponder.data.config import DEFAULT_SEED, DataConfig
 from megatron_ponder.flags import Freezable, flag_name, option
+from megatron_ponder.model.execution import ATTENTION_BACKENDS, CROSS_ENTROPY_IMPLS, \
+    Capabilities, ExecutionPath, ExecutionRequest, choose_execution_path
 from megatron_ponder.tokenizer.config import TokenizerConfig
 from megatron_ponder.training.megatron_flags import MegatronModelFlags
 
@@ -154,8 +156,8 @@ class LoggingConfig(Freezable):
 
 @dataclass
 class PerformanceConfig(Freezable):
-    """Megatron-LM's GPU performance flags: honoured on GPUs where megatron-core can with this
-    project's layer spec, noted once where they have no effect (on CPU: all of them)."""
+    """Megatron-LM's GPU performance flags, with its defaults. They choose the execution path
+    (``model/execution.py``: layers, kernels, fusions); on CPU none of them applies."""
 
     overlap_grad_reduce: bool = option(
         False, "overlap the data-parallel gradient reduction with the backward (on GPUs it is "
@@ -164,28 +166,65 @@ class PerformanceConfig(Freezable):
         False, "overlap the distributed optimizer's parameter all-gather with the forward "
         "(needs --use-distributed-optimizer)")
     grad_reduce_in_bf16: bool = option(False, "reduce gradients in bf16 instead of fp32")
-    attention_backend: str = option(
-        "auto", "accepted; the local attention is used (no fused kernel in this layer spec)",
-        choices=("auto", "flash", "fused", "unfused", "local"))
-    use_flash_attn: bool = option(False, "accepted; as --attention-backend")
-    cross_entropy_loss_fusion: bool = option(
-        False, "accepted; the loss is megatron-core's vocab-parallel cross entropy, unfused")
     transformer_impl: str = option(
-        "transformer_engine", "the linear layers: transformer_engine (as in Megatron-LM) uses "
-        "Transformer Engine's where it is installed on a CUDA machine and megatron-core's local "
-        "ones elsewhere; local: always megatron-core's local layers",
+        "transformer_engine", "the layers on a CUDA machine: transformer_engine (as in "
+        "Megatron-LM) uses Transformer Engine's fused norm + linear, linears, attention and "
+        "norm where it is installed, megatron-core's local layers elsewhere; local: always "
+        "megatron-core's local layers with torch SDPA attention",
         choices=("local", "transformer_engine"))
+    attention_backend: str = option(
+        "auto", "Transformer Engine's attention kernel (auto, flash, fused, unfused); local: "
+        "torch SDPA instead of TE's attention", choices=ATTENTION_BACKENDS)
+    use_flash_attn: bool = option(False, "as --attention-backend flash")
+    cross_entropy_loss_fusion: bool = option(
+        False, "fused vocab-parallel cross entropy on GPUs (megatron-core's, or Transformer "
+        "Engine's with --cross-entropy-fusion-impl te)")
+    cross_entropy_fusion_impl: str = option(
+        "native", "which fused cross entropy: native (megatron-core) or te",
+        choices=CROSS_ENTROPY_IMPLS)
+    use_cpu_initialization: bool = option(
+        False, "allocate the parameters on the host and move them to the GPU afterwards (the "
+        "values are the same either way: drawn on the host from per-parameter seeds)")
+    gradient_accumulation_fusion: bool = option(
+        True, "fuse the weight-gradient accumulation into the GEMM on GPUs (needs apex's "
+        "fused_weight_gradient_mlp_cuda; --no-gradient-accumulation-fusion turns it off)")
+    bias_gelu_fusion: bool = option(True, "fused bias + GeLU (gpt_neox) on GPUs")
+    bias_swiglu_fusion: bool = option(True, "fused SwiGLU (llama) on GPUs")
+    bias_dropout_fusion: bool = option(True, "fused bias + dropout + residual add on GPUs")
+    rope_fusion: bool = option(True, "Transformer Engine's fused RoPE on GPUs")
+    masked_softmax_fusion: bool = option(
+        True, "accepted: the attention kernels (torch SDPA, Transformer Engine) fuse the "
+        "causal mask and softmax themselves")
+    persist_layer_norm: bool = option(
+        True, "accepted: apex's persistent layer norm is not used (Transformer Engine's or "
+        "this project's norms)")
 
-    def use_te(self):
-        """``build_model``'s ``use_te``: False for local layers, None for Transformer Engine's
-        where it is available."""
-        return False if self.transformer_impl == "local" else None
+    def execution_request(self, bf16: bool = False) -> ExecutionRequest:
+        backend = "flash" if self.use_flash_attn else self.attention_backend
+        return ExecutionRequest(
+            bf16=bf16,
+            transformer_impl=self.transformer_impl, attention_backend=backend,
+            cross_entropy_loss_fusion=self.cross_entropy_loss_fusion,
+            cross_entropy_fusion_impl=self.cross_entropy_fusion_impl,
+            use_cpu_initialization=self.use_cpu_initialization,
+            gradient_accumulation_fusion=self.gradient_accumulation_fusion,
+            bias_gelu_fusion=self.bias_gelu_fusion, bias_swiglu_fusion=self.bias_swiglu_fusion,
+            bias_dropout_fusion=self.bias_dropout_fusion, rope_fusion=self.rope_fusion)
+
+    def execution_path(self, model: ModelConfig,
+                       capabilities: Optional[Capabilities] = None) -> ExecutionPath:
+        """The layers and kernels these flags give ``model`` on this machine (or on a machine
+        with ``capabilities``)."""
+        return choose_execution_path(self.execution_request(model.bf16),
+                                     capabilities or Capabilities.detect(), model.arch)
 
     def requested(self):
         """The flags given (non-default), as they are spelled."""
         defaults = PerformanceConfig()
-        return [flag_name(f) for f in fields(self)
-                if getattr(self, f.name) != getattr(defaults, f.name)]
+        given = [f for f in fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
+        # A switch that is on by default was given as its --no- form.
+        return [("--no-" + flag_name(f)[2:]) if getattr(defaults, f.name) is True
+                else flag_name(f) for f in given]
 
 
 @dataclass

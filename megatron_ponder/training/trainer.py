@@ -121,7 +121,8 @@ class Trainer:
         cfg = self.config
         overrides = dict(calculate_per_token_loss=True, **recompute_overrides(cfg.train))
         module = build_model(cfg.model, cfg.ponder, cfg.parallel,
-                             use_te=cfg.performance.use_te(), seed=cfg.train.seed,
+                             path=cfg.performance.execution_path(cfg.model),
+                             seed=cfg.train.seed,
                              **overrides).to(default_device())
         transformer_config = module.config
         on_gpu, performance = torch.cuda.is_available(), cfg.performance
@@ -587,6 +588,7 @@ def run_summary(config: PretrainConfig, world_size: int) -> str:
         f"plan: {train.train_iters} iterations x {train.global_batch_size} samples x {seq} "
         f"tokens = {tokens:,} tokens{' at most' if train.rampup_batch_size else ''}, "
         f"{flops * tokens:.3e} training FLOPs",
+        config.performance.execution_path(model).summary(),
     ]
     return "\n".join(lines)
 

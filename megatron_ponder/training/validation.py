@@ -103,18 +103,21 @@ def _resolve_length(config: PretrainConfig, need, dp: int = 1,
 
 
 def _note_performance_flags(config: PretrainConfig, note) -> None:
-    """One note for the GPU performance flags that will have no effect."""
+    """One note per requested GPU feature that will be off, and why (the execution path's
+    reasons; on CPU: every GPU flag given)."""
     requested = config.performance.requested()
     if not torch.cuda.is_available():
         if requested:
             note(f"GPU performance flags have no effect on CPU: {', '.join(requested)}")
         return
-    idle = [flag for flag in requested if flag not in (
-        "--overlap-grad-reduce", "--overlap-param-gather", "--grad-reduce-in-bf16",
-        "--transformer-impl")]
-    if idle:
-        note(f"no effect with this project's layer spec (megatron-core's local layers, unfused "
-             f"loss): {', '.join(idle)}")
+    for message in config.performance.execution_path(config.model).notes:
+        note(message)
+    accepted = [flag for flag, off in (
+        ("--no-masked-softmax-fusion", not config.performance.masked_softmax_fusion),
+        ("--no-persist-layer-norm", not config.performance.persist_layer_norm)) if off]
+    if accepted:
+        note(f"no effect: {', '.join(accepted)} (the attention kernels fuse mask and softmax "
+             "themselves; apex's persistent layer norm is not used)")
 
 
 def _checkpoint_problem(root: str, step: Optional[int]) -> Optional[str]:

@@ -62,3 +62,24 @@ def test_steps_past_the_time_budget_are_skipped_and_counted(tmp_path):
     assert [line.split()[:3] for line in summary] == [["build", "SKIPPED", "(budget)"],
                                                       ["tests", "SKIPPED", "(budget)"]]
     assert not (tmp_path / "build.log").exists()
+
+
+def test_dry_run_rehearses_steps_on_cpu_and_gathers_one_json(tmp_path):
+    """--dry-run: each step's CPU-runnable part (here the environment and the fast-vs-local
+    comparison on a tiny model), every result in gpu_check.json."""
+    import json
+
+    env = dict(os.environ, PYTHON=sys.executable)
+    result = subprocess.run(["bash", SCRIPT, "--dry-run", "--out", str(tmp_path), "env",
+                             "fastpath"], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "dry run: each step's CPU-runnable part" in result.stdout
+    gathered = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert gathered["dry_run"] is True
+    assert [(step["step"], step["status"]) for step in gathered["steps"]] == \
+        [("env", "ok"), ("fastpath", "ok")]
+    fastpath = "\n".join(gathered["fastpath"])
+    # Both runs name their path (on CPU: the same one), and their losses agree.
+    assert fastpath.count("execution (cpu): linear: local") == 2
+    assert "agree within rtol 0.03 over 3 shared iterations" in fastpath

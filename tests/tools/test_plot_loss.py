@@ -43,3 +43,20 @@ def test_bad_inputs(tmp_path, capsys):
         plot_loss.main([str(tmp_path / "missing.log")])
     with pytest.raises(SystemExit):
         plot_loss.main([str(empty), "--labels", "a", "b"])
+
+
+def test_compare_checks_training_losses_iteration_by_iteration(tmp_path, capsys):
+    plot_loss = load_tool("plot_loss")
+    first, close, far = tmp_path / "a.log", tmp_path / "b.log", tmp_path / "c.log"
+    _write_log(first, capsys, [9.5, 8.25, 7.125], {})
+    _write_log(close, capsys, [9.52, 8.2, 7.1], {})
+    _write_log(far, capsys, [9.5, 8.25, 7.9], {})
+    assert plot_loss.main([str(first), str(close), "--compare", "--rtol", "0.01"]) == 0
+    assert "agree within rtol 0.01 over 3 shared iterations" in capsys.readouterr().out
+    assert plot_loss.main([str(first), str(far), "--compare", "--rtol", "0.01"]) == 1
+    out = capsys.readouterr().out
+    assert "| 3 | 7.125000 | 7.900000 | 1.09e-01 over rtol |" in out and "DIFFER" in out
+    lines, agree = plot_loss.compare([(1, 2.0)], [(2, 2.0)], 0.1)
+    assert not agree  # nothing in common is no evidence
+    with pytest.raises(SystemExit):
+        plot_loss.main([str(first), "--compare"])

@@ -209,9 +209,14 @@ def test_rampup_batch_size_errors(ramp, message):
 
 
 def test_transformer_impl_chooses_the_linear_layers():
-    """As in Megatron-LM the default is transformer_engine: Transformer Engine's layers where it
-    is available (use_te None lets the layer spec decide), never with --transformer-impl local."""
-    default = parse_args(["--mock-data"]).performance
-    assert default.transformer_impl == "transformer_engine" and default.use_te() is None
-    local = parse_args(["--mock-data", "--transformer-impl", "local"]).performance
-    assert local.use_te() is False
+    """As in Megatron-LM the default is transformer_engine: Transformer Engine's layers on a
+    CUDA machine where it is installed, never with --transformer-impl local (the whole path
+    decision is tested in tests/model/test_execution.py)."""
+    from megatron_ponder.model.execution import Capabilities
+
+    with_te = Capabilities(cuda=True, transformer_engine=True, apex_gradient_accumulation=True)
+    default = parse_args(["--mock-data"])
+    assert default.performance.transformer_impl == "transformer_engine"
+    assert default.performance.execution_path(default.model, with_te).transformer_engine
+    local = parse_args(["--mock-data", "--transformer-impl", "local"])
+    assert not local.performance.execution_path(local.model, with_te).transformer_engine

@@ -21,7 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
-from megatron_ponder.reproduction.recipes import RECIPES, arms_for, select_arms
+from megatron_ponder.reproduction.recipes import RECIPES, arms_for, at_learning_rate, \
+    best_learning_rate, select_arms
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 
@@ -36,9 +37,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                     for name, recipe in RECIPES.items()))
     parser.add_argument("--arms", nargs="+", default=None,
                         help="run only these arms (and the arms they continue from)")
-    parser.add_argument("--lr", type=float, nargs="+", default=None, metavar="LR",
+    parser.add_argument("--lr", nargs="+", default=None, metavar="LR",
                         help="peak learning rate(s) (default: the recipe's); every arm runs at "
-                             "each, an arm at a rate other than the recipe's as <arm>-lr<LR>")
+                             "each, an arm at a rate other than the recipe's as <arm>-lr<LR>. "
+                             "'best': each arm at the rate whose finished run of it (or of the "
+                             "arm it derives from: a second seed, a cheaper variant) reached "
+                             "the lowest validation loss in --output-dir")
     parser.add_argument("--output-dir", default=None,
                         help="default: runs/reproduce/<scale>")
     parser.add_argument("--eval-text", default=None,
@@ -88,11 +92,33 @@ def data_setup(args, recipe):
     return flags, valid, eval_text
 
 
+def choose_arms(recipe, names, rates, output_dir):
+    """The selected arms at the --lr rates (numbers, or 'best' from finished runs)."""
+    if rates != ["best"]:
+        try:
+            values = [float(rate) for rate in rates] if rates else None
+        except ValueError:
+            raise ValueError(f"--lr takes numbers or 'best', got {' '.join(rates)}") from None
+        return select_arms(recipe, names, values)
+    from megatron_ponder.reproduction.runner import read_json
+
+    arms = select_arms(recipe, names)
+    continued = ", ".join(arm.name for arm in arms if arm.init_from)
+    if continued:
+        raise ValueError(f"--lr best does not choose rates for continued arms ({continued}): "
+                         "give them --lr RATE")
+    return [at_learning_rate(recipe, arm, best_learning_rate(
+        output_dir, arm, lambda run: read_json(os.path.join(run, "result.json"))))
+        for arm in arms]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     recipe = RECIPES[args.scale]
+    output_dir = os.path.abspath(args.output_dir or os.path.join(REPO_ROOT, "runs", "reproduce",
+                                                                 recipe.name))
     try:
-        arms = select_arms(recipe, args.arms, args.lr)
+        arms = choose_arms(recipe, args.arms, args.lr, output_dir)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -115,8 +141,6 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    output_dir = os.path.abspath(args.output_dir or os.path.join(REPO_ROOT, "runs", "reproduce",
-                                                                 recipe.name))
     os.makedirs(output_dir, exist_ok=True)
     setup = Setup(recipe=recipe, output_dir=output_dir, data_flags=flags, jobs=jobs,
                   cpu_threads=None if gpus else max((cores or 1) // jobs, 1),

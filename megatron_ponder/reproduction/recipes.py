@@ -169,7 +169,51 @@ def arms_for(recipe: Recipe) -> List[Arm]:
             init_from="vanilla", train_iters=recipe.continued_iters, group="continued"),
         Arm("ponderlm2-k2", "PonderLM-2, K=2", ("--num-latent-thoughts", "2")
             + recipe.jacobi_flags, group="ponderlm2", tags=("optional",)),
+        Arm("vanilla-2x-depth-seed2", "K=0, 2x layers, second seed", k0, deeper=True,
+            seed=SEEDS[1], tags=("optional",)),
+        Arm("ponderlm2-k1-grad2-warmup", f"K=1, last 2 passes' gradients, after {half} "
+            f"iterations as K=0", k1 + ("--ponder-grad-passes", "2", "--ponder-warmup-iters",
+                                        half), group="cheaper", tags=("optional",)),
     ]
+
+
+# With --lr best, the arm whose swept rates pick each arm's rate (arms not listed: their own).
+TUNED_BY = {
+    "vanilla-seed2": "vanilla", "vanilla-compute-matched": "vanilla",
+    "vanilla-continued": "vanilla", "vanilla-2x-depth-seed2": "vanilla-2x-depth",
+    **{name: "ponderlm2-k1" for name in (
+        "ponderlm2-k1-seed2", "ponderlm2-k1-grad2", "ponderlm2-k1-warmup",
+        "ponderlm2-k1-grad2-warmup", "ponderlm2-k1-continued", "pause-k1", "loop-k1",
+        "ponderlm2-k2")},
+}
+
+
+def best_learning_rate(output_dir: str, arm: Arm, read_result) -> float:
+    """The peak rate at which the arm that tunes ``arm`` (``TUNED_BY``) reached the lowest
+    final validation loss among the finished runs of it in ``output_dir`` (its run at the
+    recipe's rate and every ``-lr<rate>`` run). ``read_result(directory)`` returns a run's
+    result.json as a dict, or None when the run has not finished."""
+    import os
+
+    tuner = TUNED_BY.get(arm.name, arm.name)
+    prefix = tuner + "-lr"
+    runs = [name for name in sorted(os.listdir(output_dir)) if name == tuner
+            or (name.startswith(prefix) and _is_rate(name[len(prefix):]))] \
+        if os.path.isdir(output_dir) else []
+    finished = [result for result in (read_result(os.path.join(output_dir, name))
+                                      for name in runs) if result]
+    if not finished:
+        raise ValueError(f"--lr best: no finished run of {tuner} in {output_dir} to choose "
+                         f"{arm.name}'s learning rate from (run the sweep first: --arms "
+                         f"{tuner} --lr RATE ...)")
+    return min(finished, key=lambda result: result["valid_loss"])["lr"]
+
+
+def _is_rate(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 def default_arm_names(recipe: Recipe) -> List[str]:

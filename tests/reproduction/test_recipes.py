@@ -57,6 +57,27 @@ def test_learning_rate_sweep_names_each_rate_and_keeps_sources_at_the_same_rate(
             select_arms(SMALL, ["vanilla"], [bad])
 
 
+def test_best_learning_rate_is_read_from_the_finished_runs_of_the_tuning_arm(tmp_path):
+    from megatron_ponder.reproduction.recipes import best_learning_rate
+    from megatron_ponder.reproduction.runner import read_json, write_json
+
+    for name, lr, loss in (("ponderlm2-k1", 0.002, 4.10), ("ponderlm2-k1-lr0.004", 0.004, 4.05),
+                           ("ponderlm2-k1-lr0.008", 0.008, 4.20), ("vanilla", 0.002, 4.3)):
+        (tmp_path / name).mkdir()
+        write_json(str(tmp_path / name / "result.json"), dict(lr=lr, valid_loss=loss))
+    (tmp_path / "ponderlm2-k1-lr0.016").mkdir()  # not finished: not a candidate
+    (tmp_path / "ponderlm2-k1-grad2").mkdir()   # another arm, not a rate of ponderlm2-k1
+
+    def read(run):
+        return read_json(os.path.join(run, "result.json"))
+
+    for name in ("ponderlm2-k1", "ponderlm2-k1-seed2", "loop-k1", "ponderlm2-k1-grad2-warmup"):
+        assert best_learning_rate(str(tmp_path), find_arm(SMALL, name), read) == 0.004
+    assert best_learning_rate(str(tmp_path), find_arm(SMALL, "vanilla-seed2"), read) == 0.002
+    with pytest.raises(ValueError, match="no finished run of vanilla-2x-depth"):
+        best_learning_rate(str(tmp_path), find_arm(SMALL, "vanilla-2x-depth-seed2"), read)
+
+
 def test_arm_flags_differ_only_where_the_arm_does(tmp_path):
     setup = _setup(tmp_path)
     configs = {arm.name: parse_args(training_flags(setup, arm, 300)) for arm in arms_for(SMALL)}

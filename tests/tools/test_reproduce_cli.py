@@ -21,6 +21,12 @@ def _run(tool, *args):
     (["--eval-text", "/no/such/file.txt"], 2, "error: --eval-text /no/such/file.txt: no such"),
     (["--scale", "gpu-70m"], 1, "error: --scale gpu-70m needs --data-path"),
     (["--jobs", "2", "--nproc-per-node", "2"], 2, "error: --jobs must be >= 1, and 1 with"),
+    (["--lr", "fast"], 2, "error: --lr takes numbers or 'best', got fast"),
+    (["--lr", "0"], 2, "error: --lr must be positive, got 0"),
+    (["--lr", "best", "--arms", "vanilla-seed2", "--output-dir", "/nonexistent/dir"], 2,
+     "error: --lr best: no finished run of vanilla in /nonexistent/dir"),
+    (["--lr", "best", "--arms", "vanilla-continued"], 2,
+     "error: --lr best does not choose rates for continued arms (vanilla-continued)"),
 ])
 def test_reproduce_rejects_bad_input_in_one_line(args, code, message):
     done = _run("reproduce.py", *args)

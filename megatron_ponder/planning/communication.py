@@ -119,6 +119,7 @@ class CommSetup:
     param_bytes: int = 2
     overlap_grad_reduce: bool = False
     check_for_nan: bool = True
+    split_pipeline_messages: bool = False  # each TP rank sends 1/t (Megatron-LM's scatter/gather)
 
     @property
     def sequence_parallel_on(self) -> bool:
@@ -212,7 +213,7 @@ def pipeline_sends(setup: CommSetup, chunks: float) -> Tuple[float, float]:
     forward = units - (m if setup.stage == setup.pp - 1 else 0)
     backward = units - (m if setup.stage == 0 else 0)
     rows = (setup.ponder.thoughts + 1) * setup.seq_length * setup.micro_batch_size
-    if setup.sequence_parallel_on:
+    if setup.sequence_parallel_on or setup.split_pipeline_messages:
         rows //= setup.tp
     return forward + backward, rows * setup.model.hidden_size * setup.activation_bytes
 

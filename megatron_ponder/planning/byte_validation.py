@@ -258,14 +258,6 @@ def _size(count: float) -> str:
     return f"{count / 2**10:9.1f} KiB" if count >= 2**10 else f"{count:9.0f} B  "
 
 
-def _calls_by_kind(collectives: Sequence[Collective]) -> Dict[Tuple[str, str], float]:
-    calls: Dict[Tuple[str, str], float] = defaultdict(float)
-    for collective in collectives:
-        if collective.group_size > 1 or collective.operation == "send":
-            calls[collective.kind] += collective.calls
-    return calls
-
-
 def compare(case: ByteCase, counts: Sequence[RankCount]) -> List[ByteLine]:
     """One line per pipeline stage and (group, operation) that sends anything. Ranks of one
     stage must have measured the same; the first of each stage is compared."""
@@ -279,7 +271,8 @@ def compare(case: ByteCase, counts: Sequence[RankCount]) -> List[ByteLine]:
     for stage, count in sorted(by_stage.items()):
         modelled = model_collectives(case, count)
         modelled_bytes, measured_bytes = sent_by_kind(modelled), sent_by_kind(count.collectives)
-        modelled_calls, measured_calls = _calls_by_kind(modelled), _calls_by_kind(count.collectives)
+        modelled_calls = sent_by_kind(modelled, "calls")
+        measured_calls = sent_by_kind(count.collectives, "calls")
         for kind in sorted(set(modelled_bytes) | set(measured_bytes)):
             lines.append(ByteLine(case.name, stage if case.pp > 1 else None, kind[0], kind[1],
                                   modelled_calls.get(kind, 0), measured_calls.get(kind, 0),

@@ -301,10 +301,12 @@ def step_collectives(setup: CommSetup, jacobi_per_microbatch: Optional[Sequence[
     return tally.collectives()
 
 
-def sent_by_kind(collectives: Sequence[Collective]) -> Dict[Tuple[str, str], float]:
-    """Bytes sent per (group, operation), groups of one rank left out."""
+def sent_by_kind(collectives: Sequence[Collective],
+                 what: str = "sent_bytes") -> Dict[Tuple[str, str], float]:
+    """Bytes sent (or ``what``: "calls", "payload_bytes") per (group, operation), groups of one
+    rank left out."""
     totals: Dict[Tuple[str, str], float] = defaultdict(float)
     for collective in collectives:
         if collective.group_size > 1 or collective.operation == "send":
-            totals[collective.kind] += collective.sent_bytes
+            totals[collective.kind] += getattr(collective, what)
     return dict(totals)

@@ -25,14 +25,6 @@ def _setup(**overrides):
     return CommSetup(**values)
 
 
-def _by_kind(collectives, field="calls"):
-    totals = {}
-    for c in collectives:
-        if c.group_size > 1 or c.operation == "send":
-            totals[c.kind] = totals.get(c.kind, 0) + getattr(c, field)
-    return totals
-
-
 def test_ring_fractions():
     assert sent_fraction("all_gather", 4) == sent_fraction("reduce_scatter", 4) == 0.75
     assert sent_fraction("all_reduce", 4) == 1.5
@@ -46,13 +38,13 @@ def test_tensor_parallel_with_sequence_parallelism_by_hand():
     # forward, 2 re-gathers and 2 row-parallel output gradients backward) and 4 reduce-scatters;
     # plus the embedding (1 + 1) and the output layer (2 gathers, 1 scatter) per micro-batch.
     collectives = step_collectives(_setup(), jacobi_per_microbatch=[2, 2])
-    calls = _by_kind(collectives)
+    calls = sent_by_kind(collectives, "calls")
     assert calls[("tp", "all_gather")] == 2 * (2 * 4 * 6 + 1 + 2) == 102
     assert calls[("tp", "reduce_scatter")] == 2 * (2 * 4 * 4 + 1 + 1) == 68
     # 3 cross-entropy all-reduces per micro-batch and the norms' gradients once.
     assert calls[("tp", "all_reduce")] == 2 * 3 + 1
     # Payload of a layer's gather: 64 rows per slot x H 64 x 4 bytes = 16 KiB per slot.
-    payload = _by_kind(collectives, "payload_bytes")
+    payload = sent_by_kind(collectives, "payload_bytes")
     layers = 2 * 2 * 6 * 7 * 16384  # micro-batches x layers x gathers x slots x bytes
     extra = 2 * 3 * 16384           # embedding and output layer: 1 slot each
     assert payload[("tp", "all_gather")] == layers + extra
@@ -63,12 +55,13 @@ def test_tensor_parallel_with_sequence_parallelism_by_hand():
 
 
 def test_recompute_and_no_sequence_parallelism():
-    full = _by_kind(step_collectives(_setup(recompute="full"), jacobi_per_microbatch=[2, 2]))
+    full = sent_by_kind(step_collectives(_setup(recompute="full"),
+                                        jacobi_per_microbatch=[2, 2]), "calls")
     # Full recomputation repeats each layer's forward gathers and scatters: 2 + 2 per pass.
     assert full[("tp", "all_gather")] == 102 + 2 * 2 * 4 * 2
     assert full[("tp", "reduce_scatter")] == 68 + 2 * 2 * 4 * 2
-    plain = _by_kind(step_collectives(_setup(sequence_parallel=False),
-                                      jacobi_per_microbatch=[2, 2]))
+    plain = sent_by_kind(step_collectives(_setup(sequence_parallel=False),
+                                          jacobi_per_microbatch=[2, 2]), "calls")
     # 2 forward + 2 backward all-reduces per layer and pass, embedding forward, output layer
     # backward, 3 for the loss; no norm-gradient all-reduce.
     assert plain == {("tp", "all_reduce"): 2 * (2 * 4 * 4 + 1 + 1 + 3),
@@ -77,8 +70,8 @@ def test_recompute_and_no_sequence_parallelism():
 
 def test_grad_passes_run_forward_only():
     ponder = PonderConfig(num_latent_thoughts=1, jacobi_iterations=2, ponder_grad_passes=1)
-    calls = _by_kind(step_collectives(_setup(ponder=ponder, num_microbatches=1),
-                                      jacobi_per_microbatch=[2]))
+    calls = sent_by_kind(step_collectives(_setup(ponder=ponder, num_microbatches=1),
+                                          jacobi_per_microbatch=[2]), "calls")
     # Three passes forward only (2 gathers each per layer), the final pass 6; + 1 + 2.
     assert calls[("tp", "all_gather")] == 2 * (3 * 2 + 6) + 1 + 2
 

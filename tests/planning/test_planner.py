@@ -29,6 +29,11 @@ def _request(gpus=64, **overrides):
     return PlanRequest(**values)
 
 
+@pytest.fixture(scope="module")
+def plan_64_gpus():
+    return make_plan(_request())
+
+
 def test_flops_agree_with_training_flops():
     model, ponder = _pythia_1_4b(), PonderConfig(num_latent_thoughts=1)
     for j in (2, 3, 4):
@@ -68,8 +73,8 @@ def test_step_time_and_bubble():
     assert piped.time.tensor_parallel > 0 and piped.time.pipeline > 0
 
 
-def test_64_gpu_plan_does_not_tie():
-    fitting = make_plan(_request()).fitting
+def test_64_gpu_plan_does_not_tie(plan_64_gpus):
+    fitting = plan_64_gpus.fitting
     by_tp = {}
     for p in fitting:
         by_tp.setdefault(p.layout.tp, p.step_seconds)
@@ -92,8 +97,8 @@ def test_candidate_layouts_respect_divisibility():
         assert layout.pp == 1 or microbatches % layout.pp == 0
 
 
-def test_plan_ranks_fitting_layouts_by_step_time():
-    plan = make_plan(_request())
+def test_plan_ranks_fitting_layouts_by_step_time(plan_64_gpus):
+    plan = plan_64_gpus
     fitting = plan.fitting
     assert fitting and all(p.fits for p in fitting)
     assert [p.step_seconds for p in fitting] == sorted(p.step_seconds for p in fitting)

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Plan a PonderLM-2 training run: FLOPs per token (all passes and vanilla), per-GPU memory of
 candidate layouts (weights, gradients, optimizer state, activations of all passes), the layouts
-that fit ranked by estimated step time, and the wall time and GPU-hours of the whole run.
-``--validate`` instead checks the activation model against measurement on CPU.
+that fit ranked by modelled step time (compute, communication on the cluster's topology, pipeline
+bubble), and the wall time and GPU-hours of the whole run. ``--validate`` instead checks the
+activation and communication models against CPU runs and the step time against published
+Megatron-LM throughput (docs/planning.md).
 
 Examples:
   python tools/plan_run.py --model-preset pythia-1.4b --num-latent-thoughts 1 \

@@ -23,18 +23,34 @@ class PlanConfig:
     peak_tflops: Optional[float] = option(None, "dense bf16 peak TFLOP/s (overrides the table)")
     memory_bandwidth_tbs: Optional[float] = option(
         None, "memory bandwidth in TB/s (overrides the table)")
-    mfu: float = option(0.4, "assumed model FLOPs utilisation (fraction of the bf16 peak), e.g. "
-                      "the MFU a short run at this layout logged")
+    mfu: float = option(
+        0.5, "assumed fraction of the bf16 peak the layers' matmuls and attention reach at large "
+        "per-GPU shapes (smaller shapes, communication and the pipeline bubble are modelled on "
+        "top of it)")
+    gpus_per_node: Optional[int] = option(None, "GPUs per node (default: 8)")
+    nvlink_bandwidth_gbs: Optional[float] = option(
+        None, "achievable collective bandwidth inside a node, GB/s per GPU (default by "
+        "--gpu-type, hardware.py)")
+    network_bandwidth_gbs: Optional[float] = option(
+        None, "achievable network bandwidth across nodes, GB/s per GPU (default by --gpu-type)")
+    nvlink_latency_us: Optional[float] = option(
+        None, "fixed cost of one collective or message inside a node, microseconds (default 10)")
+    network_latency_us: Optional[float] = option(
+        None, "fixed cost of one collective or message across nodes, microseconds (default 20)")
     memory_reserve_gib: float = option(
         4.0, "per-GPU memory kept free for the CUDA context, communication buffers and "
         "allocator fragmentation")
     plan_fp32: bool = option(False, "plan fp32 training (default: bf16 mixed precision)")
     max_tensor_parallel: int = option(8, "largest tensor-parallel size to consider (one node)")
     top: int = option(10, "fitting layouts to print")
-    validate: bool = option(False, "instead of planning: build small models on CPU and compare "
-                          "the activation estimate with the bytes saved for backward")
+    validate: bool = option(False, "instead of planning: check the models: activation memory and "
+                          "communicated bytes against small CPU runs, step time against "
+                          "published Megatron-LM throughput")
     validate_cases: Tuple[str, ...] = option(
-        (), "with --validate: only these cases (names as printed; default: all)")
+        (), "with --validate: only these memory and byte cases (names as printed; default: "
+        "all)")
+    validate_parts: Tuple[str, ...] = option(
+        (), "with --validate: only these parts: memory, bytes, throughput (default: all)")
 
 
 def build_parser():
@@ -53,9 +69,10 @@ def build_parser():
 
 
 def request_from_args(args, plan: PlanConfig):
-    from megatron_ponder.planning.hardware import gpu_spec
+    from megatron_ponder.planning.hardware import gpu_spec, interconnect
     from megatron_ponder.planning.planner import PlanRequest
     from megatron_ponder.training.arguments import config_from_args
+    from megatron_ponder.training.trainer import grad_reduce_can_overlap
 
     if not any(getattr(args, name, None) for name in ("data_path", "train_data_path",
                                                        "mock_data")):
@@ -74,7 +91,70 @@ def request_from_args(args, plan: PlanConfig):
         model=model, ponder=config.ponder, seq_length=config.data.seq_length,
         global_batch_size=config.train.global_batch_size, train_tokens=plan.train_tokens,
         gpus=plan.gpus, gpu=gpu, mfu=plan.mfu, mixed_precision=not plan.plan_fp32,
-        reserve_gib=plan.memory_reserve_gib, max_tensor_parallel=plan.max_tensor_parallel)
+        reserve_gib=plan.memory_reserve_gib, max_tensor_parallel=plan.max_tensor_parallel,
+        interconnect=interconnect(plan.gpu_type, plan.gpus_per_node, plan.nvlink_bandwidth_gbs,
+                                  plan.network_bandwidth_gbs, plan.nvlink_latency_us,
+                                  plan.network_latency_us),
+        overlap_grad_reduce=grad_reduce_can_overlap(config),
+        overlap_param_gather=config.performance.overlap_param_gather,
+        grad_reduce_in_bf16=config.performance.grad_reduce_in_bf16)
+
+
+VALIDATION_PARTS = ("memory", "bytes", "throughput")
+# Pass marks: activation and byte ratios, and the median error against published throughput.
+MEMORY_TOLERANCE, BYTES_TOLERANCE, THROUGHPUT_MEDIAN_ERROR = 0.10, 0.05, 0.15
+
+
+def validate(plan: PlanConfig) -> int:
+    """``--validate``: the memory, byte and throughput checks; 1 if any misses its mark."""
+    from megatron_ponder.planning.byte_validation import BYTE_CASES, validate_bytes
+    from megatron_ponder.planning.published import median_absolute_error, validate_throughput
+    from megatron_ponder.planning.validation import DEFAULT_CASES
+    from megatron_ponder.planning.validation import validate as validate_memory
+
+    parts = plan.validate_parts or VALIDATION_PARTS
+    unknown_parts = sorted(set(parts) - set(VALIDATION_PARTS))
+    if unknown_parts:
+        raise ValueError(f"unknown --validate-parts {unknown_parts}; choose from "
+                         f"{list(VALIDATION_PARTS)}")
+    names = set(plan.validate_cases)
+    known = {case.name for case in DEFAULT_CASES} | {case.name for case in BYTE_CASES}
+    if names - known:
+        raise ValueError(f"unknown validation case(s) {sorted(names - known)}; choose from "
+                         f"{sorted(known)}")
+    memory_cases = [case for case in DEFAULT_CASES if not names or case.name in names]
+    byte_cases = [case for case in BYTE_CASES if not names or case.name in names]
+    printer = lambda text: print(text, flush=True)  # noqa: E731
+    failures = []
+    if "memory" in parts and memory_cases:
+        print("activation memory: estimate vs bytes autograd keeps (ratio = estimate / measured)")
+        lines = validate_memory(memory_cases, printer=printer)
+        failures += _misses(lines, MEMORY_TOLERANCE, "activation")
+    if "bytes" in parts and byte_cases:
+        print("communication: bytes each rank sends per step, model vs counted (ratio = model / "
+              "measured)")
+        lines = validate_bytes(byte_cases, printer=printer)
+        failures += _misses(lines, BYTES_TOLERANCE, "byte")
+    if "throughput" in parts:
+        print(f"throughput: Narayanan et al. (SC21) Table 1, A100, matmul efficiency {plan.mfu:g}")
+        lines = validate_throughput(plan.mfu, printer=printer)
+        median = median_absolute_error(lines)
+        print(f"median absolute error {100 * median:.1f}% over {len(lines)} rows")
+        if median > THROUGHPUT_MEDIAN_ERROR:
+            failures.append(f"median throughput error {100 * median:.1f}% over "
+                            f"{100 * THROUGHPUT_MEDIAN_ERROR:g}%")
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _misses(lines, tolerance: float, what: str) -> List[str]:
+    bad = [line for line in lines if not 1 - tolerance <= line.ratio <= 1 + tolerance]
+    if not bad:
+        print(f"all {len(lines)} {what} ratios within [{1 - tolerance:g}, {1 + tolerance:g}]")
+        return []
+    return [f"{len(bad)} of {len(lines)} {what} ratios outside [{1 - tolerance:g}, "
+            f"{1 + tolerance:g}]"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -82,19 +162,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     plan = from_arguments(PlanConfig, args)
     if plan.validate:
-        from megatron_ponder.planning.validation import select_cases, validate
-
         try:
-            cases = select_cases(list(plan.validate_cases))
+            return validate(plan)
         except ValueError as error:
             parser.error(str(error))
-        lines = validate(cases, printer=lambda text: print(text, flush=True))
-        bad = [line for line in lines if not 0.9 <= line.ratio <= 1.1]
-        if bad:
-            print(f"{len(bad)} of {len(lines)} ratios outside [0.9, 1.1]", file=sys.stderr)
-            return 1
-        print(f"all {len(lines)} ratios within [0.9, 1.1]")
-        return 0
     from megatron_ponder.planning.planner import format_plan, make_plan
 
     try:

@@ -1,22 +1,17 @@
 """Plan a PonderLM-2 training run: FLOPs, per-GPU memory of candidate layouts, and the layouts
-that fit ranked by estimated step time, with the wall time and GPU-hours of the whole run.
+that fit ranked by modelled step time, with the communication share of each, the wall time and
+GPU-hours of the whole run.
 
 FLOPs come from ``megatron_ponder.training.flops`` (all passes, forward and backward; J
 averaged over the ``--random-jacobi-iterations`` recipe). Memory comes from
-``megatron_ponder.planning.memory`` with the largest J (the worst micro-batch). Step time:
-
-    (model FLOPs + recomputation FLOPs) per GPU / (peak x MFU) / (1 - bubble) + optimizer step
-
-where MFU is the assumed (``--mfu``, e.g. read from a training log's MFU column) fraction of
-the bf16 peak achieved on the work actually done, recomputation adds its extra forward work
-(full: every layer's forward again in each pass that keeps a graph; selective: the attention
-scores and values), the bubble is the pass-interleaved pipeline's (P - 1) / (V M + P - 1) with
-V = passes per micro-batch (this project's pipeline runs each pass as a virtual stage,
-``parallel/bubble.py``) and M micro-batches per step, and the optimizer step streams its state
-through memory once (about 30 bytes per parameter of the rank's shard, at the GPU's
-bandwidth). Communication (tensor-parallel collectives, data-parallel gradient reduction,
-pipeline p2p) is not modelled separately: the assumed MFU absorbs it, so measure MFU at the
-layout you intend to run. Tensor parallelism is planned with sequence parallelism, data
+``megatron_ponder.planning.memory`` with the largest J (the worst micro-batch). Step time comes
+from ``megatron_ponder.planning.timing``: every matmul on its per-GPU shape at the assumed
+efficiency (``--mfu``), lowered for small shapes; the collectives and pipeline messages of
+``megatron_ponder.planning.communication`` on the cluster's topology (``--gpus-per-node``,
+NVLink and network bandwidth); the pass-interleaved pipeline bubble (P - 1) / (V M + P - 1)
+with V = passes per micro-batch (each pass is a virtual stage, ``parallel/bubble.py``) and M
+micro-batches per step; what overlaps and what does not; and the optimizer step streaming its
+state through memory once. Tensor parallelism is planned with sequence parallelism, data
 parallelism with the distributed optimizer (megatron's ``--use-distributed-optimizer``).
 """
 
@@ -26,15 +21,16 @@ from typing import List, Optional, Sequence, Tuple
 
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.parallel.bubble import interleaved_idle_fraction
-from megatron_ponder.planning.hardware import GPUSpec
+from megatron_ponder.planning.communication import CommSetup, expected_max
+from megatron_ponder.planning.hardware import DEFAULT_INTERCONNECT, GPUSpec, Interconnect
 from megatron_ponder.planning.memory import (
     RECOMPUTE_SETTINGS, ActivationSetup, activation_bytes, model_state_bytes, stage_parameters,
 )
+from megatron_ponder.planning.timing import Hardware, StepTime, step_time
 from megatron_ponder.training.flops import forward_passes, layer_weight_macs_per_slot, \
     parameter_count, pass_flops, step_flops
 
 GIB = 2 ** 30
-OPTIMIZER_BYTES_PER_PARAMETER = 30  # fp32 grad read, master/m/v read+write, bf16 weight write
 
 
 @dataclass(frozen=True)
@@ -59,9 +55,13 @@ class PlanRequest:
     train_tokens: float
     gpus: int
     gpu: GPUSpec
-    mfu: float = 0.4
+    mfu: float = 0.5
     mixed_precision: bool = True
     distributed_optimizer: bool = True
+    interconnect: Interconnect = DEFAULT_INTERCONNECT
+    overlap_grad_reduce: bool = False   # GPU training overlaps for K = 0 or a fixed J
+    overlap_param_gather: bool = False
+    grad_reduce_in_bf16: bool = False
     reserve_gib: float = 4.0
     max_tensor_parallel: int = 8
     max_pipeline_parallel: int = 16
@@ -144,8 +144,13 @@ class LayoutPlan:
     total_gib: float
     fits: bool
     bubble: float
-    step_seconds: float
+    time: StepTime
+    model_flops_utilization: float = 0.0
     stage: int = 0
+
+    @property
+    def step_seconds(self) -> float:
+        return self.time.total
 
 
 def candidate_layouts(request: PlanRequest) -> List[Layout]:
@@ -194,21 +199,29 @@ def plan_layout(request: PlanRequest, layout: Layout) -> LayoutPlan:
             worst = (total, stage, params, state, acts)
     total, stage, params, state, acts = worst
     passes = len(forward_passes(ponder, ponder.thoughts, max(choices)))
-    bubble = interleaved_idle_fraction(layout.pp, microbatches, passes) if layout.pp > 1 else 0.0
+    chunks = (ponder.thoughts + expected_max(choices, microbatches) + 1) if ponder.thoughts \
+        else 1
+    bubble = interleaved_idle_fraction(layout.pp, microbatches, chunks) if layout.pp > 1 \
+        else 0.0
+    e = 2 if request.mixed_precision else 4
+    setup = CommSetup(
+        model=model, ponder=ponder, seq_length=request.seq_length,
+        micro_batch_size=layout.micro_batch_size, num_microbatches=microbatches, tp=layout.tp,
+        pp=layout.pp, dp=layout.dp, sequence_parallel=True, recompute=layout.recompute,
+        distributed_optimizer=request.distributed_optimizer, activation_bytes=e,
+        grad_bytes=2 if request.grad_reduce_in_bf16 else 4, param_bytes=e,
+        overlap_grad_reduce=request.overlap_grad_reduce)
+    hardware = Hardware(request.gpu, request.interconnect, request.mfu)
+    time = step_time(setup, choices, hardware, bubble, request.overlap_param_gather)
     tokens = request.global_batch_size * request.seq_length
-    work = tokens * (flops_per_token(model, ponder, request.seq_length, choices)
-                     + recompute_flops_per_token(model, ponder, request.seq_length, choices,
-                                                 layout.recompute))
-    compute = work / request.gpus / (request.gpu.peak_bf16_tflops * 1e12 * request.mfu)
-    shard = params / layout.dp if request.distributed_optimizer else params
-    optimizer = shard * OPTIMIZER_BYTES_PER_PARAMETER / (request.gpu.memory_bandwidth_tbs * 1e12)
-    step = compute / (1.0 - bubble) + optimizer
+    model_flops = tokens * flops_per_token(model, ponder, request.seq_length, choices)
+    mfu = model_flops / (time.total * request.gpus * request.gpu.peak_bf16_tflops * 1e12)
     return LayoutPlan(
         layout=layout, num_microbatches=microbatches, passes=passes, parameters=params,
         weight_gib=state.weight_bytes / GIB, grad_gib=state.grad_bytes / GIB,
         optimizer_gib=state.optimizer_bytes / GIB, activation_gib=acts / GIB,
         total_gib=total / GIB, fits=total <= request.gpu.memory_gib * GIB, bubble=bubble,
-        step_seconds=step, stage=stage)
+        time=time, model_flops_utilization=mfu, stage=stage)
 
 
 @dataclass
@@ -248,6 +261,12 @@ def _duration(seconds: float) -> str:
     return f"{int(days)}d {rest / 3600:4.1f}h" if days else f"{seconds / 3600:.1f}h"
 
 
+def _split(time: StepTime) -> str:
+    tensor = time.tensor_parallel / (1.0 - time.bubble)
+    data = time.gradients + time.parameters
+    return f"{tensor:.2f}/{time.pipeline:.2f}/{data:.2f}"
+
+
 def format_plan(plan: Plan, top: int = 10) -> str:
     request, model, ponder = plan.request, plan.request.model, plan.request.ponder
     choices = request.jacobi_choices
@@ -267,7 +286,13 @@ def format_plan(plan: Plan, top: int = 10) -> str:
         f"{plan.vanilla_flops_per_token:.4g}; ratio {plan.flops_per_token / plan.vanilla_flops_per_token:.2f}x",
         f"cluster: {request.gpus} x {request.gpu.name} ({request.gpu.memory_gib:g} GiB, "
         f"{request.gpu.peak_bf16_tflops:g} TFLOP/s bf16, {request.gpu.memory_bandwidth_tbs:g} "
-        f"TB/s), assumed MFU {request.mfu:g}, reserve {request.reserve_gib:g} GiB/GPU",
+        f"TB/s, {request.gpu.sm_count} SMs), assumed matmul efficiency {request.mfu:g}, "
+        f"reserve {request.reserve_gib:g} GiB/GPU",
+        f"interconnect: {request.interconnect.describe()}; TP with sequence parallelism, "
+        f"distributed optimizer, gradient reduction "
+        f"{'overlapped' if request.overlap_grad_reduce else 'not overlapped'} "
+        f"({'bf16' if request.grad_reduce_in_bf16 else 'fp32'}), parameter all-gather "
+        f"{'overlapped' if request.overlap_param_gather else 'not overlapped'}",
         f"run: {request.train_tokens:.4g} tokens = {plan.steps:,} steps; total "
         f"{plan.flops_per_token * request.train_tokens:.3g} FLOPs",
     ]
@@ -276,8 +301,11 @@ def format_plan(plan: Plan, top: int = 10) -> str:
                  f"{request.gpu.memory_gib:g} GiB")
     header = (f"{'#':>3} {'TP':>2} {'PP':>2} {'DP':>4} {'mbs':>3} {'M':>4} {'recompute':>9} "
               f"{'weights':>7} {'grads':>6} {'optim':>6} {'activ':>7} {'total':>7} "
-              f"{'bubble':>6} {'step s':>7} {'wall':>10} {'GPU-h':>9}")
-    lines.append("per-GPU GiB (worst stage):")
+              f"{'bubble':>6} {'comm':>5} {'TP/PP/DP s':>16} {'MFU':>5} {'step s':>7} "
+              f"{'wall':>10} {'GPU-h':>9}")
+    lines.append("per-GPU GiB (worst stage); comm = exposed communication's share of the step, "
+                 "split into tensor-parallel / pipeline / data-parallel seconds; MFU = model "
+                 "FLOPs / (GPUs x peak x step)")
     lines.append(header)
     for rank, p in enumerate(fitting[:top], 1):
         wall = p.step_seconds * plan.steps
@@ -286,6 +314,8 @@ def format_plan(plan: Plan, top: int = 10) -> str:
             f"{p.layout.micro_batch_size:>3} {p.num_microbatches:>4} {p.layout.recompute:>9} "
             f"{p.weight_gib:7.2f} {p.grad_gib:6.2f} {p.optimizer_gib:6.2f} "
             f"{p.activation_gib:7.2f} {p.total_gib:7.2f} {100 * p.bubble:5.1f}% "
+            f"{100 * p.time.communication_share:4.1f}% {_split(p.time):>16} "
+            f"{100 * p.model_flops_utilization:4.1f}% "
             f"{p.step_seconds:7.3f} {_duration(wall):>10} {wall * request.gpus / 3600:9.0f}")
     if not fitting:
         smallest = min(plan.layouts, key=lambda p: p.total_gib)

@@ -128,7 +128,7 @@ class Trainer:
         on_gpu, performance = torch.cuda.is_available(), cfg.performance
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=not (on_gpu and performance.grad_reduce_in_bf16),
-            overlap_grad_reduce=on_gpu and _grad_reduce_can_overlap(cfg),
+            overlap_grad_reduce=on_gpu and grad_reduce_can_overlap(cfg),
             overlap_param_gather=on_gpu and performance.overlap_param_gather,
             use_distributed_optimizer=cfg.train.use_distributed_optimizer,
             average_in_collective=False,
@@ -537,7 +537,7 @@ def recompute_overrides(train: TrainConfig) -> dict:
     return {}
 
 
-def _grad_reduce_can_overlap(config: PretrainConfig) -> bool:
+def grad_reduce_can_overlap(config: PretrainConfig) -> bool:
     """Whether megatron DDP may overlap the gradient reduction with the backward: only when
     every step runs the same passes.
 

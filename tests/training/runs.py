@@ -122,3 +122,34 @@ def pretrain_runs_with_nan(runs):
         parallel_state.destroy_model_parallel()
         results.append({**result, "computed": list(computed)})
     return results
+
+
+def save_on_a_full_disk(root):
+    """A checkpoint saved, then a save whose writer runs out of space after writing part of
+    the directory (as megatron-core's writer processes report it); returns (the error line,
+    the directories left, the tracker's text)."""
+    import os
+    from unittest import mock
+
+    from megatron_ponder import mcore
+    from megatron_ponder.checkpoint import storage
+    from megatron_ponder.checkpoint.layout import TRACKER_FILE, CheckpointError
+
+    def full_disk(state, path, **_kwargs):
+        with open(os.path.join(path, "__0_0.distcp"), "wb") as f:
+            f.write(b"\0" * 100)
+        raise RuntimeError("Worker failure: [Errno 28] No space left on device")
+
+    mcore.init(single_process=True)
+    try:
+        storage.save_state(root, 1, {"step": 1})
+        with mock.patch.object(storage.dist_checkpointing, "save", full_disk):
+            try:
+                storage.save_state(root, 2, {"step": 2})
+                message = None
+            except CheckpointError as error:
+                message = str(error)
+    finally:
+        mcore.shutdown()
+    with open(os.path.join(root, TRACKER_FILE)) as f:
+        return message, sorted(os.listdir(root)), f.read()

@@ -91,7 +91,7 @@ def save_state(root: str, iteration: int, state: Dict[str, Any],
         try:
             dist_checkpointing.save(state, path)
             point_tracker_at_it()
-        except Exception as exc:
+        except BaseException as exc:  # torch's CheckpointException is no Exception
             if not _is_disk_full(exc):
                 raise
             raise _disk_full(root, iteration) from exc

@@ -136,9 +136,14 @@ def save_on_a_full_disk(root):
     from megatron_ponder.checkpoint.layout import TRACKER_FILE, CheckpointError
 
     def full_disk(state, path, **_kwargs):
+        from torch.distributed.checkpoint.api import CheckpointException
+
         with open(os.path.join(path, "__0_0.distcp"), "wb") as f:
             f.write(b"\0" * 100)
-        raise RuntimeError("Worker failure: [Errno 28] No space left on device")
+        # What torch.distributed.checkpoint raises (a BaseException) when a writer process of
+        # megatron-core's fails.
+        raise CheckpointException("write", {0: (RuntimeError(
+            "Worker failure: [Errno 28] No space left on device"), None)})
 
     mcore.init(single_process=True)
     try:

@@ -74,7 +74,8 @@ def get_logger(name: str) -> logging.Logger:
 # and Apex are missing, which is expected (the layer spec is megatron-core's local one).
 _THIRD_PARTY_MODULES = r"(megatron\.core|torch|transformers)(\..*)?$"
 _EXPECTED_NOTICES = ("Transformer Engine and Apex are not installed",
-                     "Apex is not installed", "full scope is deprecated")
+                     "Apex is not installed", "full scope is deprecated",
+                     "Please use DTensor instead and we are deprecating ShardedTensor")
 
 
 def quiet_third_party_warnings() -> None:

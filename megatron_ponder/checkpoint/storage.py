@@ -92,7 +92,7 @@ def save_state(root: str, iteration: int, state: Dict[str, Any],
             dist_checkpointing.save(state, path)
             point_tracker_at_it()
         except BaseException as exc:  # torch's CheckpointException is no Exception
-            if not _is_disk_full(exc):
+            if not _is_disk_full(exc, root):
                 raise
             raise _disk_full(root, iteration) from exc
     else:
@@ -128,9 +128,19 @@ def _warn_if_the_last_size_does_not_fit(root: str, iteration: int) -> None:
                     f"iteration {iteration} may not fit")
 
 
-def _is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` or its cause is ENOSPC (megatron-core's writer processes report it as
-    a RuntimeError carrying the OSError's text)."""
+_FULL_BELOW_BYTES = 2**20
+
+
+def _is_disk_full(exc: BaseException, root: str) -> bool:
+    """Whether a save failed with ``exc`` for want of space: ENOSPC in it or its cause
+    (megatron-core's writer processes report it as a RuntimeError carrying the OSError's
+    text), or, as torch.save reports it without the errno, less than a MiB left on ``root``'s
+    filesystem after the failure."""
+    try:
+        if shutil.disk_usage(root).free < _FULL_BELOW_BYTES:
+            return True
+    except OSError:
+        pass
     while exc is not None:
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             return True

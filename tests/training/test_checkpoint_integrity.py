@@ -202,13 +202,16 @@ def test_a_first_save_interrupted_before_any_tracker_means_starting_from_scratch
         find_checkpoint(root)
 
 
-def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
+@pytest.mark.parametrize("how", ["writer", "torch.save"])
+def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_partial_checkpoint(tmp_path, how):
     root = str(tmp_path / "ckpt")
-    (message, left, tracker), = run_ranks(save_on_a_full_disk, 1, root)
-    assert message.startswith(f"no space left on the device of {root} while saving iteration "
-                              f"2 (")
-    assert "MiB free); the partial iter_0000002 was removed, the newest complete checkpoint " \
-           f"is iteration 1 ({checkpoint_dir(root, 1)})" in message
+    (message, left, tracker), = run_ranks(save_on_a_full_disk, 1, root, how)
+    free = "0.0" if how == "torch.save" else "1024.0"
+    assert message == (
+        f"no space left on the device of {root} while saving iteration 2 ({free} MiB free); "
+        f"the partial iter_0000002 was removed, the newest complete checkpoint is iteration 1 "
+        f"({checkpoint_dir(root, 1)}): free space (or --save elsewhere, --save-retain N) and "
+        f"resume")
     assert left == ["iter_0000001", TRACKER_FILE] and tracker == "1"
 
 

@@ -143,14 +143,19 @@ def test_without_python_set_torchrun_python_is_used(tmp_path):
     assert launcher == [sys.executable]
 
 
-def test_a_changed_train_iters_on_an_existing_run_says_what_to_do(tmp_path):
+def _finished_run(tmp_path):
+    """A run directory whose run of the default schedule saved its last iteration, 120; the
+    launcher's environment for it."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("120")
     (run / "schedule").write_text("train_iters=120 lr=2e-3\n")
-    env = _env(tmp_path, DRY_RUN="1", PYTHON=sys.executable, DATA_PATH="/d/x", GPUS_PER_NODE="1")
-    same = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
-    assert same.returncode == 0, same.stderr
+    return run, _env(tmp_path, DRY_RUN="1", PYTHON=sys.executable, DATA_PATH="/d/x",
+                     GPUS_PER_NODE="1")
+
+
+def test_a_changed_train_iters_on_an_existing_run_says_what_to_do(tmp_path):
+    _, env = _finished_run(tmp_path)
     env["TRAIN_ITERS"] = "500"
     changed = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True,
                              timeout=120)
@@ -166,11 +171,7 @@ def test_a_changed_train_iters_on_an_existing_run_says_what_to_do(tmp_path):
 
 
 def test_a_finished_run_says_so_and_how_to_continue(tmp_path):
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("120")
-    (run / "schedule").write_text("train_iters=120 lr=2e-3\n")
-    env = _env(tmp_path, DRY_RUN="1", PYTHON=sys.executable, DATA_PATH="/d/x", GPUS_PER_NODE="1")
+    run, env = _finished_run(tmp_path)
     done = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout == "", done.stdout  # nothing is started
     assert done.stderr.strip() == (

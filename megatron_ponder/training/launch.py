@@ -52,10 +52,10 @@ def check_trainer_flags(trainer_argv, world_size: int) -> None:
 
 
 def _world_size(args) -> int:
-    from torch.distributed.run import parse_min_max_nnodes
+    from torch.distributed.run import determine_local_world_size, parse_min_max_nnodes
 
     _, max_nodes = parse_min_max_nnodes(args.nnodes)
-    return int(args.nproc_per_node) * max_nodes
+    return determine_local_world_size(args.nproc_per_node) * max_nodes
 
 
 def reported_by_the_ranks(failures: dict) -> bool:

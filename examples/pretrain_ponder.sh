@@ -51,7 +51,12 @@ fi
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-localhost}
-MASTER_PORT=${MASTER_PORT:-6000}
+if [ -n "${MASTER_PORT:-}" ] || [ "$NNODES" != 1 ]; then
+    RENDEZVOUS=(--master-addr "$MASTER_ADDR" --master-port "${MASTER_PORT:-6000}")
+else
+    # torchrun without a port on one node takes a free one: runs side by side do not collide.
+    RENDEZVOUS=()
+fi
 
 # ---- what to train ---------------------------------------------------------------------------
 PRESET=${PRESET:-tiny}
@@ -98,14 +103,27 @@ fi
 # a decision, which pretrain_ponder.py's flags express.
 SCHEDULE="train_iters=$TRAIN_ITERS lr=$LR"
 SCHEDULE_FILE=$RUN_DIR/schedule
-if [ -f "$SAVE_DIR/latest_checkpointed_iteration.txt" ] && [ -f "$SCHEDULE_FILE" ] \
+TRACKER=$SAVE_DIR/latest_checkpointed_iteration.txt
+if [ -f "$TRACKER" ] && [ -f "$SCHEDULE_FILE" ] \
         && [ "$(cat "$SCHEDULE_FILE")" != "$SCHEDULE" ] \
         && [[ " $* " != *" --override-opt_param-scheduler "* ]] \
         && [[ " $* " != *" --use-checkpoint-opt_param-scheduler "* ]]; then
     say "error: $RUN_DIR holds a run with $(cat "$SCHEDULE_FILE"), not $SCHEDULE: set RUN_DIR to" \
         "start afresh, or append --override-opt_param-scheduler (continue it on the new" \
-        "schedule) or --use-checkpoint-opt_param-scheduler (keep its schedule)"
+        "schedule) or --use-checkpoint-opt_param-scheduler (keep its schedule) to the command" \
+        "(with make: make pretrain ARGS=--override-opt_param-scheduler)"
     exit 1
+fi
+# A finished run loads and stops at once: say so instead (unless flags change its length).
+if [ -f "$TRACKER" ] && [[ " $* " != *" --train-iters"* ]] && [[ " $* " != *" --train-samples"* ]]; then
+    DONE=$(cat "$TRACKER")
+    if [[ "$DONE" =~ ^[0-9]+$ ]] && [ "$DONE" -ge "$TRAIN_ITERS" ]; then
+        MORE="TRAIN_ITERS=$((DONE * 2))"
+        say "run complete at iteration $DONE ($SAVE_DIR); to continue it: $MORE bash" \
+            "examples/pretrain_ponder.sh --override-opt_param-scheduler (with make: make" \
+            "pretrain $MORE ARGS=--override-opt_param-scheduler); to start afresh: another RUN_DIR"
+        exit 0
+    fi
 fi
 
 TRAINER_ARGS=(
@@ -142,8 +160,11 @@ if [ -n "$UNDER_TORCHRUN" ]; then
     exec "$PYTHON" "${TRAINER_ARGS[@]}"
 fi
 
-run "$PYTHON" -m torch.distributed.run --nproc-per-node "$GPUS_PER_NODE" --nnodes "$NNODES" \
-    --node-rank "$NODE_RANK" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
+if [ ${#RENDEZVOUS[@]} = 0 ]; then say "MASTER_PORT not set: torchrun takes a free port"; fi
+# torchrun, after checking the trainer's flags once in this process (a mistake is one line,
+# before any rank starts); see megatron_ponder/training/launch.py.
+run "$PYTHON" -m megatron_ponder.training.launch --nproc-per-node "$GPUS_PER_NODE" \
+    --nnodes "$NNODES" --node-rank "$NODE_RANK" "${RENDEZVOUS[@]}" \
     "${TRAINER_ARGS[@]}" 2>&1 | { if [ -n "${DRY_RUN:-}" ]; then cat; else tee -a "$LOG"; fi; }
 
 # The loss is printed by the last pipeline stage: plot on the node whose log has it.

@@ -66,3 +66,26 @@ def get_logger(name: str) -> logging.Logger:
     _package_logger()
     return logging.getLogger(name if name == ROOT or name.startswith(ROOT + ".")
                              else f"{ROOT}.{name}")
+
+
+# Third-party notices that say nothing to a user of this package: deprecations inside
+# megatron-core, torch and transformers (their callers are megatron-core and transformers, not
+# the user's code), and the fallbacks to megatron-core's local layers where Transformer Engine
+# and Apex are missing, which is expected (the layer spec is megatron-core's local one).
+_THIRD_PARTY_MODULES = r"(megatron\.core|torch|transformers)(\..*)?$"
+_EXPECTED_NOTICES = ("Transformer Engine and Apex are not installed",
+                     "Apex is not installed", "full scope is deprecated",
+                     "Please use DTensor instead and we are deprecating ShardedTensor")
+
+
+def quiet_third_party_warnings() -> None:
+    """Hide the third-party deprecation warnings and expected notices above, in this process
+    (the filters are installed when the package is imported, before megatron-core is). A
+    process that is not rank 0 of a multi-rank run shows no warnings: rank 0 shows each once."""
+    import warnings
+
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=_THIRD_PARTY_MODULES)
+    warnings.filterwarnings("ignore", message="|".join(_EXPECTED_NOTICES))
+    if os.environ.get("RANK", "0") != "0":
+        warnings.simplefilter("ignore")

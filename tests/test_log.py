@@ -33,3 +33,23 @@ def test_loggers_live_under_the_package_logger():
     assert log.get_logger("megatron_ponder.mcore.version").name == "megatron_ponder.mcore.version"
     assert log.get_logger("tools.generate").name == "megatron_ponder.tools.generate"
     assert log.get_logger("megatron_ponder").name == "megatron_ponder"
+
+
+def test_third_party_deprecations_and_expected_notices_are_hidden(monkeypatch):
+    import warnings
+
+    monkeypatch.delenv("RANK", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        log.quiet_third_party_warnings()
+        for message, category, module in (
+                ("tp_group is None", DeprecationWarning, "megatron.core.tensor_parallel.layers"),
+                ("script_method is deprecated", DeprecationWarning, "torch.jit._script"),
+                ("renamed", FutureWarning, "transformers.modeling_utils"),
+                ("Apex is not installed. Falling back to Torch Norm", UserWarning,
+                 "megatron.core.models.backends"),
+                ("a user's own deprecation", DeprecationWarning, "my_training_script"),
+                ("a real problem", UserWarning, "megatron.core.optimizer")):
+            warnings.warn_explicit(message, category, "file.py", 1, module=module)
+    assert [str(w.message) for w in caught] == ["a user's own deprecation", "a real problem"]

@@ -5,6 +5,7 @@ checkpoint holds besides (optimizer, scheduler, RNG) is ``training.checkpointing
 """
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -18,7 +19,8 @@ from megatron_ponder.checkpoint.discovery import find_checkpoint, forget_verifie
 from megatron_ponder.checkpoint.integrity import check_pickles, first_line, write_manifest
 from megatron_ponder.checkpoint.layout import (CHECKPOINT_VERSION, TRACKER_FILE,
                                                CheckpointError, checkpoint_dir,
-                                               saved_iterations, write_tracker_atomically)
+                                               read_latest_iteration, saved_iterations,
+                                               write_tracker_atomically)
 
 
 def config_to_json(config) -> str:
@@ -70,6 +72,7 @@ def save_state(root: str, iteration: int, state: Dict[str, Any],
         # A directory here that the tracker does not name is an interrupted save: replace it.
         if os.path.isdir(path):
             shutil.rmtree(path)
+        _warn_if_the_last_size_does_not_fit(root, iteration)
         os.makedirs(path)
     dist.barrier()
     state.update(iteration=iteration, parallel_layout=parallel_layout(),
@@ -85,13 +88,81 @@ def save_state(root: str, iteration: int, state: Dict[str, Any],
         dist.barrier()
 
     if async_writer is None:
-        dist_checkpointing.save(state, path)
-        point_tracker_at_it()
+        try:
+            dist_checkpointing.save(state, path)
+            point_tracker_at_it()
+        except BaseException as exc:  # torch's CheckpointException is no Exception
+            if not _is_disk_full(exc, root):
+                raise
+            raise _disk_full(root, iteration) from exc
     else:
         request = dist_checkpointing.save(state, path, async_sharded_save=True)
         request.add_finalize_fn(point_tracker_at_it)  # after megatron's own (the metadata)
         async_writer.schedule(request, iteration)
     return path
+
+
+def _directory_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(folder, name))
+               for folder, _, names in os.walk(path) for name in names)
+
+
+def _newest_complete(root: str, before: int) -> Optional[int]:
+    try:
+        latest = read_latest_iteration(root)
+    except CheckpointError:
+        return None
+    return latest if latest is not None and latest < before else None
+
+
+def _warn_if_the_last_size_does_not_fit(root: str, iteration: int) -> None:
+    """Say so before a save when the newest complete checkpoint would no longer fit."""
+    previous = _newest_complete(root, iteration)
+    if previous is None:
+        return
+    needed = _directory_bytes(checkpoint_dir(root, previous))
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        logger.info(f"warning: {root} has {free / 2**20:.1f} MiB free and the checkpoint of "
+                    f"iteration {previous} took {needed / 2**20:.1f} MiB: the save of "
+                    f"iteration {iteration} may not fit")
+
+
+_FULL_BELOW_BYTES = 2**20
+
+
+def _is_disk_full(exc: BaseException, root: str) -> bool:
+    """Whether a save failed with ``exc`` for want of space: ENOSPC in it or its cause
+    (megatron-core's writer processes report it as a RuntimeError carrying the OSError's
+    text), or, as torch.save reports it without the errno, less than a MiB left on ``root``'s
+    filesystem after the failure."""
+    try:
+        if shutil.disk_usage(root).free < _FULL_BELOW_BYTES:
+            return True
+    except OSError:
+        pass
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if os.strerror(errno.ENOSPC) in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disk_full(root: str, iteration: int) -> CheckpointError:
+    """The partial checkpoint of ``iteration`` removed, one line saying where things stand."""
+    path = checkpoint_dir(root, iteration)
+    shutil.rmtree(path, ignore_errors=True)
+    free = shutil.disk_usage(root).free if os.path.isdir(root) else 0
+    newest = _newest_complete(root, iteration)
+    kept = (f"the newest complete checkpoint is iteration {newest} "
+            f"({checkpoint_dir(root, newest)})" if newest is not None
+            else "no complete checkpoint there yet")
+    return CheckpointError(
+        f"no space left on the device of {root} while saving iteration {iteration} "
+        f"({free / 2**20:.1f} MiB free); the partial {os.path.basename(path)} was removed, "
+        f"{kept}: free space (or --save elsewhere, --save-retain N) and resume")
 
 
 def _apply_retention(root: str, newest: int, retain: int) -> None:

@@ -9,6 +9,7 @@ the native format.
 """
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Optional
@@ -20,7 +21,7 @@ from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf.export import save_pretrained
 from megatron_ponder.hf.loading import checkpoint_tokenizer, from_pretrained, load_hf_config, \
     load_training_checkpoint, resolve_dtype
-from megatron_ponder.tokenizer import HuggingFaceTokenizer
+from megatron_ponder.tokenizer import HuggingFaceTokenizer, MegatronCoreTokenizer
 
 
 @dataclass
@@ -36,17 +37,26 @@ def checkpoint_to_hf(root: str, folder: str, iteration: Optional[int] = None,
                      dtype: Optional[torch.dtype] = None,
                      tokenizer_file: Optional[str] = None, format: str = "transformers") -> str:
     """Write the checkpoint as a HF folder (``format``: see ``hf.export.save_pretrained``); the
-    run's tokenizer goes along as tokenizer.json when it is a Hugging Face tokenizer (unless
-    ``tokenizer_file`` names another)."""
+    run's tokenizer goes along when it is a Hugging Face tokenizer (unless ``tokenizer_file``
+    names another): its tokenizer.json, and for megatron-core's HuggingFaceTokenizer
+    transformers' own tokenizer files too."""
     model = load_training_checkpoint(root, iteration)
     with tempfile.TemporaryDirectory() as scratch:
+        transformers_files = os.path.join(scratch, "transformers")
+        from_transformers = False
         if tokenizer_file is None:
             tokenizer = checkpoint_tokenizer(root, iteration)
             if isinstance(tokenizer, HuggingFaceTokenizer):
                 tokenizer_file = os.path.join(scratch, "tokenizer.json")
                 tokenizer.save(tokenizer_file)
+            elif isinstance(tokenizer, MegatronCoreTokenizer):
+                from_transformers = tokenizer.save_hugging_face_files(transformers_files)
+                saved = os.path.join(transformers_files, "tokenizer.json")
+                tokenizer_file = saved if os.path.isfile(saved) else None
         save_pretrained(model, folder, dtype=dtype, tokenizer_file=tokenizer_file,
                         format=format)
+        if from_transformers:  # its own configs (added tokens, templates) replace the generic
+            shutil.copytree(transformers_files, folder, dirs_exist_ok=True)
     return folder
 
 

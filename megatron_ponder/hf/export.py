@@ -96,7 +96,9 @@ def save_pretrained(model: Union[PonderGPTModel, PonderForCausalLM], folder: str
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
-    save_file(hf_state, os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt"})
+    weights = os.path.join(folder, WEIGHTS_FILE)
+    save_file(hf_state, weights, metadata={"format": "pt"})
+    _readable_like_the_others(weights)
     with open(os.path.join(folder, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -111,6 +113,13 @@ def save_pretrained(model: Union[PonderGPTModel, PonderForCausalLM], folder: str
         if tokenizer_file is not None:
             _write_tokenizer_configs(folder, special)
     return folder
+
+
+def _readable_like_the_others(path: str) -> None:
+    """The mode a file created here gets (safetensors writes its file private, 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _write_json(path: str, data: dict) -> None:

@@ -2,6 +2,7 @@
 conversion and the tools make a process ready to build and run megatron models."""
 
 import datetime
+import logging
 import os
 import random
 from typing import Optional
@@ -14,6 +15,7 @@ from megatron_ponder.config import ParallelConfig
 from megatron_ponder.mcore import cpu
 from megatron_ponder.mcore.version import check_version
 
+_CHECKPOINT_WRITER_LOGGER = "megatron.core.dist_checkpointing.strategies.filesystem_async"
 # Whether the CPU layer was switched on by ``init`` (then ``shutdown`` switches it off).
 _init_activated_cpu_layer = False
 
@@ -31,6 +33,9 @@ def init(parallel: Optional[ParallelConfig] = None, seed: Optional[int] = None, 
     Idempotent: an existing process group and parallel groups are kept.
     """
     global _init_activated_cpu_layer
+    # Its checkpoint writers' errors come back as the save's exception (one line for a full
+    # disk, else raised with the error): not a second, earlier line too.
+    logging.getLogger(_CHECKPOINT_WRITER_LOGGER).setLevel(logging.CRITICAL)
     if torch.cuda.is_available():
         check_version(strict=False)
     elif cpu.activate():

@@ -81,14 +81,33 @@ class TokenizerSpec:
     """``--tiktoken-special-tokens``: TikTokenizer's named special tokens (empty: megatron-core's
     ``<unk> <s> </s> <mask> <pad> <cls> <sep>``)."""
 
+    tokenizer_special_tokens: Tuple[str, ...] = ()
+    """``--tokenizer-special-tokens``: special tokens added to megatron-core's tokenizer (its
+    HuggingFaceTokenizer, SentencePiece types; TikTokenizer's named ones)."""
+
+    tokenizer_sentencepiece_legacy: bool = False
+    """``--tokenizer-sentencepiece-legacy``: SentencePiece's legacy behaviour."""
+
+    tokenizer_hf_use_fast: bool = False
+    """``--tokenizer-hf-use-fast``: megatron-core's HuggingFaceTokenizer loads the fast one."""
+
+    tokenizer_hf_include_special_tokens: bool = False
+    """``--tokenizer-hf-include-special-tokens``: megatron-core's HuggingFaceTokenizer adds the
+    tokenizer's special tokens (BOS, ...) when tokenizing."""
+
+    trust_remote_code: bool = False
+    """``--trust-remote-code``: megatron-core's HuggingFaceTokenizer may run the hub
+    tokenizer's own code."""
+
     @classmethod
     def from_flags(cls, flags) -> "TokenizerSpec":
         """The spec of an object with these fields as attributes (the training config's
         ``TokenizerConfig``, an argparse namespace); missing ones keep their defaults."""
         values = {field.name: getattr(flags, field.name) for field in dataclasses.fields(cls)
                   if hasattr(flags, field.name)}
-        if values.get("tiktoken_special_tokens") is not None:
-            values["tiktoken_special_tokens"] = tuple(values["tiktoken_special_tokens"])
+        for name in ("tiktoken_special_tokens", "tokenizer_special_tokens"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
         return cls(**values)
 
 
@@ -98,6 +117,19 @@ def check_tokenizer_flags(spec: TokenizerSpec) -> None:
     if spec.tokenizer_type not in TOKENIZER_TYPES:
         raise TokenizerError(f"unknown tokenizer type {spec.tokenizer_type!r}; expected one of "
                              f"{list(TOKENIZER_TYPES)}")
+    ours = spec.tokenizer_type == GPT2_BPE_TOKENIZER or (
+        spec.tokenizer_type == HUGGING_FACE_TOKENIZER
+        and not megatron_core_reads_hugging_face_model(spec.tokenizer_model))
+    if ours:  # flags that would change the tokens, which this tokenizer does not read
+        for flag, given in (("--tokenizer-special-tokens", spec.tokenizer_special_tokens),
+                            ("--tokenizer-hf-include-special-tokens",
+                             spec.tokenizer_hf_include_special_tokens)):
+            if given:
+                raise TokenizerError(
+                    f"{flag} applies to megatron-core's tokenizers (HuggingFaceTokenizer with "
+                    f"a hub name or a directory with tokenizer_config.json, the SentencePiece "
+                    f"types, TikTokenizer), not to {spec.tokenizer_type} "
+                    f"{spec.tokenizer_model or '(the default)'}")
     if spec.tokenizer_type == GPT2_BPE_TOKENIZER:
         if (spec.vocab_file is None) != (spec.merge_file is None):
             raise TokenizerError("GPT2BPETokenizer needs both --vocab-file and --merge-file")

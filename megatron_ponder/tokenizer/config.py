@@ -45,6 +45,22 @@ class TokenizerConfig(Freezable):
         _SPEC.tiktoken_special_tokens, "TikTokenizer: the named special tokens, which must "
         "include <unk> <s> </s> <mask> <pad> <cls> <sep> (default: those seven); </s> is the "
         "end-of-document token")
+    tokenizer_special_tokens: Tuple[str, ...] = option(
+        _SPEC.tokenizer_special_tokens, "special tokens to add to megatron-core's tokenizer "
+        "(HuggingFaceTokenizer with a hub name or a tokenizer_config.json directory, the "
+        "SentencePiece types; TikTokenizer: its named special tokens)")
+    tokenizer_sentencepiece_legacy: bool = option(
+        _SPEC.tokenizer_sentencepiece_legacy, "SentencePiece types: the legacy behaviour of "
+        "SentencePiece's tokenizer")
+    tokenizer_hf_use_fast: bool = option(
+        _SPEC.tokenizer_hf_use_fast, "megatron-core's HuggingFaceTokenizer: load the fast "
+        "(Rust) tokenizer")
+    tokenizer_hf_include_special_tokens: bool = option(
+        _SPEC.tokenizer_hf_include_special_tokens, "megatron-core's HuggingFaceTokenizer: add "
+        "the tokenizer's special tokens (e.g. BOS) when tokenizing")
+    trust_remote_code: bool = option(
+        _SPEC.trust_remote_code, "megatron-core's HuggingFaceTokenizer: allow a hub "
+        "tokenizer's own code to run")
     make_vocab_size_divisible_by: int = option(
         128, "pad the vocabulary to a multiple of this times the tensor-parallel size")
 

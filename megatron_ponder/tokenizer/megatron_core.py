@@ -74,9 +74,8 @@ def build_megatron_core_tokenizer(spec) -> "MegatronCoreTokenizer":
 
 
 def _megatron_lm_arguments(spec) -> SimpleNamespace:
-    """The argument namespace megatron-core's build_tokenizer reads, with Megatron-LM's defaults
-    for the flags this project does not offer."""
-    special_tokens = None
+    """The argument namespace megatron-core's build_tokenizer reads (Megatron-LM's flags)."""
+    special_tokens = list(spec.tokenizer_special_tokens) or None
     if spec.tokenizer_type == TIKTOKENIZER and spec.tiktoken_special_tokens:
         special_tokens = list(spec.tiktoken_special_tokens)
     return SimpleNamespace(
@@ -85,8 +84,10 @@ def _megatron_lm_arguments(spec) -> SimpleNamespace:
         tiktoken_pattern=spec.tiktoken_pattern,
         tiktoken_num_special_tokens=spec.tiktoken_num_special_tokens,
         tokenizer_special_tokens=special_tokens, tokenizer_metadata=None,
-        tokenizer_sentencepiece_legacy=False, tokenizer_hf_use_fast=False,
-        tokenizer_hf_include_special_tokens=False, trust_remote_code=False)
+        tokenizer_sentencepiece_legacy=spec.tokenizer_sentencepiece_legacy,
+        tokenizer_hf_use_fast=spec.tokenizer_hf_use_fast,
+        tokenizer_hf_include_special_tokens=spec.tokenizer_hf_include_special_tokens,
+        trust_remote_code=spec.trust_remote_code)
 
 
 def _load_failure(spec, error: Exception) -> str:
@@ -150,6 +151,16 @@ class MegatronCoreTokenizer(TextTokenizer):
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.core.detokenize([int(token_id) for token_id in ids])
+
+    def save_hugging_face_files(self, folder: str) -> bool:
+        """megatron-core's HuggingFaceTokenizer: write its transformers tokenizer's files
+        (tokenizer.json where it is a fast one, tokenizer_config.json, ...) into ``folder`` and
+        return True; the other types have no such files (False)."""
+        if self.tokenizer_type != "HuggingFaceTokenizer":
+            return False
+        os.makedirs(folder, exist_ok=True)
+        self.core.save_pretrained(folder)
+        return True
 
     @property
     def unique_identifiers(self):

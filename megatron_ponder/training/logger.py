@@ -76,8 +76,9 @@ class _WandbSink:
 
 
 class TrainingLogger:
-    """Accumulates per-step metrics and prints one line every ``log_interval`` steps; the
-    logging rank (``enabled``) also sends the scalars to TensorBoard and W&B when asked."""
+    """Accumulates per-step metrics and prints one line every ``log_interval`` steps, and one
+    after the first step of the process (so that a start shows its pace at once); the logging
+    rank (``enabled``) also sends the scalars to TensorBoard and W&B when asked."""
 
     def __init__(self, train_iters: int, log_interval: int, world_size: int,
                  global_batch_size: int, seq_length: int, enabled: bool,
@@ -90,6 +91,7 @@ class TrainingLogger:
         self.enabled = enabled
         self.peak_tflops = device_peak_tflops()
         self.sinks = []
+        self.logged_any = False
         if enabled and tensorboard_dir:
             self.sinks.append(_TensorBoardSink(tensorboard_dir))
         if enabled and wandb is not None:
@@ -125,13 +127,15 @@ class TrainingLogger:
             self.losses.append(loss)
 
     def is_log_iteration(self, iteration: int) -> bool:
-        return iteration % self.log_interval == 0 or iteration == self.train_iters
+        return (not self.logged_any or iteration % self.log_interval == 0
+                or iteration == self.train_iters)
 
     def maybe_log(self, iteration: int, consumed_samples: int, lr: float,
                   grad_norm: Optional[float], loss_scale: float = 1.0,
                   params_norm: Optional[float] = None) -> None:
         if not self.is_log_iteration(iteration):
             return
+        self.logged_any = True
         if self.enabled and self.steps:
             seconds = self.seconds / self.steps
             tflops = self.flops / self.steps / seconds / self.world_size / 1e12

@@ -187,13 +187,20 @@ class Trainer:
             load_rng=not (finetune or ckpt.no_load_rng), iteration=ckpt.ckpt_step,
             ddp_model=self.model)
         if state is None:
-            logger.info(f"no checkpoint in {ckpt.load}: starting from scratch")
+            logger.info(f"note: no checkpoint in --load {ckpt.load}: starting from scratch "
+                        f"(random weights, iteration 0)")
             return
         if not finetune:
             self.iteration = state["iteration"]
             self.consumed_samples = state["consumed_samples"]
         logger.info(f"loaded checkpoint from {ckpt.load} at iteration {state['iteration']}"
                      + (" (finetune: starting at iteration 0)" if finetune else ""))
+        train_iters = self.config.train.train_iters
+        if self.iteration >= train_iters:
+            logger.info(f"run complete at iteration {self.iteration} (--train-iters "
+                        f"{train_iters}): nothing to train; to continue it, raise --train-iters "
+                        f"and pass --override-opt_param-scheduler (the learning-rate schedule "
+                        f"then follows the new length)")
 
     def _data(self):
         train, data = self.config.train, self.config.data

@@ -15,7 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
-from megatron_ponder.checkpoint.layout import checkpoint_dir, saved_iterations
+from megatron_ponder.checkpoint.layout import TRACKER_FILE, checkpoint_dir, \
+    is_checkpoint_root, saved_iterations
 from megatron_ponder.data.config import DataConfigError
 from megatron_ponder.data.datasets import check_data_files
 from megatron_ponder.flags import freeze
@@ -120,11 +121,21 @@ def _note_performance_flags(config: PretrainConfig, note) -> None:
              "themselves; apex's persistent layer norm is not used)")
 
 
-def _checkpoint_problem(root: str, step: Optional[int]) -> Optional[str]:
-    """What is wrong with --load / --ckpt-step that shows without reading the checkpoint (its
-    contents are verified when it is loaded; a damaged tracker falls back then), else None."""
+def _checkpoint_problem(ckpt) -> Optional[str]:
+    """What is wrong with --load / --ckpt-step / --finetune that shows without reading the
+    checkpoint (its contents are verified when it is loaded; a damaged tracker falls back
+    then), else None. A --load without a checkpoint starts from scratch, as in Megatron-LM,
+    where that can be meant: --load is the run's own --save (its first start), or exists."""
+    root, step = ckpt.load, ckpt.ckpt_step
     if os.path.exists(root) and not os.path.isdir(root):
         return f"--load {root} is a file, not a checkpoint directory"
+    own_save = ckpt.save is not None and os.path.abspath(ckpt.save) == os.path.abspath(root)
+    if not os.path.exists(root) and not own_save:
+        return (f"--load {root} does not exist (and is not this run's --save directory, "
+                f"where a first start finds nothing): check the path")
+    if ckpt.finetune and not (is_checkpoint_root(root) or saved_iterations(root)):
+        return (f"--finetune --load {root}: no checkpoint there to start from (no "
+                f"{TRACKER_FILE}, no iter_* directory)")
     path = checkpoint_dir(root, step) if step is not None else None
     if path is not None and not os.path.isdir(path):
         saved = ", ".join(f"iter_{i:07d}" for i in sorted(saved_iterations(root))) or "none"
@@ -264,7 +275,8 @@ def resolve_config(config: PretrainConfig, world_size: int,
     need(train.exit_duration_in_mins is None or train.exit_duration_in_mins > 0,
          "--exit-duration-in-mins must be > 0")
     ckpt, log_config = config.checkpoint, config.logging
-    need(not (ckpt.save_interval and not ckpt.save), "--save-interval needs --save DIR")
+    if ckpt.save_interval and not ckpt.save:
+        note("--save-interval without --save: no checkpoint will be saved (as in Megatron-LM)")
     need(ckpt.save_interval is None or ckpt.save_interval >= 1, "--save-interval must be >= 1")
     need(not (ckpt.finetune and not ckpt.load), "--finetune needs --load DIR")
     need(not (ckpt.async_save and not ckpt.save), "--async-save needs --save DIR")
@@ -305,7 +317,7 @@ def resolve_config(config: PretrainConfig, world_size: int,
         except DataConfigError as error:
             errors.append(str(error))
     if not errors and ckpt.load:
-        problem = _checkpoint_problem(ckpt.load, ckpt.ckpt_step)
+        problem = _checkpoint_problem(ckpt)
         if problem:
             errors.append(problem)
     if not errors:

@@ -70,11 +70,27 @@ def test_bash_form_starts_torchrun_with_the_environments_python(tmp_path):
     lines = completed.stdout.strip().splitlines()
     assert len(lines) == 1, lines  # DATA_PATH given: no corpus to build
     launcher, args = _trainer_flags(shlex.split(lines[0]))
-    assert launcher[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert launcher[:3] == [sys.executable, "-m", "megatron_ponder.training.launch"]
     assert launcher[launcher.index("--nproc-per-node") + 1] == "4"
+    # One node without MASTER_PORT: torchrun takes a free port, and the launcher says so.
+    assert "--master-port" not in launcher
+    assert "MASTER_PORT not set: torchrun takes a free port" in completed.stderr
     assert args.data_path == ["0.4", "/d/a", "0.6", "/d/b"]
     assert args.tensor_model_parallel_size == 2 and args.train_iters == 7
     assert args.lr == 1e-4  # the user's flags come last and win
+
+
+@pytest.mark.parametrize("variables,port", [({"MASTER_PORT": "6123"}, "6123"),
+                                            ({"NNODES": "2", "MASTER_ADDR": "node0"}, "6000")])
+def test_a_given_port_or_several_nodes_use_a_fixed_port(tmp_path, variables, port):
+    env = _env(tmp_path, DRY_RUN="1", PYTHON=sys.executable, DATA_PATH="/d/x",
+               GPUS_PER_NODE="1", **variables)
+    completed = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    launcher, _ = _trainer_flags(shlex.split(completed.stdout.strip().splitlines()[-1]))
+    assert launcher[launcher.index("--master-port") + 1] == port
+    assert "free port" not in completed.stderr
 
 
 def test_torchrun_environment_runs_the_trainer_directly(tmp_path):
@@ -127,14 +143,19 @@ def test_without_python_set_torchrun_python_is_used(tmp_path):
     assert launcher == [sys.executable]
 
 
-def test_a_changed_train_iters_on_an_existing_run_says_what_to_do(tmp_path):
+def _finished_run(tmp_path):
+    """A run directory whose run of the default schedule saved its last iteration, 120; the
+    launcher's environment for it."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("120")
     (run / "schedule").write_text("train_iters=120 lr=2e-3\n")
-    env = _env(tmp_path, DRY_RUN="1", PYTHON=sys.executable, DATA_PATH="/d/x", GPUS_PER_NODE="1")
-    same = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
-    assert same.returncode == 0, same.stderr
+    return run, _env(tmp_path, DRY_RUN="1", PYTHON=sys.executable, DATA_PATH="/d/x",
+                     GPUS_PER_NODE="1")
+
+
+def test_a_changed_train_iters_on_an_existing_run_says_what_to_do(tmp_path):
+    _, env = _finished_run(tmp_path)
     env["TRAIN_ITERS"] = "500"
     changed = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True,
                              timeout=120)
@@ -143,6 +164,24 @@ def test_a_changed_train_iters_on_an_existing_run_says_what_to_do(tmp_path):
     assert len(message.splitlines()) == 1, message
     assert "train_iters=120" in message and "train_iters=500" in message
     assert "--override-opt_param-scheduler" in message and "RUN_DIR" in message
+    assert "make pretrain ARGS=--override-opt_param-scheduler" in message
     decided = subprocess.run(["bash", SCRIPT, "--override-opt_param-scheduler"], env=env,
                              capture_output=True, text=True, timeout=120)
     assert decided.returncode == 0, decided.stderr
+
+
+def test_a_finished_run_says_so_and_how_to_continue(tmp_path):
+    run, env = _finished_run(tmp_path)
+    done = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "", done.stdout  # nothing is started
+    assert done.stderr.strip() == (
+        f"run complete at iteration 120 ({run}/checkpoints); to continue it: TRAIN_ITERS=240 "
+        f"bash examples/pretrain_ponder.sh --override-opt_param-scheduler (with make: make "
+        f"pretrain TRAIN_ITERS=240 ARGS=--override-opt_param-scheduler); to start afresh: "
+        f"another RUN_DIR")
+    # Flags that change the length go to the trainer (which says the same if there is still
+    # nothing to do).
+    longer = subprocess.run(["bash", SCRIPT, "--train-iters", "200",
+                             "--override-opt_param-scheduler"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert longer.returncode == 0 and "pretrain_ponder.py" in longer.stdout, longer.stderr

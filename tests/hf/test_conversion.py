@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 import torch
 
 from tests.distributed import run_ranks
@@ -50,3 +51,29 @@ def test_hf_to_checkpoint_and_finetune(tmp_path):
         assert "--finetune" in str(failure)
     else:
         raise AssertionError("resuming a model-only checkpoint with optimizer state succeeded")
+
+
+@pytest.mark.slow
+def test_an_export_takes_megatron_cores_hugging_face_tokenizer_along(tmp_path):
+    """A run with megatron-core's HuggingFaceTokenizer (a model directory): its transformers
+    tokenizer files go into the export, which AutoTokenizer reads to the same ids."""
+    from transformers import AutoTokenizer
+
+    from tests.tokenizer.assets import write_hugging_face_folder
+
+    tokenizer_dir = write_hugging_face_folder(str(tmp_path / "tokenizer"))
+    flags = [f for f in FLAGS]
+    at = flags.index("--tokenizer-type")
+    flags[at:at + 4] = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+                        tokenizer_dir]
+    save, exported = str(tmp_path / "ckpt"), str(tmp_path / "hf")
+    run_ranks(pretrain_from_flags, 1, flags + ["--train-iters", "1", "--eval-iters", "0",
+                                               "--save", save])
+    run_ranks(convert, 1, "to-hf", save, exported)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert os.path.isfile(os.path.join(exported, name)), os.listdir(exported)
+    text = "the quick brown fox"
+    assert AutoTokenizer.from_pretrained(exported)(text)["input_ids"] == \
+        AutoTokenizer.from_pretrained(tokenizer_dir)(text)["input_ids"]
+    config = json.load(open(os.path.join(exported, "config.json")))
+    assert config["eos_token_id"] == 0  # <|endoftext|>

@@ -84,3 +84,17 @@ def test_rejects_other_objects(tmp_path):
         save_pretrained(torch.nn.Linear(2, 2), str(tmp_path))
     with pytest.raises(ValueError, match="format"):
         save_pretrained(_model("llama", 0), str(tmp_path), format="onnx")
+
+
+def test_every_exported_file_has_the_same_mode(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        folder = save_pretrained(_model("gpt_neox", 1), str(tmp_path / "a"))
+    finally:
+        os.umask(umask)
+    modes = {name: stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode)
+             for name in os.listdir(folder)}
+    assert set(modes.values()) == {0o644}, modes  # safetensors alone writes 0600

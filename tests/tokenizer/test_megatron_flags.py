@@ -138,6 +138,10 @@ BAD_FLAGS = [
     (["--tokenizer-type", "TikTokenizer", "--tokenizer-model", "{tiktoken}", "--vocab-size",
       "900"], "--vocab-size (900) counts the --tiktoken-num-special-tokens (1000)"),
     (["--tokenizer-type", "NullTokenizer"], "NullTokenizer needs --vocab-size"),
+    (["--tokenizer-special-tokens", "<think>"], "--tokenizer-special-tokens applies to "
+     "megatron-core's tokenizers"),  # the default GPT-NeoX tokenizer is read by this project
+    (["--tokenizer-type", "GPT2BPETokenizer", "--tokenizer-hf-include-special-tokens"],
+     "--tokenizer-hf-include-special-tokens applies to megatron-core's tokenizers"),
 ]
 
 
@@ -203,3 +207,23 @@ def test_tokenizer_spec_mirrors_the_training_flags():
         assert flags[field.name] == field.default, field.name
     assert set(flags) - {field.name for field in dataclasses.fields(TokenizerSpec)} == {
         "make_vocab_size_divisible_by"}
+
+
+def test_megatron_lms_other_tokenizer_flags_reach_megatron_core(assets):
+    from megatron_ponder.tokenizer.megatron_core import _megatron_lm_arguments
+
+    flags = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+             assets["hf_folder"]]
+    extra = ["--tokenizer-special-tokens", "<think>", "</think>", "--tokenizer-hf-use-fast",
+             "--trust-remote-code", "--tokenizer-hf-include-special-tokens",
+             "--tokenizer-sentencepiece-legacy"]
+    config = resolve_config(parse_args(["--mock-data"] + flags + extra), 1)
+    arguments = _megatron_lm_arguments(TokenizerSpec.from_flags(config.tokenizer))
+    assert arguments.tokenizer_special_tokens == ["<think>", "</think>"]
+    assert arguments.tokenizer_hf_use_fast and arguments.trust_remote_code
+    assert arguments.tokenizer_hf_include_special_tokens
+    assert arguments.tokenizer_sentencepiece_legacy
+    plain = _training_tokenizer(flags)
+    added = _training_tokenizer(flags + ["--tokenizer-special-tokens", "<think>"])
+    assert added.vocab_size == plain.vocab_size + 1
+    assert added.tokenize("<think>") == [plain.vocab_size]

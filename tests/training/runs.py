@@ -122,3 +122,46 @@ def pretrain_runs_with_nan(runs):
         parallel_state.destroy_model_parallel()
         results.append({**result, "computed": list(computed)})
     return results
+
+
+def save_on_a_full_disk(root, how):
+    """A checkpoint saved, then a save that runs out of space after writing part of the
+    directory, reported ``how``: "writer" as megatron-core's writer processes report it (the
+    errno's text), "torch.save" as torch.save does (no errno; the filesystem is then full);
+    returns (the error line, the directories left, the tracker's text)."""
+    import os
+    from collections import namedtuple
+    from unittest import mock
+
+    from megatron_ponder import mcore
+    from megatron_ponder.checkpoint import storage
+    from megatron_ponder.checkpoint.layout import TRACKER_FILE, CheckpointError
+
+    def full_disk(state, path, **_kwargs):
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        with open(os.path.join(path, "__0_0.distcp"), "wb") as f:
+            f.write(b"\0" * 100)
+        if how == "torch.save":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+        # What torch.distributed.checkpoint raises (a BaseException) when a writer process of
+        # megatron-core's fails.
+        raise CheckpointException("write", {0: (RuntimeError(
+            "Worker failure: [Errno 28] No space left on device"), None)})
+
+    usage = namedtuple("usage", "total used free")
+    free = 0 if how == "torch.save" else 2**30
+    mcore.init(single_process=True)
+    try:
+        storage.save_state(root, 1, {"step": 1})
+        with mock.patch.object(storage.dist_checkpointing, "save", full_disk), \
+                mock.patch.object(storage.shutil, "disk_usage", lambda _: usage(0, 0, free)):
+            try:
+                storage.save_state(root, 2, {"step": 2})
+                message = None
+            except CheckpointError as error:
+                message = str(error)
+    finally:
+        mcore.shutdown()
+    with open(os.path.join(root, TRACKER_FILE)) as f:
+        return message, sorted(os.listdir(root)), f.read()

@@ -112,7 +112,6 @@ def _config(*flags):
      "--ffn-hidden-size 33 is not divisible by --tensor-model-parallel-size 2"),
     (["--tensor-model-parallel-size", "2", "--sequence-parallel", "--seq-length", "33"], 2,
      "--seq-length 33"),
-    (["--save-interval", "5"], 1, "--save-interval needs --save"),
     (["--finetune"], 1, "--finetune needs --load"),
     (["--ckpt-step", "3"], 1, "--ckpt-step needs --load"),
     (["--lr", "1e-4", "--min-lr", "1e-3"], 1, "--min-lr"),
@@ -246,6 +245,29 @@ def test_sequence_parallel_at_tp1_is_a_stated_resolution():
     assert len(notes) == 1 and "--sequence-parallel has no effect" in notes[0]
     with pytest.warns(UserWarning, match="no effect"):  # without a listener: a warning
         resolve_config(_config("--sequence-parallel"), 1)
+
+
+def test_save_interval_without_save_is_accepted_with_a_note():
+    notes = []
+    config = resolve_config(_config("--save-interval", "5"), 1, note=notes.append)
+    assert config.checkpoint.save is None
+    assert len(notes) == 1 and "no checkpoint will be saved" in notes[0]
+
+
+def test_load_without_a_checkpoint(tmp_path):
+    """Megatron-LM starts from scratch on an empty --load; a path that cannot be meant so (it
+    does not exist and is not the run's own --save) or --finetune from nothing is an error."""
+    missing, empty = str(tmp_path / "missing"), tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=f"--load {missing} does not exist"):
+        resolve_config(_config("--load", missing, "--save", str(tmp_path / "out")), 1)
+    resolve_config(_config("--load", missing, "--save", missing), 1)  # a first start
+    resolve_config(_config("--load", str(empty), "--save", str(tmp_path / "out")), 1)
+    for load in (missing, str(empty)):
+        with pytest.raises(ConfigError, match=r"\-\-finetune \-\-load .*: no checkpoint there"):
+            resolve_config(_config("--finetune", "--load", load, "--save", load), 1)
+    (empty / "latest_checkpointed_iteration.txt").write_text("3")
+    resolve_config(_config("--finetune", "--load", str(empty)), 1)
 
 
 def test_run_summary_states_what_will_run():

@@ -18,7 +18,7 @@ from megatron_ponder.checkpoint.integrity import (MANIFEST_FILE, check_pickles, 
                                                   file_crc32, verify_checkpoint)
 from megatron_ponder.checkpoint.layout import TRACKER_FILE, CheckpointError, checkpoint_dir
 from tests.distributed import run_ranks
-from tests.training.runs import pretrain_from_flags
+from tests.training.runs import pretrain_from_flags, save_on_a_full_disk
 from tests.training.test_pretrain import FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -200,3 +200,39 @@ def test_a_first_save_interrupted_before_any_tracker_means_starting_from_scratch
         f.write("1")
     with pytest.raises(CheckpointError, match="no intact checkpoint"):
         find_checkpoint(root)
+
+
+@pytest.mark.parametrize("how", ["writer", "torch.save"])
+def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_partial_checkpoint(tmp_path, how):
+    root = str(tmp_path / "ckpt")
+    (message, left, tracker), = run_ranks(save_on_a_full_disk, 1, root, how)
+    free = "0.0" if how == "torch.save" else "1024.0"
+    assert message == (
+        f"no space left on the device of {root} while saving iteration 2 ({free} MiB free); "
+        f"the partial iter_0000002 was removed, the newest complete checkpoint is iteration 1 "
+        f"({checkpoint_dir(root, 1)}): free space (or --save elsewhere, --save-retain N) and "
+        f"resume")
+    assert left == ["iter_0000001", TRACKER_FILE] and tracker == "1"
+
+
+def test_a_save_is_warned_of_when_the_last_checkpoint_no_longer_fits(tmp_path, monkeypatch,
+                                                                      capsys):
+    from collections import namedtuple
+
+    from megatron_ponder.checkpoint import storage
+
+    root = str(tmp_path / "ckpt")
+    os.makedirs(checkpoint_dir(root, 1))
+    with open(os.path.join(checkpoint_dir(root, 1), "__0_0.distcp"), "wb") as f:
+        f.write(b"\0" * 3 * 2**20)
+    with open(os.path.join(root, TRACKER_FILE), "w") as f:
+        f.write("1")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda _path: usage(0, 0, 2**20))
+    storage._warn_if_the_last_size_does_not_fit(root, 2)
+    assert capsys.readouterr().out == (
+        f"warning: {root} has 1.0 MiB free and the checkpoint of iteration 1 took 3.0 MiB: "
+        f"the save of iteration 2 may not fit\n")
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda _path: usage(0, 0, 4 * 2**20))
+    storage._warn_if_the_last_size_does_not_fit(root, 2)
+    assert capsys.readouterr().out == ""

@@ -80,7 +80,7 @@ def test_sample_based_schedule_equals_the_same_schedule_in_steps():
     assert by_samples == by_steps
 
 
-def test_resume_continues_bit_for_bit(tmp_path):
+def test_resume_continues_bit_for_bit(tmp_path, capfd):
     save = str(tmp_path / "ckpt")
     uninterrupted = _run(1, "--train-iters", "6")[0]["train_losses"]
     first = _run(1, "--train-iters", "3", "--save", save)[0]["train_losses"]
@@ -91,6 +91,11 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert open(os.path.join(save, "latest_checkpointed_iteration.txt")).read() == "6"
     assert sorted(os.listdir(save)) == ["iter_0000003", "iter_0000006",
                                         "latest_checkpointed_iteration.txt"]
+    capfd.readouterr()
+    again = _run(1, "--train-iters", "6", "--load", save, "--save", save)[0]
+    assert again["train_losses"] == []  # a finished run: nothing to train, and it says so
+    assert "run complete at iteration 6 (--train-iters 6): nothing to train; to continue it, " \
+           "raise --train-iters and pass --override-opt_param-scheduler" in capfd.readouterr().out
 
 
 def test_exit_interval_saves_and_the_resumed_run_continues_exactly(tmp_path):

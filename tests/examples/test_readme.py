@@ -141,6 +141,11 @@ def copy_checkout(destination, venv):
         target = os.path.join(destination, relative)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy2(source, target, follow_symlinks=False)
+    # A repository, as a clone is (tools may ask git which commit they run).
+    subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=destination, check=True)
+    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit",
+                    "-q", "-m", "the checkout under test"], cwd=destination, check=True)
     # The corpus's downloaded packages are a cache of pinned archives (safe to delete, the
     # builder says): reuse this checkout's to spare the network; everything is rebuilt from them.
     downloads = os.path.join("data", "default", "downloads")

@@ -4,11 +4,12 @@ Every kernel variant the launchers (``splice_triton.forward_into`` / ``backward_
 launch is compiled to a cubin for A100 (sm_80) and H100 (sm_90). The variants are not a table
 copied here: the launchers themselves are called, on CPU tensors, with their launch intercepted
 and handed to Triton's own JIT as a compile-only warm-up for the target GPU. So the block and
-warp count come from the launcher's rule, and the signature and specialisation (16-byte
-alignment of pointers and integers, integers equal to 1 compiled as constants) from Triton's
-launcher, exactly as they would on the GPU. Covered: every dtype the model trains in, every
-block the default rule can produce, 16-byte aligned and unaligned inputs, a Jacobi pass and a
-growth pass with one slot in ``prev`` (``prev_slots == 1``, a constant to Triton), both kernels.
+warp count come from the launcher's rule, and the signature and specialisation (pointers on
+16-byte alignment, integers on divisibility by 16, integers equal to 1 compiled as constants)
+from Triton's launcher, exactly as they would on the GPU. Covered: every dtype the model trains
+in, every block the default rule can produce, 16-byte aligned and unaligned inputs, both
+kernels, a Jacobi pass and, for aligned inputs, the growth pass with one slot in ``prev``
+(``prev_slots == 1``, a constant to Triton).
 
 Each cubin is checked with ``cuobjdump`` (shipped in Triton's wheel, as is ``ptxas``): no stack
 frame and no local memory, i.e. no register spills. For aligned inputs every global load and

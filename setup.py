@@ -21,7 +21,8 @@ def _cuda_extensions():
         return [], {}
     try:
         import torch
-        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+        from torch.utils.cpp_extension import (CUDA_HOME, BuildExtension, CUDAExtension,
+                                               include_paths)
     except Exception as exc:  # torch absent while building metadata: nothing to compile
         print(f"megatron_ponder: skipping CUDA extension (torch not importable: {exc}; "
               f"pip builds in isolation unless given --no-build-isolation)")
@@ -40,14 +41,30 @@ def _cuda_extensions():
         print("megatron_ponder: skipping CUDA extension (no sources in csrc/)")
         return [], {}
     # One module for every kernel in csrc/; megatron_ponder/ops/splice_cuda.py imports it lazily.
-    # The kernels only copy bytes, so no fast-math flags: nothing here may change a value.
     # Target GPUs come from TORCH_CUDA_ARCH_LIST (default: the GPUs visible at build time).
     ext = CUDAExtension(
         name="megatron_ponder._C",
         sources=sources,
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
+        extra_compile_args=_compile_args(torch_include_dirs=include_paths(device_type="cuda")),
     )
     return [ext], {"build_ext": BuildExtension}
+
+
+def _compile_args(torch_include_dirs):
+    """Host compiler and nvcc flags of the extension; the one place they are written.
+
+    The kernels only copy bytes, so no fast-math flags: nothing here may change a value.
+    ``MEGATRON_PONDER_WERROR=1`` (set by ``make gpu-build``) turns every warning in our sources
+    into an error. Torch's and CUDA's headers are passed as system headers then, so that their
+    own warnings do not count; warnings in csrc/ still do.
+    """
+    args = {"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]}
+    if os.environ.get("MEGATRON_PONDER_WERROR") == "1":
+        system = [flag for path in torch_include_dirs for flag in ("-isystem", path)]
+        args["cxx"] += ["-Wall", "-Wextra", "-Werror", *system]
+        args["nvcc"] += ["-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror",
+                         *system]
+    return args
 
 
 ext_modules, cmdclass = _cuda_extensions()

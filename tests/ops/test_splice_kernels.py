@@ -261,39 +261,3 @@ def test_env_interpreter_route():
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "interpreter route ok" in result.stdout
-
-
-@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION:UserWarning")
-@pytest.mark.parametrize("arch", [80, 90])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
-def test_triton_kernels_compile_for_gpu_with_128bit_accesses(arch, dtype):
-    # No GPU is needed to compile: this checks the kernels build for A100/H100 and that, for
-    # 16-byte aligned tensors and row lengths, every global access is a 128-bit vector (the
-    # precondition for reaching copy bandwidth). What it cannot check is speed.
-    pytest.importorskip("triton")
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from megatron_ponder.ops import splice_triton
-
-    ints = {"row_len", "num_slots", "prev_slots", "emb_row_stride", "prev_row_stride",
-            "grad_out_row_stride"}
-    for kernel in (splice_triton._splice_fwd_kernel, splice_triton._splice_bwd_kernel):
-        # The compiler's view of the same function, even if TRITON_INTERPRET=1 made it an
-        # interpreted one at import.
-        kernel = triton.runtime.jit.JITFunction(kernel.fn)
-        names = kernel.arg_names
-        signature = {n: ("constexpr" if n == "BLOCK" else "i32" if n in ints else f"*{dtype}")
-                     for n in names}
-        # What Triton's launcher specialises for 16-byte aligned pointers and lengths % 16 == 0.
-        aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-                   if n not in ("BLOCK", "num_slots", "prev_slots")}
-        source = ASTSource(fn=kernel, signature=signature, constexprs={"BLOCK": 4096},
-                           attrs=aligned)
-        ptx = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                             options={"num_warps": 4}).asm["ptx"]
-        loads = [line for line in ptx.splitlines() if "ld.global" in line]
-        stores = [line for line in ptx.splitlines() if "st.global" in line]
-        assert loads and stores, kernel.__name__
-        assert all(".v4" in line for line in loads + stores), (kernel.__name__, loads, stores)

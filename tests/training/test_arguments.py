@@ -283,7 +283,9 @@ def test_run_summary_states_what_will_run():
     assert "K = 2 latent thoughts, J = 3" in summary
     assert "4 processes = TP 2 x PP 1 x DP 2" in summary and "(2 micro-batches per rank)" in summary
     assert "5 iterations x 8 samples x 32 tokens = 1,280 tokens" in summary
-    assert len(summary.splitlines()) == 4
+    # The execution path (model/execution.py) closes the block; on CPU the local path.
+    assert summary.splitlines()[-1].startswith("execution (cpu): linear: local")
+    assert len(summary.splitlines()) == 5
 
 
 def test_eta_format():

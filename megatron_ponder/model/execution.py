@@ -17,8 +17,8 @@ Megatron-LM's defaults. Three paths come out of it:
   accumulation fused into the weight-gradient GEMM (with apex), parameters on the GPU.
 
 Whatever the path, parameter names in checkpoints are the local path's (``CANONICAL_PREFIXES``
-maps TE's fused norm weights back), and the initial weights are drawn on the host from
-per-parameter seeds (``model/init.py``), so they do not depend on the path or the layout.
+maps TE's fused norm weights back), and the initial weights are drawn from per-parameter seeds
+where the parameters live (``model/init.py``), so they do not depend on the path or the layout.
 """
 
 import importlib.util
@@ -220,8 +220,8 @@ def choose_execution_path(request: ExecutionRequest, capabilities: Capabilities,
                      "(not installed): weight gradients are accumulated unfused")
 
     if request.use_cpu_initialization:
-        notes.append("--use-cpu-initialization: parameters are allocated on the host, then "
-                     "moved to the GPU")
+        notes.append("--use-cpu-initialization: parameters are allocated and drawn on the "
+                     "host, then moved to the GPU")
     return ExecutionPath(
         device="cuda", transformer_engine=use_te, attention=attention,
         attention_backend=backend, rope_fusion=rope, cross_entropy=cross_entropy,

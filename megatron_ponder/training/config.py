@@ -183,8 +183,9 @@ class PerformanceConfig(Freezable):
         "native", "which fused cross entropy: native (megatron-core) or te",
         choices=CROSS_ENTROPY_IMPLS)
     use_cpu_initialization: bool = option(
-        False, "allocate the parameters on the host and move them to the GPU afterwards (the "
-        "values are the same either way: drawn on the host from per-parameter seeds)")
+        False, "allocate the parameters on the host, draw their initial values there (as on "
+        "CPU) and move them to the GPU afterwards (default on GPUs: allocated and drawn on the "
+        "GPU, from the same per-parameter seeds)")
     gradient_accumulation_fusion: bool = option(
         True, "fuse the weight-gradient accumulation into the GEMM on GPUs (needs apex's "
         "fused_weight_gradient_mlp_cuda; --no-gradient-accumulation-fusion turns it off)")

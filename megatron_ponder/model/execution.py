@@ -123,7 +123,8 @@ class ExecutionPath:
     bias_dropout_fusion: bool = False
     gradient_accumulation_fusion: bool = False
     device_initialization: bool = False
-    """Parameters allocated on the GPU (their values are drawn on the host either way)."""
+    """Parameters allocated on the GPU and their initial values drawn there (else on the
+    host, then moved)."""
     notes: Tuple[str, ...] = field(default=())
 
     def summary(self) -> str:
@@ -131,13 +132,14 @@ class ExecutionPath:
         linear = "TE (fused norm + linear for QKV and FC1)" if self.transformer_engine \
             else "local"
         attention = f"TE {self.attention_backend}" if self.attention == "te" else "torch SDPA"
+        loss = "unfused" if self.cross_entropy == "unfused" else f"fused {self.cross_entropy}"
         fusions = [name for name, on in (("bias+activation", self.bias_activation_fusion),
                                          ("bias+dropout+add", self.bias_dropout_fusion),
                                          ("gradient accumulation",
                                           self.gradient_accumulation_fusion)) if on]
         return (f"execution ({self.device}): linear: {linear}, attention: {attention}, "
                 f"RoPE: {'fused' if self.rope_fusion else 'unfused'}, "
-                f"CE: {'unfused' if self.cross_entropy == 'unfused' else 'fused ' + self.cross_entropy}, "
+                f"CE: {loss}, "
                 f"fusions: {', '.join(fusions) or 'none'}, "
                 f"init: {'device' if self.device_initialization else 'host'}")
 

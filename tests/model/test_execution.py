@@ -252,7 +252,8 @@ def test_start_up_notes_on_a_cuda_machine_name_every_feature_that_is_off(monkeyp
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(Capabilities, "detect", classmethod(lambda cls: GPU_BARE))
-    config = parse_args(["--mock-data", "--no-masked-softmax-fusion", "--cross-entropy-loss-fusion"])
+    config = parse_args(["--mock-data", "--no-masked-softmax-fusion",
+                         "--cross-entropy-loss-fusion"])
     notes = []
     validation._note_performance_flags(config, notes.append)
     text = "\n".join(notes)

@@ -5,8 +5,9 @@ import math
 import os
 from typing import List, Optional, Sequence
 
-COLUMNS = ("arm", "parameters", "training tokens", "training FLOPs", "inference FLOPs/token",
-           "wall time", "valid loss", "valid ppl", "held-out loss", "held-out ppl")
+COLUMNS = ("arm", "lr", "parameters", "training tokens", "training FLOPs",
+           "inference FLOPs/token", "wall time", "valid loss", "valid ppl", "held-out loss",
+           "held-out ppl")
 
 
 def _si(value: float) -> str:
@@ -26,7 +27,8 @@ def table_rows(results: Sequence[dict]) -> List[List[str]]:
     for result in results:
         held_out = result.get("heldout_loss")
         rows.append([
-            result["arm"], _si(result["parameters"]), _si(result["training_tokens"]),
+            result["arm"], f"{result['lr']:g}" if "lr" in result else "-",
+            _si(result["parameters"]), _si(result["training_tokens"]),
             _si(result["training_flops"]), _si(result["inference_flops_per_token"]),
             _minutes(result["train_seconds"]), f"{result['valid_loss']:.4f}",
             f"{math.exp(result['valid_loss']):.2f}",
@@ -34,6 +36,41 @@ def table_rows(results: Sequence[dict]) -> List[List[str]]:
             "-" if held_out is None else f"{math.exp(held_out):.2f}",
         ])
     return rows
+
+
+def at_best_rates(results: Sequence[dict]) -> List[dict]:
+    """One row per arm family (an arm and its ``-lr<rate>`` runs): the run whose final
+    validation loss is lowest, under the family's name, so that every comparison sets arms
+    at their own best learning rates. Order: each family's first appearance."""
+    best = {}
+    for result in results:
+        family = result.get("family", result["arm"])
+        if family not in best or result["valid_loss"] < best[family]["valid_loss"]:
+            best[family] = result
+    return [dict(result, arm=family) for family, result in best.items()]
+
+
+def learning_rate_table(results: Sequence[dict]) -> Optional[str]:
+    """Markdown: final validation loss of every family run at more than one rate, one column
+    per rate, the best of each row in bold; None when no family was swept."""
+    losses = {}
+    for result in results:
+        if "lr" in result:
+            losses.setdefault(result.get("family", result["arm"]), {})[result["lr"]] = \
+                result["valid_loss"]
+    swept = {family: by_rate for family, by_rate in losses.items() if len(by_rate) > 1}
+    if not swept:
+        return None
+    rates = sorted({rate for by_rate in swept.values() for rate in by_rate})
+    lines = ["| arm | " + " | ".join(f"lr {rate:g}" for rate in rates) + " |",
+             "|---|" + "---:|" * len(rates)]
+    for family, by_rate in swept.items():
+        best = min(by_rate.values())
+        cells = ["-" if rate not in by_rate else
+                 (f"**{by_rate[rate]:.4f}**" if by_rate[rate] == best else f"{by_rate[rate]:.4f}")
+                 for rate in rates]
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(results: Sequence[dict]) -> str:

@@ -161,12 +161,34 @@ def test_report_table_and_plots(tmp_path):
                            dict(tokens=6.1e5, flops=4.3e12, loss=loss)])
                for name, loss in (("vanilla", 4.6), ("ponderlm2-k1", 4.5))]
     table = markdown_table(results)
-    assert table.splitlines()[2] == ("| vanilla | 1.2M | 610k | 4.3T | 2.5M | 1m15s | 4.6000 "
-                                     "| 99.48 | - | - |")
+    assert table.splitlines()[2] == ("| vanilla | - | 1.2M | 610k | 4.3T | 2.5M | 1m15s | "
+                                     "4.6000 | 99.48 | - | - |")
     paths = plot_curves(results, str(tmp_path))
     assert [os.path.basename(p) for p in paths] == ["valid_loss_vs_tokens.png",
                                                     "valid_loss_vs_flops.png"]
     assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+def test_each_arm_is_compared_at_its_best_learning_rate():
+    from megatron_ponder.reproduction.report import at_best_rates, learning_rate_table
+
+    def run(arm, family, lr, loss):
+        return dict(arm=arm, family=family, lr=lr, valid_loss=loss)
+
+    runs = [run("vanilla", "vanilla", 0.002, 4.15),
+            run("ponderlm2-k1", "ponderlm2-k1", 0.002, 4.10),
+            run("vanilla-lr0.004", "vanilla", 0.004, 4.05),
+            run("ponderlm2-k1-lr0.004", "ponderlm2-k1", 0.004, 3.94),
+            run("ponderlm2-k1-lr0.008", "ponderlm2-k1", 0.008, 4.00),
+            run("vanilla-seed2", "vanilla-seed2", 0.004, 4.07)]
+    best = at_best_rates(runs)
+    assert [(r["arm"], r["lr"], r["valid_loss"]) for r in best] == [
+        ("vanilla", 0.004, 4.05), ("ponderlm2-k1", 0.004, 3.94), ("vanilla-seed2", 0.004, 4.07)]
+    assert learning_rate_table(runs).splitlines() == [
+        "| arm | lr 0.002 | lr 0.004 | lr 0.008 |", "|---|---:|---:|---:|",
+        "| vanilla | 4.1500 | **4.0500** | - |",
+        "| ponderlm2-k1 | 4.1000 | **3.9400** | 4.0000 |"]
+    assert learning_rate_table(best) is None  # one rate per arm: no sweep to show
 
 
 def test_claims_table_states_gains_against_the_seed_spread():

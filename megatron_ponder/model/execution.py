@@ -77,10 +77,6 @@ class ExecutionRequest:
                              f"choose one of {', '.join(CROSS_ENTROPY_IMPLS)}")
 
 
-LOCAL_REQUEST = ExecutionRequest(transformer_impl="local")
-"""Local layers wherever the model runs (inference: its KV-cache hooks sit in SDPA attention)."""
-
-
 @dataclass(frozen=True)
 class Capabilities:
     """What this machine can run."""

@@ -14,15 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from megatron_ponder.flags import Freezable, option
+from megatron_ponder.methods import METHODS, VANILLA, Method, get_method
 
 ARCHITECTURES = ("llama", "gpt_neox")
 
 # Recipes for drawing J per micro-batch (the paper: Llama {2,3}, GPT-NeoX/Pythia {2,3,4}).
 RANDOM_JACOBI_RECIPES = {"llama": (2, 3), "gpt_neox": (2, 3, 4)}
-
-# What the K extra slots or passes are: PonderLM-2's latent thoughts, or one of the paper's
-# baselines at equal inference cost (model/baselines.py).
-PONDER_METHODS = ("ponderlm2", "pause", "loop")
 
 
 @dataclass
@@ -40,10 +37,9 @@ class PonderConfig(Freezable):
     scale_embeds: bool = option(True, "multiply word embeddings by sqrt(2.5 * hidden size)")
     vanilla: bool = option(False, "plain causal-LM baseline: one pass, no thoughts, no scaling")
     ponder_method: str = option(
-        "ponderlm2", "what the K extra slots/passes are: 'ponderlm2' (latent thoughts), "
-        "'pause' (K learned pause slots after every token, one pass, embeddings scaled by "
-        "sqrt(H)) or 'loop' (the L tokens through the whole layer stack K+1 times, final norm "
-        "once)", choices=PONDER_METHODS)
+        "ponderlm2", "what the K extra slots/passes are: " + "; ".join(
+            f"'{name}': {method.summary}" for name, method in METHODS.items()),
+        choices=tuple(METHODS))
     ponder_grad_passes: Optional[int] = option(
         None, "training: backpropagate through the last N passes only; earlier passes run "
         "without building a graph (cheaper; default: all passes, the paper)")
@@ -53,9 +49,8 @@ class PonderConfig(Freezable):
 
     def __post_init__(self):
         self.random_jacobi_iterations = tuple(int(j) for j in self.random_jacobi_iterations)
-        if self.ponder_method not in PONDER_METHODS:
-            raise ValueError(f"unknown ponder_method {self.ponder_method!r}; choose one of "
-                             f"{PONDER_METHODS}")
+        if get_method(self.ponder_method).thoughtless:  # --ponder-method vanilla = --vanilla
+            self.vanilla = True
         if self.ponder_grad_passes is not None and self.ponder_grad_passes < 1:
             raise ValueError(f"ponder_grad_passes must be >= 1, got {self.ponder_grad_passes}")
         if self.ponder_warmup_iters < 0:
@@ -74,9 +69,9 @@ class PonderConfig(Freezable):
         return 0 if self.vanilla else self.num_latent_thoughts
 
     @property
-    def is_ponderlm2(self) -> bool:
-        """Whether the forward is PonderLM-2's (also true for K=0: one plain pass)."""
-        return self.ponder_method == "ponderlm2" or self.thoughts == 0
+    def method(self) -> Method:
+        """The registered method of the forward (``megatron_ponder.methods``)."""
+        return VANILLA if self.vanilla else get_method(self.ponder_method)
 
     def thoughts_at(self, iteration: int, training: bool = True) -> int:
         """K of a training iteration (0 during --ponder-warmup-iters); K for evaluation."""
@@ -86,11 +81,9 @@ class PonderConfig(Freezable):
 
     @property
     def embedding_scale_factor(self) -> float:
-        """c in e = sqrt(c * H) * E[x]: 2.5 for PonderLM-2 and Loop, 1 for Pause (as the
-        official baselines), 0 for no scaling."""
-        if self.vanilla or not self.scale_embeds:
-            return 0.0
-        return 1.0 if self.ponder_method == "pause" and self.thoughts else 2.5
+        """c in e = sqrt(c * H) * E[x] (the method's: 2.5 for PonderLM-2 and Loop, 1 for
+        Pause, as the official baselines), 0 for no scaling."""
+        return self.method.scale_factor(self.thoughts) if self.scale_embeds else 0.0
 
 
 @dataclass

@@ -198,8 +198,8 @@ def hf_config_from(model: ModelConfig, ponder: PonderConfig) -> Dict[str, Any]:
         scale_embeds=ponder.scale_embeds,
         interpolation=False,
     )
-    if ponder.ponder_method != "ponderlm2":  # a baseline (Pause, Loop); absent = PonderLM-2
-        hf["ponder_method"] = ponder.ponder_method
+    if not ponder.vanilla:  # a baseline records its method; absent = PonderLM-2
+        hf.update(ponder.method.official_config_fields())
     return hf
 
 

@@ -19,6 +19,7 @@ from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_regi
 from megatron_ponder.inference.attention_hooks import KVCache, key_value_hook
 from megatron_ponder.inference.passes import JacobiSchedule, PassReport, run_ponder_passes
 from megatron_ponder.inference.sampling import SamplingConfig, choose_next_tokens
+from megatron_ponder.methods import PassInput
 
 StoppingCriteria = Callable[[torch.Tensor], torch.Tensor]
 """Called after every new token with the new ids so far [B, n]; returns [B] bool: rows to stop."""
@@ -51,8 +52,10 @@ def decode_token(model, token_ids: torch.Tensor, positions: torch.Tensor, cache:
     step_positions = positions[:, None]
     one_real_slot = torch.ones(token_ids.shape[0], 1, dtype=torch.bool, device=token_ids.device)
     # Pause baseline: the slots after e_t hold the pause embedding, not the previous output.
-    pause = (model.pause_slots(hidden, 1)
-             if num_latent_thoughts and model.ponder_config.ponder_method == "pause" else None)
+    pause = None
+    if num_latent_thoughts and model.ponder_config.method.decode_slot_input(
+            num_latent_thoughts) is PassInput.PAUSE:
+        pause = model.pause_slots(hidden, 1)
     with key_value_hook(model, cache):
         for step in range(num_latent_thoughts + 1):              # e_t, then z_t^1 .. z_t^K
             cache.extend(one_real_slot)
@@ -132,10 +135,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
     if pad_token_id is None:
         pad_token_id = stop_ids[0] if stop_ids else 0
     num_thoughts = model.ponder_config.thoughts
-    if num_thoughts and model.ponder_config.ponder_method == "loop":
-        raise ValueError("generation with a KV cache is not supported for the Loop baseline "
-                         "(--ponder-method loop): each loop would need its own cache; score "
-                         "sequences with the model's forward instead")
+    model.ponder_config.method.decode_slot_input(num_thoughts)  # ValueError: cannot decode
     if jacobi is None:
         jacobi = JacobiSchedule(model.ponder_config.jacobi_iterations)
     batch, prompt_length = input_ids.shape

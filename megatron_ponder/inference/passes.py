@@ -1,7 +1,8 @@
 """The scoring / prefill forward for inference: fixed or adaptive Jacobi, padding, KV cache.
 
-Same passes as training (the ``PassPlan`` of ``model/ponder.py``: K growth passes, Jacobi
-passes, a final pass), with what inference needs hung on the plan's hooks:
+Same passes as training (the method's ``PassPlan``, run by ``model/ponder.py``'s driver; for
+PonderLM-2 K growth passes, Jacobi passes, a final pass), with what inference needs hung on
+the plan's hooks:
 
 * **Adaptive Jacobi** (the plan's stopping rule). Instead of a fixed J, iterate until the
   thoughts stop changing: after each Jacobi pass, stop when the largest absolute change of any
@@ -27,8 +28,7 @@ from megatron_ponder.inference.attention_hooks import (
     key_value_hook,
     token_positions,
 )
-from megatron_ponder.model.baselines import loop_forward, pause_forward
-from megatron_ponder.model.ponder import PassPlan, ponder_forward
+from megatron_ponder.model.ponder import ponder_forward
 
 ADAPTIVE = "adaptive"
 DEFAULT_MAX_ADAPTIVE_ITERATIONS = 32
@@ -152,19 +152,17 @@ def run_ponder_passes(model, input_ids: torch.Tensor, num_latent_thoughts: int,
     positions = None if token_is_real is None else token_positions(token_is_real)
     padding = None if token_is_real is None else PaddedPassMask(token_is_real)
 
-    if num_latent_thoughts and not model.ponder_config.is_ponderlm2:
-        hidden = _baseline_passes(model, input_ids, num_latent_thoughts, token_is_real,
-                                  positions, padding, cache)
-        loops = model.ponder_config.ponder_method == "loop"
-        return hidden, PassReport(passes=num_latent_thoughts + 1 if loops else 1,
-                                  jacobi_iterations=0)
+    method = model.ponder_config.method
+    if cache is not None:
+        method.decode_slot_input(num_latent_thoughts)  # ValueError where it cannot decode
+    final_slots = method.passes(num_latent_thoughts, schedule.iterations)[-1].slots
     watch = _JacobiWatch(schedule, num_latent_thoughts, input_ids.shape[1], token_is_real)
-    plan = PassPlan(num_latent_thoughts, schedule.iterations, stop_jacobi=watch,
-                    around_final_pass=lambda: _writing_to(
-                        model, cache, input_ids, token_is_real, num_latent_thoughts + 1))
+    plan = method.plan(num_latent_thoughts, schedule.iterations, stop_jacobi=watch,
+                       around_final_pass=lambda: _writing_to(
+                           model, cache, input_ids, token_is_real, final_slots))
     with key_value_hook(model, padding):
         hidden = ponder_forward(model, input_ids, plan, token_positions=positions)
-    watch.report.passes = num_latent_thoughts + watch.report.jacobi_iterations + 1
+    watch.report.passes = plan.jacobi_start + watch.report.jacobi_iterations + 1
     return hidden, watch.report
 
 
@@ -180,18 +178,3 @@ def _writing_to(model, cache: Optional[KVCache], input_ids, token_is_real, num_s
     cache.extend(real.repeat_interleave(num_slots, dim=1))
     with key_value_hook(model, cache):
         yield
-
-
-def _baseline_passes(model, input_ids, num_extra: int, token_is_real, positions, padding,
-                     cache: Optional[KVCache]) -> torch.Tensor:
-    """The Pause / Loop baselines' forward (model/baselines.py) with padding and, for Pause,
-    a KV cache holding its (K+1)L slots; their passes need no Jacobi schedule."""
-    method = model.ponder_config.ponder_method
-    if method == "loop":
-        if cache is not None:
-            raise ValueError("the Loop baseline (--ponder-method loop) has no KV-cache decode")
-        with key_value_hook(model, padding):
-            return loop_forward(model, input_ids, num_extra, token_positions=positions)
-    with key_value_hook(model, padding), _writing_to(model, cache, input_ids, token_is_real,
-                                                     num_extra + 1):
-        return pause_forward(model, input_ids, num_extra, token_positions=positions)

@@ -21,11 +21,10 @@ from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.model.baselines import loop_forward, pause_forward
 from megatron_ponder.model.execution import CPU_PATH, ExecutionPath
 from megatron_ponder.model.init import seed_only_initialization
 from megatron_ponder.model.layer_specs import block_submodules
-from megatron_ponder.model.ponder import PassPlan, ponder_forward
+from megatron_ponder.model.ponder import ponder_forward
 from megatron_ponder.model.rotary import RotaryAngles
 
 
@@ -70,7 +69,7 @@ class PonderGPTModel(MegatronModule):
                     config, vocab_size=self.vocab_size, max_sequence_length=0,
                     position_embedding_type="rope",
                 )
-                if ponder_config.ponder_method == "pause" and ponder_config.thoughts:
+                if ponder_config.method.uses_pause_embedding(ponder_config.thoughts):
                     self.pause_embedding = pause_embedding_parameter(config)
             self.rotary = RotaryAngles(config.kv_channels, model_config.rotary_percent,
                                        model_config.rotary_base)
@@ -111,7 +110,7 @@ class PonderGPTModel(MegatronModule):
 
         ``hidden`` is [rows, B, H] with ``num_slots`` slots per token; every slot of a token
         gets that token's position (``token_positions`` [L] or [B, L], default 0..L-1).
-        ``final_norm=False`` skips the final norm (the Loop baseline's inner loops).
+        ``final_norm=False`` skips the final norm (the Loop baseline between loops).
         """
         total_rows = hidden.shape[0]
         if self.config.sequence_parallel:
@@ -155,14 +154,10 @@ class PonderGPTModel(MegatronModule):
         if jacobi_iterations is None:
             jacobi_iterations = ponder.jacobi_iterations
         thoughts = ponder.thoughts if num_latent_thoughts is None else num_latent_thoughts
-        if ponder.ponder_method == "pause" and thoughts:
-            final = pause_forward(self, input_ids, thoughts, **stack_kwargs)
-        elif ponder.ponder_method == "loop" and thoughts:
-            final = loop_forward(self, input_ids, thoughts, **stack_kwargs)
-        else:
-            plan = PassPlan(thoughts, jacobi_iterations,
-                            grad_passes=ponder.ponder_grad_passes if self.training else None)
-            final = ponder_forward(self, input_ids, plan, **stack_kwargs)
+        plan = ponder.method.plan(
+            thoughts, jacobi_iterations,
+            grad_passes=ponder.ponder_grad_passes if self.training else None)
+        final = ponder_forward(self, input_ids, plan, **stack_kwargs)
         if labels is None:
             return self.output(final).transpose(0, 1).contiguous()
         return self.token_losses(final, labels)

@@ -16,95 +16,62 @@ and the forward is one ordinary pass. ``grad_passes=N`` (``--ponder-grad-passes`
 paper) runs all but the last N passes without building a graph: the same forward values, a
 truncated gradient, and no backward (nor saved activations) for the early passes.
 
-The schedule is a ``PassPlan``, the one description of the passes that every driver follows:
-``ponder_forward`` here (training and scoring), inference (``megatron_ponder.inference.passes``
-hangs adaptive Jacobi stopping and the KV cache on its hooks) and the pipeline
-(``megatron_ponder.parallel.pipeline`` runs each pass as one round through the stages).
+The passes are a ``PassPlan`` built by the method registry (``megatron_ponder.methods``; the
+Pause and Loop baselines are other plans over the same model), and ``ponder_forward`` is the
+one driver that runs any plan: training and scoring here, inference
+(``megatron_ponder.inference.passes`` hangs adaptive Jacobi stopping and the KV cache on the
+plan's hooks) and, pass by pass, the pipeline (``megatron_ponder.parallel.pipeline`` runs each
+pass as one round through the stages with ``pass_inputs`` on the first stage).
 """
 
-import contextlib
-from dataclasses import dataclass
-from typing import Callable, ContextManager, Optional, Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
-import torch
 
+from megatron_ponder.methods import Pass, PassInput, PassPlan
 from megatron_ponder.ops import splice
 
 
-@dataclass(frozen=True)
-class PassPlan:
-    """The passes of one forward and the hooks its callers hang on them."""
-
-    num_latent_thoughts: int
-    jacobi_iterations: int
-    grad_passes: Optional[int] = None
-    """Build a graph for the last N passes only (None: all)."""
-    stop_jacobi: Optional[Callable[[torch.Tensor, torch.Tensor], bool]] = None
-    """Called after each Jacobi pass with the previous pass's output and its own; True skips
-    the remaining Jacobi passes (adaptive Jacobi). None: run all J."""
-    around_final_pass: Callable[[], ContextManager] = contextlib.nullcontext
-    """Entered around the final pass only (inference attaches the KV cache there)."""
-
-    def __post_init__(self):
-        if self.grad_passes is not None and self.stop_jacobi is not None:
-            # grad_passes counts back from the planned final pass; an early stop would move it.
-            raise ValueError("a PassPlan takes grad_passes or stop_jacobi, not both")
-
-    @property
-    def slots(self) -> Tuple[int, ...]:
-        """Slots per token of each pass: K growth passes, then J Jacobi passes and the final
-        pass. K=1, J=3 -> (1, 2, 2, 2, 2) (lengths L, 2L, 2L, 2L, 2L); K=0 -> (1,)."""
-        k = self.num_latent_thoughts
-        if k == 0:
-            return (1,)
-        return tuple(range(1, k + 1)) + (k + 1,) * (self.jacobi_iterations + 1)
-
-    @property
-    def final(self) -> int:
-        """Index of the final pass, the one whose slot K is scored."""
-        return len(self.slots) - 1
-
-    def ends_jacobi(self, index: int, previous, output) -> bool:
-        """Whether the stopping rule ends the Jacobi passes after pass ``index``."""
-        is_jacobi = self.num_latent_thoughts <= index < self.final
-        return is_jacobi and self.stop_jacobi is not None and self.stop_jacobi(previous, output)
-
-    def builds_graph(self, index: int) -> bool:
-        """Whether pass ``index`` is among the last ``grad_passes`` (every pass without it)."""
-        return index >= len(self.slots) - (self.grad_passes or len(self.slots))
-
-    def graph(self, index: int) -> ContextManager:
-        """``torch.no_grad()`` around a pass that builds no graph, else nothing."""
-        return contextlib.nullcontext() if self.builds_graph(index) else torch.no_grad()
-
-
 def ponder_forward(model, input_ids, plan: PassPlan, **stack_kwargs):
-    """Run the passes of ``plan`` and return the final pass's stack output at slot K, [L, B, H].
+    """Run the passes of ``plan`` and return the final pass's stack output at its last slot,
+    [L, B, H].
 
-    ``model`` provides ``embed(input_ids)`` (scaled word embeddings, [L, B, H]) and
-    ``stack(hidden, num_slots, **stack_kwargs)``; sequence-parallel shards work unchanged
-    because the splice only moves rows within a token's own slots.
+    ``model`` provides ``embed(input_ids)`` (scaled word embeddings, [L, B, H]),
+    ``pause_slots(embeddings, n)`` (for plans with pause slots) and
+    ``stack(hidden, num_slots, final_norm=..., **stack_kwargs)``; sequence-parallel shards work
+    unchanged because the splice only moves rows within a token's own slots.
     """
     embeddings = model.embed(input_ids)
     hidden = None
-    for index, num_slots in enumerate(plan.slots[:plan.final]):  # growth and Jacobi passes
+    for index, step in enumerate(plan.passes[:plan.final]):  # every pass before the final one
         with plan.graph(index):
-            new = ponder_pass(model, embeddings, hidden, num_slots, **stack_kwargs)
+            new = run_pass(model, step, embeddings, hidden, **stack_kwargs)
         stop, hidden = plan.ends_jacobi(index, hidden, new), new
         if stop:
             break
-    num_slots = plan.slots[plan.final]
+    final = plan.passes[plan.final]
     with plan.graph(plan.final), plan.around_final_pass():
-        hidden = ponder_pass(model, embeddings, hidden, num_slots, **stack_kwargs)
-    return select_slot(hidden, num_slots, num_slots - 1)
+        hidden = run_pass(model, final, embeddings, hidden, **stack_kwargs)
+    return select_slot(hidden, final.slots, final.slots - 1)
 
 
-def ponder_pass(model, embeddings, previous, num_slots: int, **stack_kwargs):
-    """One pass: ``stack(splice(e, previous))``, or ``stack(e)`` for the first pass. The
-    pipeline runs its passes one at a time through this."""
-    inputs = embeddings if previous is None else splice(embeddings, previous, num_slots)
-    return model.stack(inputs, num_slots, **stack_kwargs)
+def run_pass(model, step: Pass, embeddings, previous, **stack_kwargs):
+    """One pass: the layer stack over what ``step`` feeds it (``pass_inputs``)."""
+    return model.stack(pass_inputs(model, step, embeddings, previous), step.slots,
+                       final_norm=step.final_norm, **stack_kwargs)
+
+
+def pass_inputs(model, step: Pass, embeddings, previous):
+    """What pass ``step`` feeds the stack, [L * slots, B, H]: the embeddings, the splice of
+    the embeddings with the previous pass's outputs or with pause slots, or the previous
+    output itself."""
+    if step.input is PassInput.EMBEDDINGS:
+        return embeddings
+    if step.input is PassInput.SPLICE:
+        return splice(embeddings, previous, step.slots)
+    if step.input is PassInput.PAUSE:
+        return splice(embeddings, model.pause_slots(embeddings, step.slots - 1), step.slots)
+    return previous
 
 
 def select_slot(hidden, num_slots: int, slot: int):

@@ -17,14 +17,23 @@ How it is wired:
 * p2p runs unbatched with overlap (``batch_p2p_comm=False``, ``overlap_p2p_comm=True``): the
   default batched p2p matched messages into swapped buffers with PP=2 and virtual stages and gave
   silently wrong gradients.
-* Passes differ in length (L rows, then up to (K+1) L): every message is padded to (K+1) L rows
-  (divided by TP under sequence parallelism) and the receiver slices, so no shape handshake is
-  needed.
-* The passes are the model's ``PassPlan`` (``model/ponder.py``), one ``ponder_pass`` per chunk.
-  J varies per micro-batch: see ``pass_plan.py`` (pass-through chunks up to the step's longest).
-* Stage 0 embeds a micro-batch once (pass 0) and splices those embeddings into every later pass;
-  the last stage applies the final norm in every pass (the thought is the final-normed output)
-  and the output layer and loss in the final pass only.
+* Passes differ in length (L rows, then up to (K+1) L): every message is padded to the widest
+  pass's rows (divided by TP under sequence parallelism) and the receiver slices, so no shape
+  handshake is needed.
+* The passes are the method's ``PassPlan`` (``megatron_ponder.methods``: PonderLM-2, Pause,
+  Loop, vanilla), one pass per chunk, with the driver's own ``pass_inputs`` on stage 0. J
+  varies per micro-batch: see ``chunk_plan.py`` (pass-through chunks up to the step's longest).
+  K is given per step (0 during --ponder-warmup-iters).
+* Passes differ in length: every message of a step is padded to the step's widest pass (K+1
+  slots per token for PonderLM-2 and Pause, one for Loop).
+* Stage 0 embeds a micro-batch once (pass 0) and feeds those embeddings into every later pass
+  that reads them; the last stage applies the final norm where the pass asks for it (every
+  PonderLM-2 pass: the thought is the final-normed output; only the last Loop pass) and the
+  output layer and loss in the final pass only.
+* Passes outside --ponder-grad-passes run without a graph; their output is tied to their input
+  by a zero gradient (``_NoGraphOutput``), so the schedule still runs every unit's backward and
+  every stage receives the gradient message it waits for (zeros, as the truncated gradient
+  of one process).
 * Data: chunk ``c`` reads ``data_iterator[c]`` once per micro-batch, in order; all views read one
   cached stream (``microbatch_stream.py``).
 * Gradients are reduced once per step, over the single DDP module (not once per chunk).
@@ -38,9 +47,10 @@ from megatron.core import parallel_state
 from megatron.core.enums import ModelType
 
 from megatron_ponder.mcore.schedules import pass_schedule_config, run_pass_schedule
-from megatron_ponder.model.ponder import PassPlan, ponder_pass, select_slot
+from megatron_ponder.methods import PassPlan
+from megatron_ponder.model.ponder import pass_inputs, select_slot
+from megatron_ponder.parallel.chunk_plan import ChunkPlan, plan_step
 from megatron_ponder.parallel.microbatch_stream import MicroBatchStream
-from megatron_ponder.parallel.pass_plan import ChunkPlan, plan_step
 
 
 class _AddLaterPassGradients(torch.autograd.Function):
@@ -57,6 +67,23 @@ class _AddLaterPassGradients(torch.autograd.Function):
         later = ctx.later_passes_copy.grad
         ctx.later_passes_copy = None
         return (grad if later is None else grad + later), None
+
+
+class _NoGraphOutput(torch.autograd.Function):
+    """The output of a pass run without a graph (--ponder-grad-passes), attached to an input of
+    the unit (``anchor``) with a zero gradient: megatron's schedule runs a backward for every
+    (micro-batch, pass) unit and sends its input's gradient upstream, and the one-process
+    model's gradient through such a pass is zero."""
+
+    @staticmethod
+    def forward(ctx, output, anchor):
+        ctx.anchor = (anchor.shape, anchor.dtype)
+        return output.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, dtype = ctx.anchor
+        return None, grad.new_zeros(shape, dtype=dtype)
 
 
 class _EmbeddedMicroBatch:
@@ -107,11 +134,9 @@ class PonderPipeline:
     the trainer's ``finalize_model_grads_func``, ``no_sync_func`` and ``grad_scale_func``.
     """
 
-    def __init__(self, ddp_model, num_latent_thoughts: int, seq_length: int,
-                 micro_batch_size: int):
+    def __init__(self, ddp_model, seq_length: int, micro_batch_size: int):
         self.ddp_model = ddp_model
         self.stage = ddp_model.module
-        self.num_latent_thoughts = num_latent_thoughts
         self.seq_length = seq_length
         self.micro_batch_size = micro_batch_size
         self.pipeline_size = parallel_state.get_pipeline_model_parallel_world_size()
@@ -121,23 +146,28 @@ class PonderPipeline:
         tp = parallel_state.get_tensor_model_parallel_world_size()
         # Rows of one slot plane on this rank (sequence parallelism cuts at token boundaries).
         self.rows_per_slot = seq_length // tp if config.sequence_parallel else seq_length
-        self.max_slots = num_latent_thoughts + 1
+        self.max_slots = 1
         self._plans: List[ChunkPlan] = []
         self._embedded: Dict[int, _EmbeddedMicroBatch] = {}
 
     # --------------------------------------------------------------------------- one step
     def forward_backward(self, data_iterator: Iterator, jacobi_per_microbatch: Sequence[int],
-                         prepare: Callable[[Any], Dict[str, Any]],
+                         num_latent_thoughts: int, prepare: Callable[[Any], Dict[str, Any]],
                          loss_func_for: Callable[[Dict[str, Any]], Callable],
                          forward_only: bool = False) -> List[dict]:
         """Run every pass of ``len(jacobi_per_microbatch)`` micro-batches read from
-        ``data_iterator``; returns the loss reports (last stage) as megatron's schedules do.
+        ``data_iterator`` with K = ``num_latent_thoughts``; returns the loss reports (last
+        stage) as megatron's schedules do.
 
         ``prepare(raw_batch)`` gives a dict with ``tokens`` and ``labels`` ([B, L], on the
         device); ``loss_func_for(batch)`` the loss function megatron applies to the final
         pass's per-token losses.
         """
-        self._plans = plan_step(self.num_latent_thoughts, jacobi_per_microbatch)
+        ponder = self.stage.ponder_config
+        grad_passes = ponder.ponder_grad_passes if self.stage.training else None
+        self._plans = plan_step(ponder.method, num_latent_thoughts, jacobi_per_microbatch,
+                                grad_passes=grad_passes)
+        self.max_slots = max(plan.passes.max_slots for plan in self._plans)
         num_chunks = len(self._plans[0].pass_in_chunk)
         stream = MicroBatchStream(data_iterator, num_chunks, prepare)
         config = pass_schedule_config(self.stage.config, num_chunks, self.pipeline_size,
@@ -150,7 +180,7 @@ class PonderPipeline:
 
         reports = run_pass_schedule(
             forward_step, stream.views(), chunks, num_microbatches=len(self._plans),
-            # Every message is padded to the longest pass.
+            # Every message is padded to the widest pass.
             seq_length=self.max_slots * self.seq_length,
             micro_batch_size=self.micro_batch_size, forward_only=forward_only)
         if self._embedded or stream.cached:
@@ -168,32 +198,43 @@ class PonderPipeline:
             # A pass-through chunk (this micro-batch drew a smaller J than the step's longest).
             return received.view_as(received)
         passes = self._plans[microbatch].passes
-        num_slots = passes.slots[index]
+        step = passes.passes[index]
         if self.is_first_stage:
-            hidden = self._first_stage_pass(passes, index, received, microbatch, batch)
+            embeddings, previous, anchor = self._first_stage_inputs(passes, index, received,
+                                                                    microbatch, batch)
+            with passes.graph(index):
+                hidden = self.stage.stack(pass_inputs(self.stage, step, embeddings, previous),
+                                          step.slots, final_norm=step.final_norm)
         else:
-            hidden = self.stage.stack(received[: num_slots * self.rows_per_slot], num_slots)
+            anchor = received[: step.slots * self.rows_per_slot]
+            with passes.graph(index):
+                hidden = self.stage.stack(anchor, step.slots, final_norm=step.final_norm)
+        if not passes.builds_graph(index) and torch.is_grad_enabled():
+            hidden = _NoGraphOutput.apply(hidden, anchor)
         if self.is_last_stage and index == passes.final:
-            return self.stage.token_losses(select_slot(hidden, num_slots, num_slots - 1),
+            return self.stage.token_losses(select_slot(hidden, step.slots, step.slots - 1),
                                            batch["labels"])
         return self._pad_to_message(hidden)
 
-    def _first_stage_pass(self, passes: PassPlan, index: int, received, microbatch: int,
-                          batch: Dict[str, Any]) -> torch.Tensor:
-        """Pass ``index`` on stage 0: over the embeddings (pass 0), else spliced with the
-        previous pass's output received from the last stage."""
+    def _first_stage_inputs(self, passes: PassPlan, index: int, received, microbatch: int,
+                            batch: Dict[str, Any]):
+        """(embeddings, previous pass's output, the unit's input tensor) of pass ``index`` on
+        stage 0: pass 0 embeds the micro-batch, later passes read the output the last stage
+        sent and the embeddings of pass 0."""
         if index == 0:
             embedded = _EmbeddedMicroBatch(self.stage.embed(batch["tokens"]))
             self._embedded[microbatch] = embedded
             embeddings, previous = embedded.for_first_pass, None
+            anchor = embeddings
         else:
             embedded = self._embedded[microbatch]
             previous_rows = passes.slots[index - 1] * self.rows_per_slot
             embeddings, previous = embedded.for_later_passes, received[:previous_rows]
+            anchor = received
         if index == passes.final:
             # Last use on this stage; the autograd graph keeps what backward needs.
             del self._embedded[microbatch]
-        return ponder_pass(self.stage, embeddings, previous, passes.slots[index])
+        return embeddings, previous, anchor
 
     def _pad_to_message(self, hidden: torch.Tensor) -> torch.Tensor:
         missing = self.max_slots * self.rows_per_slot - hidden.shape[0]

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.parallel.pass_plan import num_chunks
+from megatron_ponder.parallel.chunk_plan import expected_num_chunks, num_chunks
 from megatron_ponder.planning.memory import stage_parameters
 from megatron_ponder.training.flops import forward_passes
 
@@ -192,18 +192,6 @@ def _microbatch_collectives(tally: _Tally, setup: CommSetup, jacobi: int, weight
         tally.add("tp", "all_reduce", t, weight * CROSS_ENTROPY_VALUES_PER_TOKEN, tokens * 4)
 
 
-def expected_max(choices: Sequence[int], draws: int) -> float:
-    """Expected maximum of ``draws`` values drawn uniformly from ``choices``."""
-    values = sorted(set(choices))
-    n = len(choices)
-    expected, below = 0.0, 0.0
-    for value in values:
-        at_most = (sum(1 for c in choices if c <= value) / n) ** draws
-        expected += value * (at_most - below)
-        below = at_most
-    return expected
-
-
 def pipeline_sends(setup: CommSetup, chunks: float) -> Tuple[float, float]:
     """(sends per step, bytes per message) of the stage's point-to-point traffic."""
     if setup.pp == 1:
@@ -212,7 +200,8 @@ def pipeline_sends(setup: CommSetup, chunks: float) -> Tuple[float, float]:
     m = setup.num_microbatches
     forward = units - (m if setup.stage == setup.pp - 1 else 0)
     backward = units - (m if setup.stage == 0 else 0)
-    rows = (setup.ponder.thoughts + 1) * setup.seq_length * setup.micro_batch_size
+    widest = max(step.slots for step in setup.ponder.method.passes(setup.ponder.thoughts, 0))
+    rows = widest * setup.seq_length * setup.micro_batch_size
     if setup.sequence_parallel_on or setup.split_pipeline_messages:
         rows //= setup.tp
     return forward + backward, rows * setup.model.hidden_size * setup.activation_bytes
@@ -264,11 +253,11 @@ def step_collectives(setup: CommSetup, jacobi_per_microbatch: Optional[Sequence[
             raise ValueError(f"{len(jacobi_per_microbatch)} J values for {m} micro-batches")
         for jacobi in jacobi_per_microbatch:
             _microbatch_collectives(tally, setup, jacobi, 1.0)
-        chunks = float(num_chunks(k, jacobi_per_microbatch)) if k else 1.0
+        chunks = float(num_chunks(setup.ponder.method, k, jacobi_per_microbatch))
     else:
         for jacobi in jacobi_choices:
             _microbatch_collectives(tally, setup, jacobi, m / len(jacobi_choices))
-        chunks = (k + expected_max(jacobi_choices, m) + 1) if k else 1.0
+        chunks = expected_num_chunks(setup.ponder.method, k, jacobi_choices, m)
     last = setup.stage == setup.pp - 1
     layers = setup.model.num_layers // setup.pp
     if setup.sequence_parallel_on:

@@ -89,7 +89,7 @@ def stage_parameters(model: ModelConfig, tp: int, pp: int, stage: int,
     count = model.num_layers // pp * _layer_parameters(model, tp)
     if stage == 0:
         count += math.ceil(model.vocab_size / tp) * h
-        if ponder is not None and ponder.ponder_method == "pause" and ponder.thoughts:
+        if ponder is not None and ponder.method.uses_pause_embedding(ponder.thoughts):
             count += h
     if stage == pp - 1:
         count += math.ceil(model.vocab_size / tp) * h + (2 * h if model.arch == "gpt_neox" else h)

@@ -21,7 +21,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.parallel.bubble import interleaved_idle_fraction
-from megatron_ponder.planning.communication import CommSetup, expected_max
+from megatron_ponder.parallel.chunk_plan import expected_num_chunks
+from megatron_ponder.planning.communication import CommSetup
 from megatron_ponder.planning.hardware import DEFAULT_INTERCONNECT, GPUSpec, Interconnect
 from megatron_ponder.planning.memory import (
     RECOMPUTE_SETTINGS, ActivationSetup, activation_bytes, model_state_bytes, stage_parameters,
@@ -199,8 +200,7 @@ def plan_layout(request: PlanRequest, layout: Layout) -> LayoutPlan:
             worst = (total, stage, params, state, acts)
     total, stage, params, state, acts = worst
     passes = len(forward_passes(ponder, ponder.thoughts, max(choices)))
-    chunks = (ponder.thoughts + expected_max(choices, microbatches) + 1) if ponder.thoughts \
-        else 1
+    chunks = expected_num_chunks(ponder.method, ponder.thoughts, choices, microbatches)
     bubble = interleaved_idle_fraction(layout.pp, microbatches, chunks) if layout.pp > 1 \
         else 0.0
     e = 2 if request.mixed_precision else 4
@@ -240,8 +240,6 @@ class Plan:
 
 def make_plan(request: PlanRequest) -> Plan:
     model, ponder = request.model, request.ponder
-    if ponder.ponder_method != "ponderlm2" and ponder.thoughts:
-        raise ValueError("the planner models PonderLM-2 (--ponder-method ponderlm2) only")
     layouts = candidate_layouts(request)
     if not layouts:
         raise ValueError(f"no layout of {request.gpus} GPUs divides the model (heads "

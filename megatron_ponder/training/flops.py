@@ -14,7 +14,6 @@ from typing import Iterable, List, Optional, Tuple
 import torch
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.model.ponder import PassPlan
 
 # Dense bf16 peak TFLOP/s by device-name fragment (datasheet values, no sparsity).
 _PEAK_BF16_TFLOPS = (
@@ -48,28 +47,22 @@ def pass_flops(model: ModelConfig, num_tokens: int, num_slots: int, with_output:
 def forward_passes(ponder: PonderConfig, num_latent_thoughts: int, jacobi_iterations: int,
                    training: bool = True) -> List[Tuple[int, bool, bool]]:
     """(slots per token, runs the output layer, builds a graph) of every pass of one forward
-    with K = ``num_latent_thoughts``, for each ``--ponder-method``."""
-    k = num_latent_thoughts
-    if k and ponder.ponder_method == "pause":
-        slots = [k + 1]
-    elif k and ponder.ponder_method == "loop":
-        slots = [1] * (k + 1)
-    else:
-        slots = PassPlan(k, jacobi_iterations).slots
-    count = len(slots)
-    graph_from = count - min(ponder.ponder_grad_passes or count, count) if training else 0
-    return [(n, index == count - 1, index >= graph_from) for index, n in enumerate(slots)]
+    with K = ``num_latent_thoughts``, read off the method's ``PassPlan``."""
+    plan = ponder.method.plan(num_latent_thoughts, jacobi_iterations,
+                              grad_passes=ponder.ponder_grad_passes if training else None)
+    return [(step.slots, index == plan.final, plan.builds_graph(index))
+            for index, step in enumerate(plan.passes)]
 
 
 def inference_flops_per_token(model: ModelConfig, ponder: PonderConfig, seq_length: int,
                               jacobi_iterations: Optional[int] = None) -> float:
     """Forward FLOPs per token of generating with a KV cache: K+1 single-slot steps per token
     (one for vanilla; the Loop baseline runs the stack K+1 times), attending to a cache of
-    ``(K+1) * seq_length / 2`` slots on average (one for Loop), plus one output layer. Prefill
-    (the Jacobi passes over the prompt) is not counted."""
+    ``slots * seq_length / 2`` slots on average, where ``slots`` is the final pass's slots per
+    token (K+1; one for Loop), plus one output layer. Prefill (the Jacobi passes over the
+    prompt) is not counted."""
     k = ponder.thoughts
-    width = 1 if ponder.ponder_method == "loop" else k + 1
-    context = width * seq_length / 2
+    context = ponder.method.passes(k, 0)[-1].slots * seq_length / 2
     per_step = model.num_layers * (2 * layer_weight_macs_per_slot(model)
                                    + 4 * context * model.num_attention_heads * model.kv_channels)
     return (k + 1) * per_step + 2 * model.hidden_size * model.vocab_size
@@ -109,7 +102,7 @@ def parameter_count(model: ModelConfig, ponder: Optional[PonderConfig] = None) -
     if neox:  # biases of qkv, the attention output, and both MLP linears
         layer += qkv_out + h + ffn + h
     total = model.num_layers * layer + norm + 2 * model.vocab_size * h
-    if ponder is not None and ponder.ponder_method == "pause" and ponder.thoughts:
+    if ponder is not None and ponder.method.uses_pause_embedding(ponder.thoughts):
         total += h
     return total
 

@@ -22,7 +22,8 @@ class PonderForwardStep:
     accumulation and the data-parallel reduction average over tokens exactly.
 
     Under pipeline parallelism ``megatron_ponder.parallel.pipeline`` drives the passes itself and
-    uses ``prepare``, ``loss_func_for`` and the step's ``jacobi_used`` from here.
+    uses ``prepare``, ``loss_func_for`` and the step's ``jacobi_used`` and ``thoughts`` from
+    here.
     """
 
     def __init__(self, ponder: PonderConfig, seed: int):
@@ -33,10 +34,13 @@ class PonderForwardStep:
         self.microbatch = 0
         self.jacobi_used: List[int] = []
         """J of each of this rank's micro-batches in the current step."""
+        self.thoughts = ponder.thoughts
+        """K of the current step (0 during --ponder-warmup-iters)."""
 
     def begin(self, iteration: int, training: bool, num_microbatches: int) -> None:
         self.iteration, self.training, self.microbatch = iteration, training, 0
         self.jacobi_used = [self.jacobi_for(m) for m in range(num_microbatches)]
+        self.thoughts = self.ponder.thoughts_at(iteration, training)
 
     def jacobi_for(self, microbatch: int) -> int:
         choices = self.ponder.random_jacobi_iterations
@@ -61,9 +65,8 @@ class PonderForwardStep:
         batch = self.prepare(next(data_iterator))
         jacobi = self.jacobi_used[self.microbatch]
         self.microbatch += 1
-        thoughts = self.ponder.thoughts_at(self.iteration, self.training)
         losses = model(batch["tokens"], labels=batch["labels"], jacobi_iterations=jacobi,
-                       num_latent_thoughts=thoughts)
+                       num_latent_thoughts=self.thoughts)
         return losses, self.loss_func_for(batch)
 
 

@@ -89,8 +89,8 @@ class Trainer:
         if config.parallel.pipeline_model_parallel_size > 1:
             from megatron_ponder.parallel.pipeline import PonderPipeline
 
-            self.pipeline = PonderPipeline(self.model, config.ponder.thoughts,
-                                           config.data.seq_length, train.micro_batch_size)
+            self.pipeline = PonderPipeline(self.model, config.data.seq_length,
+                                           train.micro_batch_size)
         self.optimizer, self.scheduler = self._build_optimizer()
         self.forward_step = PonderForwardStep(config.ponder, train.seed)
         self.iteration = 0
@@ -234,8 +234,8 @@ class Trainer:
         if self.pipeline is not None:
             step = self.forward_step
             return self.pipeline.forward_backward(
-                data_iterator, step.jacobi_used, step.prepare, step.loss_func_for,
-                forward_only=forward_only)
+                data_iterator, step.jacobi_used, step.thoughts, step.prepare,
+                step.loss_func_for, forward_only=forward_only)
         return get_forward_backward_func()(
             forward_step_func=self.forward_step, data_iterator=data_iterator,
             model=[self.model], num_microbatches=self.num_microbatches,
@@ -559,7 +559,7 @@ def grad_reduce_can_overlap(config: PretrainConfig) -> bool:
     ponder = config.ponder
     if ponder.ponder_warmup_iters:  # the pass count changes when the thoughts start
         return False
-    return not ponder.random_jacobi_iterations or not ponder.is_ponderlm2 or ponder.thoughts == 0
+    return not (ponder.random_jacobi_iterations and ponder.method.draws_jacobi(ponder.thoughts))
 
 
 def _is_logging_rank() -> bool:
@@ -584,7 +584,7 @@ def run_summary(config: PretrainConfig, world_size: int) -> str:
     lines = [
         f"model: {model.arch}, {parameter_count(model, ponder) / 1e6:.2f}M parameters, "
         f"{model.num_layers} layers, hidden {model.hidden_size}, vocabulary {model.vocab_size}",
-        f"method: {ponder.ponder_method}, K = {ponder.thoughts} latent thoughts, J = {jacobi}; "
+        f"method: {ponder.method.name}, K = {ponder.thoughts} latent thoughts, J = {jacobi}; "
         f"training FLOPs per token over all passes: {flops:.3e}",
         f"layout: {world_size} processes = TP {tp} x PP {pp} x DP {dp}"
         f"{', sequence parallel' if parallel.sequence_parallel else ''}; micro-batch "

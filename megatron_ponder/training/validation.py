@@ -62,8 +62,14 @@ def _check_rampup(train, dp: int, pp: int, need) -> bool:
          f"--global-batch-size {train.global_batch_size}, which START + n x INCREMENT must "
          f"reach, and START and INCREMENT must be multiples of --micro-batch-size x "
          f"data-parallel size = {unit}")
-    need(pp == 1, "--rampup-batch-size is not supported with --pipeline-model-parallel-size "
-         "> 1 yet")
+    if pp > 1 and ok:
+        # Every step's micro-batch count must be a multiple of PP (see the same rule for
+        # --global-batch-size below).
+        need(start % (unit * pp) == 0 and increment % (unit * pp) == 0,
+             f"--rampup-batch-size {start} {increment} {samples}: with "
+             f"--pipeline-model-parallel-size {pp}, START and INCREMENT must be multiples of "
+             f"--micro-batch-size x data-parallel size x pipeline size = {unit * pp} (every "
+             f"step's micro-batches run in groups of {pp})")
     return ok
 
 
@@ -216,18 +222,13 @@ def resolve_config(config: PretrainConfig, world_size: int,
              f"whole tokens' slots)")
 
     ponder = config.ponder
-    if pp > 1:
-        # The pipeline's pass ring (parallel/pipeline.py) drives PonderLM-2's own schedule.
-        for flag, used in (("--ponder-method " + ponder.ponder_method,
-                            not ponder.is_ponderlm2),
-                           ("--ponder-grad-passes", ponder.ponder_grad_passes is not None),
-                           ("--ponder-warmup-iters", ponder.ponder_warmup_iters > 0)):
-            need(not used, f"{flag} is not supported with --pipeline-model-parallel-size > 1 "
-                 f"yet; use tensor and data parallelism")
-    # The Pause and Loop baselines run their own passes, which --ponder-grad-passes does not cut.
-    need(ponder.ponder_grad_passes is None or ponder.is_ponderlm2,
-         f"--ponder-grad-passes applies to --ponder-method ponderlm2 only, not "
-         f"{ponder.ponder_method}")
+    if ponder.ponder_grad_passes is not None:
+        passes = len(ponder.method.passes(ponder.thoughts, min(
+            ponder.random_jacobi_iterations or (ponder.jacobi_iterations,))))
+        if ponder.ponder_grad_passes >= passes:
+            note(f"--ponder-grad-passes {ponder.ponder_grad_passes} has no effect: the "
+                 f"forward of --ponder-method {ponder.method.name} with K = {ponder.thoughts} "
+                 f"has {passes} pass{'es' if passes > 1 else ''}, all of which build a graph")
     if ponder.ponder_warmup_iters and ponder.thoughts == 0:
         note("--ponder-warmup-iters has no effect with K = 0")
 

@@ -5,6 +5,7 @@ padded batches, beam search), loading without trust_remote_code raises, the roun
 ours -> HF -> ours is bit-exact, and the modeling files need neither megatron nor this project."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -204,7 +205,7 @@ def test_adaptive_jacobi_matches_our_engine(exported):
 def test_baselines(exported, method):
     model, folder = exported("llama", 2, ponder_method=method)
     hf = _load(folder)
-    assert hf.config.ponder_method == method
+    assert hf.config.forward_method == method
     ids = _ids()
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-5, rtol=0)
@@ -328,3 +329,17 @@ def test_dtype_device_map_and_save_pretrained_through_auto(tmp_path):
     assert again.dtype == torch.float32 and again.config.num_latent_thoughts == 1
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, hf(ids).logits, atol=0, rtol=0)
+
+
+def test_the_exported_copy_of_the_method_registry_agrees():
+    """The modeling files run without megatron_ponder, so they keep their own copy of each
+    method's embedding scale; it must match the registry's."""
+    from megatron_ponder.hf.remote import configuration_ponderlm2 as remote
+    from megatron_ponder.methods import METHODS
+
+    assert set(remote.PONDER_METHODS) == {name for name, method in METHODS.items()
+                                          if not method.thoughtless}
+    for name, scale in remote.EMBEDDING_SCALE.items():
+        assert METHODS[name].scale_factor(1) == scale
+        config = remote.PonderLM2Config(ponder_method=name, num_latent_thoughts=0)
+        assert config.embedding_multiplier == pytest.approx(math.sqrt(2.5 * config.hidden_size))

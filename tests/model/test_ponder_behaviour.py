@@ -9,7 +9,8 @@ import torch
 
 import megatron_ponder.model.ponder as ponder_module
 from megatron_ponder.config import ModelConfig, PonderConfig, output_init_std
-from megatron_ponder.model import PassPlan, build_model, draw_jacobi_iterations, ponder_forward
+from megatron_ponder.methods import PONDERLM2
+from megatron_ponder.model import build_model, draw_jacobi_iterations, ponder_forward
 from megatron_ponder.model.rotary import RotaryAngles
 
 pytestmark = pytest.mark.usefixtures("single_process")
@@ -45,7 +46,7 @@ def _record_decoder_calls(model):
 ])
 def test_pass_lengths(k, j, expected):
     length = 5
-    assert list(PassPlan(k, j).slots) == expected
+    assert list(PONDERLM2.plan(k, j).slots) == expected
     model = _model(k=k, j=j)
     calls, handle = _record_decoder_calls(model)
     model(_ids(length))
@@ -70,17 +71,17 @@ def test_plan_hooks_end_the_jacobi_passes_and_wrap_the_final_pass_only():
     handle = model.decoder.register_forward_hook(
         lambda module, args, kwargs, output: seen.append(
             (kwargs["hidden_states"].shape[0], in_final_pass[0])), with_kwargs=True)
-    plan = PassPlan(2, 4, stop_jacobi=stop_after_two, around_final_pass=around_final_pass)
+    plan = PONDERLM2.plan(2, 4, stop_jacobi=stop_after_two, around_final_pass=around_final_pass)
     stopped = ponder_forward(model, ids, plan)
     handle.remove()
     # Growth passes (L, 2L), two Jacobi passes, then the final pass, the only one wrapped.
     assert seen == [(length, False), (2 * length, False), (3 * length, False),
                     (3 * length, False), (3 * length, True)]
     assert stop_calls == [(2 * length, 3 * length), (3 * length, 3 * length)]
-    fixed = ponder_forward(model, ids, PassPlan(2, 2))
+    fixed = ponder_forward(model, ids, PONDERLM2.plan(2, 2))
     torch.testing.assert_close(stopped, fixed, rtol=0, atol=0)
     with pytest.raises(ValueError, match="not both"):
-        PassPlan(2, 4, grad_passes=1, stop_jacobi=stop_after_two)
+        PONDERLM2.plan(2, 4, grad_passes=1, stop_jacobi=stop_after_two)
 
 
 def test_every_slot_of_a_token_sits_at_its_position():

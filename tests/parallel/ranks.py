@@ -132,6 +132,7 @@ def run_case(flags: List[str], steps: int) -> dict:
                   "initial_weights": full_tensors(module, use_grads=False)}
         data = trainer._data()
         for step in range(steps):
+            trainer._set_batch_size()  # --rampup-batch-size: this step's micro-batch count
             reports = trainer.compute_gradients(data)
             result["local_jacobi"].append(list(trainer.forward_step.jacobi_used))
             result["jacobi"].append(trainer._gather_jacobi())
@@ -142,6 +143,7 @@ def run_case(flags: List[str], steps: int) -> dict:
             grad_norm, _ = trainer.apply_update()
             result["grad_norms"].append(grad_norm)
             trainer.iteration += 1
+            trainer.consumed_samples += trainer.current_global_batch_size
         result["final_weights"] = full_tensors(module, use_grads=False)
         return result
     finally:

@@ -6,9 +6,10 @@ import pytest
 
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.planning.communication import (
-    CommSetup, expected_max, gradient_buffer_elements, pipeline_sends, sent_by_kind,
+    CommSetup, gradient_buffer_elements, pipeline_sends, sent_by_kind,
     sent_fraction, step_collectives,
 )
+from megatron_ponder.parallel.chunk_plan import expected_max
 from megatron_ponder.planning.memory import stage_parameters
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from megatron_ponder.reproduction.accounting import cumulative_training_flops
 from megatron_ponder.checkpoint.layout import TRACKER_FILE
+from megatron_ponder.methods import LOOP, PAUSE
 from megatron_ponder.reproduction.recipes import RECIPES, arms_for, default_arm_names, \
     find_arm, select_arms
 from megatron_ponder.reproduction.report import markdown_table, plot_curves
@@ -86,8 +87,8 @@ def test_arm_flags_differ_only_where_the_arm_does(tmp_path):
     assert ponder.ponder.random_jacobi_iterations == (2, 3, 4)  # the GPT-NeoX recipe
     assert configs["vanilla-2x-depth"].model.num_layers == 2 * vanilla.model.num_layers
     assert configs["vanilla-seed2"].train.seed != vanilla.train.seed
-    assert configs["pause-k1"].ponder.ponder_method == "pause"
-    assert configs["loop-k1"].ponder.ponder_method == "loop"
+    assert configs["pause-k1"].ponder.method is PAUSE
+    assert configs["loop-k1"].ponder.method is LOOP
     assert configs["ponderlm2-k1-grad2"].ponder.ponder_grad_passes == 2
     assert configs["ponderlm2-k1-warmup"].ponder.ponder_warmup_iters == SMALL.train_iters // 2
     for config in configs.values():  # same schedule shape, batch and data everywhere

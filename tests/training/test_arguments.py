@@ -140,18 +140,40 @@ def _config(*flags):
     (["--save", "x", "--save-retain", "0"], 1, "--save-retain must be >= 1"),
     (["--save-retain", "2"], 1, "--save-retain needs --save"),
     (["--max-consecutive-nan-steps", "-1"], 1, "--max-consecutive-nan-steps must be >= 0"),
-    (["--ponder-method", "pause", "--pipeline-model-parallel-size", "2"], 2,
-     "--ponder-method pause is not supported with --pipeline-model-parallel-size > 1"),
-    (["--ponder-grad-passes", "2", "--pipeline-model-parallel-size", "2"], 2,
-     "--ponder-grad-passes is not supported with"),
-    (["--ponder-method", "loop", "--ponder-grad-passes", "1"], 1,
-     "--ponder-grad-passes applies to --ponder-method ponderlm2 only, not loop"),
-    (["--ponder-warmup-iters", "5", "--pipeline-model-parallel-size", "2"], 2,
-     "--ponder-warmup-iters is not supported with"),
+    (["--rampup-batch-size", "1", "1", "8", "--global-batch-size", "4", "--micro-batch-size",
+      "1", "--pipeline-model-parallel-size", "2"], 2,
+     "multiples of --micro-batch-size x data-parallel size x pipeline size = 2"),
 ])
 def test_validation_errors_say_what_to_change(flags, world, message):
     with pytest.raises(ConfigError, match=message.replace("-", r"\-")):
         resolve_config(_config(*flags), world)
+
+
+@pytest.mark.parametrize("flags", [
+    ("--ponder-method", "pause"), ("--ponder-method", "loop"), ("--ponder-grad-passes", "2"),
+    ("--ponder-warmup-iters", "5"), ("--rampup-batch-size", "2", "2", "8"),
+])
+def test_every_method_and_cheaper_training_option_runs_with_pipeline_parallelism(flags):
+    config = resolve_config(_config("--pipeline-model-parallel-size", "2", "--global-batch-size",
+                                    "4", "--micro-batch-size", "1", *flags), 2)
+    assert config.parallel.pipeline_model_parallel_size == 2
+
+
+def test_grad_passes_that_cover_every_pass_say_so():
+    notes = []
+    resolve_config(_config("--ponder-method", "pause", "--ponder-grad-passes", "1"), 1,
+                   note=notes.append)
+    assert any("--ponder-grad-passes 1 has no effect" in note for note in notes)
+    notes.clear()
+    resolve_config(_config("--ponder-method", "loop", "--ponder-grad-passes", "1"), 1,
+                   note=notes.append)
+    assert not any("--ponder-grad-passes" in note for note in notes)
+
+
+def test_ponder_method_vanilla_is_the_vanilla_flag():
+    config = resolve_config(_config("--ponder-method", "vanilla"), 1)
+    assert config.ponder.vanilla and config.ponder.thoughts == 0
+    assert config.ponder.method.name == "vanilla"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the nsys capture range works")

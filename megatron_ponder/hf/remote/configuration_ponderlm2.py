@@ -23,7 +23,11 @@ import math
 from transformers import PretrainedConfig
 
 ARCHITECTURES = ("llama", "gpt_neox")
-PONDER_METHODS = ("ponderlm2", "pause", "loop")
+# c in e = sqrt(c * H) * E[x] of each method with K > 0 (with K = 0 every method is PonderLM-2's
+# one-pass model, c = 2.5). This file must run without megatron_ponder, so it keeps this copy of
+# the method registry's values; tests/hf/test_transformers_native.py checks that they agree.
+EMBEDDING_SCALE = {"ponderlm2": 2.5, "pause": 1.0, "loop": 2.5}
+PONDER_METHODS = tuple(EMBEDDING_SCALE)
 
 
 class PonderLM2Config(PretrainedConfig):
@@ -92,5 +96,10 @@ class PonderLM2Config(PretrainedConfig):
         scale_embeds false)."""
         if not self.recurrent_model or not self.scale_embeds:
             return 1.0
-        factor = 1.0 if self.ponder_method == "pause" and self.thoughts else 2.5
+        factor = EMBEDDING_SCALE[self.forward_method]
         return math.sqrt(factor * self.hidden_size)
+
+    @property
+    def forward_method(self) -> str:
+        """The method the forward runs: ``ponder_method``, or PonderLM-2's one pass when K = 0."""
+        return self.ponder_method if self.thoughts else "ponderlm2"

@@ -373,7 +373,7 @@ class PonderLM2ForCausalLM(PonderLM2PreTrainedModel, GenerationMixin):
         setattr(self, self._head_name,
                 nn.Linear(config.hidden_size, config.vocab_size, bias=False))
         self.pause_embedding = (nn.Parameter(torch.zeros(config.hidden_size))
-                                if config.ponder_method == "pause" and config.thoughts else None)
+                                if config.forward_method == "pause" else None)
         self.post_init()
 
     # -- transformers plumbing
@@ -435,7 +435,7 @@ class PonderLM2ForCausalLM(PonderLM2PreTrainedModel, GenerationMixin):
         """All passes over the prompt; the last pass writes ``cache``. Returns the stack output
         that scores each token [B, L, H] and (Jacobi passes, thought change)."""
         decoder, k = self._ponder_base, self.config.thoughts
-        method = self.config.ponder_method if k else "ponderlm2"
+        method = self.config.forward_method
         embeddings = self._ponder_embed(input_ids)
         positions = _token_positions(token_is_real)
 
@@ -492,7 +492,7 @@ class PonderLM2ForCausalLM(PonderLM2PreTrainedModel, GenerationMixin):
         """One token per row [B] through K+1 single-slot steps; returns the scoring output
         [B, H] and appends the slots to ``cache``."""
         decoder, k = self._ponder_base, self.config.thoughts
-        method = self.config.ponder_method if k else "ponderlm2"
+        method = self.config.forward_method
         hidden = self._ponder_embed(token_ids[:, None])
         positions = cache.next_position[:, None]
         real = torch.ones_like(positions, dtype=torch.bool)

@@ -13,7 +13,14 @@ Public functions
 - ``reference_forward``    the training/scoring forward: growth passes, J Jacobi passes, final pass.
 - ``reference_sequential`` the exact sequential computation (the Jacobi fixed point).
 - ``reference_loss``       mean next-token cross-entropy on the slot-K logits.
+- ``reference_token_losses`` the same cross-entropy per position, before the mean.
+- ``reference_pause_forward`` / ``reference_loop_forward`` the paper's Pause and Loop baselines.
 - ``parse_hf_config``      the config spellings this reference understands (returns ``RefConfig``).
+
+The two baselines follow the definitions of the PonderLM-2 authors' own code (their repository's
+``modeling_llama_pause.py`` / ``modeling_gpt_neox_addpausetoken.py`` for Pause,
+``modeling_llama_loop.py`` / ``modeling_gpt_neox_addhidden_weightshare.py`` for Loop), restated
+here with the building blocks below; nothing of that code is reused.
 
 Numerics: computation runs in ``promote_types(weight dtype, float32)``: float32 weights give
 float32, float64 weights give float64, bf16/fp16 weights are upcast to float32. Nothing is
@@ -34,7 +41,12 @@ __all__ = [
     "reference_forward",
     "reference_sequential",
     "reference_loss",
+    "reference_token_losses",
+    "reference_pause_forward",
+    "reference_loop_forward",
+    "insert_pause_tokens",
     "embedding_scale",
+    "pause_embedding_scale",
     "slot_position_ids",
     "pass_slot_counts",
 ]
@@ -400,21 +412,31 @@ def _neox_layer(cfg: RefConfig, w: _Weights, i: int, x: torch.Tensor, cos, sin) 
     return y + mlp(_layer_norm(y, ln2_w, ln2_b, cfg.norm_eps))
 
 
+def _layers(cfg: RefConfig, w: _Weights, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """All decoder layers, no final norm: [B, S, H] -> the raw residual stream [B, S, H]."""
+    cos, sin = _rotary_cos_sin(cfg, position_ids, x.dtype)
+    layer = _llama_layer if cfg.arch == "llama" else _neox_layer
+    for i in range(cfg.num_layers):
+        x = layer(cfg, w, i, x, cos, sin)
+    return x
+
+
+def _final_norm(cfg: RefConfig, w: _Weights, x: torch.Tensor) -> torch.Tensor:
+    """The final norm: RMSNorm (Llama) or LayerNorm with bias (GPT-NeoX)."""
+    if cfg.arch == "llama":
+        return _rms_norm(x, w.get("model.norm.weight"), cfg.norm_eps)
+    return _layer_norm(
+        x, w.get("gpt_neox.final_layer_norm.weight"), w.get("gpt_neox.final_layer_norm.bias"), cfg.norm_eps
+    )
+
+
 def _stack(cfg: RefConfig, w: _Weights, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """docs/method.md `stack(.)`: all decoder layers followed by the final norm.
 
     x: [B, S, H] input slots (already embedded / thoughts); position_ids: LongTensor [S].
     Returns the final-normed hidden states [B, S, H] (before the output layer).
     """
-    cos, sin = _rotary_cos_sin(cfg, position_ids, x.dtype)
-    layer = _llama_layer if cfg.arch == "llama" else _neox_layer
-    for i in range(cfg.num_layers):
-        x = layer(cfg, w, i, x, cos, sin)
-    if cfg.arch == "llama":
-        return _rms_norm(x, w.get("model.norm.weight"), cfg.norm_eps)
-    return _layer_norm(
-        x, w.get("gpt_neox.final_layer_norm.weight"), w.get("gpt_neox.final_layer_norm.bias"), cfg.norm_eps
-    )
+    return _final_norm(cfg, w, _layers(cfg, w, x, position_ids))
 
 
 def _output_layer(w: _Weights, hidden: torch.Tensor) -> torch.Tensor:
@@ -605,15 +627,106 @@ def reference_sequential(
     return torch.stack(logits, dim=1)
 
 
-def reference_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy: logits[:, t] (slot K of token t) predicts input_ids[:, t+1].
-
-    Written as -log_softmax gathered at the target, averaged over B*(L-1) positions, computed in
-    at least float32.
-    """
+def reference_token_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy per position, [B, L-1]: logits[:, t] (slot K of token t) predicts
+    input_ids[:, t+1]. Written as -log_softmax gathered at the target, in at least float32."""
     pred = logits[:, :-1, :]
     dtype = torch.promote_types(pred.dtype, torch.float32)
     target = input_ids[:, 1:]
     log_probs = torch.log_softmax(pred.to(dtype), dim=-1)
-    picked = log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    return -picked.mean()
+    return -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+
+def reference_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the B*(L-1) positions of ``reference_token_losses``."""
+    return reference_token_losses(logits, input_ids).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's Pause and Loop baselines, as the authors' modeling files define them
+# --------------------------------------------------------------------------------------------
+
+
+def pause_embedding_scale(hidden_size: int) -> float:
+    """The Pause baseline multiplies every input embedding, pause slots included, by sqrt(H)."""
+    return math.sqrt(hidden_size)
+
+
+def insert_pause_tokens(input_ids: torch.Tensor, num_pause_tokens: int, pause_token_id: int) -> torch.Tensor:
+    """[B, L] -> [B, (K+1)L]: token t at flat index t*(K+1), then K copies of ``pause_token_id``."""
+    batch, num_tokens = input_ids.shape
+    columns = [input_ids[:, :, None]]
+    columns += [torch.full_like(input_ids[:, :, None], pause_token_id)] * num_pause_tokens
+    return torch.cat(columns, dim=2).reshape(batch, num_tokens * (num_pause_tokens + 1))
+
+
+def reference_pause_forward(
+    hf_config: dict,
+    state_dict: dict[str, torch.Tensor],
+    input_ids: torch.Tensor,
+    num_pause_tokens: int,
+    pause_token_id: int,
+) -> dict:
+    """The Pause baseline of the authors' ``modeling_llama_pause.py`` (Llama) and
+    ``modeling_gpt_neox_addpausetoken.py`` (GPT-NeoX), one pass:
+
+    - K = ``num_pause_tokens`` copies of one token id, ``pause_token_id``, follow every token:
+      ids [x_1, P..P, x_2, P..P, ...], (K+1)L slots, token t at flat index t*(K+1).
+    - The pause slot is an ordinary vocabulary id: its input is that id's row of the embedding
+      table, E[P]. Every slot, pause slots included, is multiplied by sqrt(H) (not PonderLM-2's
+      sqrt(2.5 H)). The Llama file always scales; the GPT-NeoX file scales when its config's
+      ``scale_embeds`` is set, as the authors' training scripts set it.
+      A model with a separate learned pause vector p (megatron_ponder's ``--ponder-method
+      pause``: ``pause_embedding``, scaled by the same sqrt(H)) computes the same thing when
+      p = E[P], so tests pass p in as that row; with P an id no input token uses (the authors'
+      default is a padded-vocabulary id), E[P] is used by the pause slots alone.
+    - Position ids: the token positions 0..L-1, each repeated K+1 times; plain causal mask.
+    - One ``stack`` (all layers, then the final norm) over the (K+1)L slots; the logits of token
+      t come from its last pause slot (flat index t*(K+1)+K), which predicts x_{t+1}.
+    - K = 0: no pause slots, one plain pass, still scaled by sqrt(H).
+
+    Returns {"logits": [B, L, V], "final_hidden": [B, (K+1)L, H], "slot_ids": [B, (K+1)L]}.
+    """
+    _check_inputs(input_ids, num_pause_tokens)
+    cfg = parse_hf_config(hf_config, state_dict)
+    w = _Weights(cfg, state_dict)
+    slots = num_pause_tokens + 1
+    slot_ids = insert_pause_tokens(input_ids, num_pause_tokens, pause_token_id)
+    x = w.embed[slot_ids] * pause_embedding_scale(cfg.hidden_size)
+    positions = slot_position_ids(input_ids.shape[1], slots).to(input_ids.device)
+    out = _stack(cfg, w, x, positions)
+    return {
+        "logits": _output_layer(w, _slot(out, slots, slots - 1)),
+        "final_hidden": out,
+        "slot_ids": slot_ids,
+    }
+
+
+def reference_loop_forward(
+    hf_config: dict,
+    state_dict: dict[str, torch.Tensor],
+    input_ids: torch.Tensor,
+    num_extra_loops: int,
+) -> dict:
+    """The Loop baseline of the authors' ``modeling_llama_loop.py`` (Llama) and
+    ``modeling_gpt_neox_addhidden_weightshare.py`` (GPT-NeoX), run as their training scripts
+    configure it (the recurrent switch on, K = ``num_latent_thoughts``):
+
+    - L slots only (no extra slots), positions 0..L-1, plain causal mask.
+    - Input sqrt(2.5 H) * E[x_t] (both files scale unconditionally).
+    - The whole decoder layer stack runs K+1 = ``num_extra_loops + 1`` times in a row, each loop
+      reading the previous loop's raw residual stream: no norm between loops, the final norm
+      once after the last loop; the rotary positions are the same in every loop.
+    - Logits from every position; K = 0 is a plain scaled model.
+
+    Returns {"logits": [B, L, V], "final_hidden": [B, L, H]}.
+    """
+    _check_inputs(input_ids, num_extra_loops)
+    cfg = parse_hf_config(hf_config, state_dict)
+    w = _Weights(cfg, state_dict)
+    x = w.embed[input_ids] * embedding_scale(cfg.hidden_size)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    for _ in range(num_extra_loops + 1):
+        x = _layers(cfg, w, x, positions)
+    out = _final_norm(cfg, w, x)
+    return {"logits": _output_layer(w, out), "final_hidden": out}

@@ -4,12 +4,15 @@
 (b) Jacobi forward with enough passes == exact sequential computation, and not with too few;
 (c) pass_lengths traces; (d) causality across slots;
 plus a cross-check of the whole ponder loop against transformers' own decoder stack fed with
-inputs_embeds and repeated position ids.
+inputs_embeds and repeated position ids, and of the Pause and Loop baselines against that stack
+driven as the authors' modeling files drive it.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import re
 
 import pytest
 import torch
@@ -18,7 +21,9 @@ from .ponder_reference import (
     embedding_scale,
     parse_hf_config,
     reference_forward,
+    reference_loop_forward,
     reference_loss,
+    reference_pause_forward,
     reference_sequential,
     slot_position_ids,
 )
@@ -191,6 +196,47 @@ def test_ponder_matches_transformers_stack(name, K, J):
         expected = _hf_ponder(model, ids, K, J)
         got = reference_forward(cfg, sd, ids, K, J)["logits"]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "neox_parallel"])
+@pytest.mark.parametrize("K", [1, 2])
+def test_pause_matches_transformers_stack_fed_pause_token_ids(name, K):
+    """The authors' Pause files: the stock decoder over the ids with K pause ids after each token,
+    embeddings times sqrt(H), positions repeated, logits at each token's last pause slot."""
+    model = MODELS[name]()
+    cfg, sd = _cfg_sd(model)
+    pause_id, (B, L) = VOCAB - 1, (2, 6)
+    ids = _ids(B, L, seed=5)
+    slot_ids = torch.full((B, (K + 1) * L), pause_id)
+    slot_ids[:, :: K + 1] = ids
+    with torch.no_grad():
+        x = model.get_input_embeddings()(slot_ids) * math.sqrt(model.config.hidden_size)
+        out = _hf_stack(model, x, slot_position_ids(L, K + 1))
+        expected = model.get_output_embeddings()(out[:, K :: K + 1])
+        got = reference_pause_forward(cfg, sd, ids, K, pause_token_id=pause_id)
+    assert torch.equal(got["slot_ids"], slot_ids)
+    torch.testing.assert_close(got["logits"], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "neox_parallel", "neox_sequential"])
+@pytest.mark.parametrize("K", [1, 2])
+def test_loop_matches_a_transformers_model_repeating_its_layers(name, K):
+    """The authors' Loop files run the layer stack K+1 times and the final norm once: a stock
+    model K+1 times as deep whose layer j is layer j mod n, fed sqrt(2.5 H) * E[x]."""
+    model = MODELS[name]()
+    cfg, sd = _cfg_sd(model)
+    layers = model.config.num_hidden_layers
+    deep = MODELS[name](num_hidden_layers=layers * (K + 1))
+    repeat = lambda key: re.sub(r"layers\.(\d+)\.", lambda m: f"layers.{int(m[1]) % layers}.", key)
+    deep.load_state_dict({key: sd[repeat(key)] for key in deep.state_dict()})
+    ids = _ids(2, 6, seed=6)
+    with torch.no_grad():
+        x = deep.get_input_embeddings()(ids) * embedding_scale(model.config.hidden_size)
+        expected = deep.get_output_embeddings()(_hf_stack(deep, x, torch.arange(6)))
+        got = reference_loop_forward(cfg, sd, ids, K)["logits"]
+        one_loop = reference_loop_forward(cfg, sd, ids, 0)["logits"]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert (got - one_loop).abs().max() > 1e-3  # the extra loops matter
 
 
 # ------------------------------------------------------------------------------------------

@@ -96,34 +96,29 @@ def measure_stage(args, world_size):
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
-    from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import resolve_config
+    from megatron_ponder.training.trainer import training_session
 
     torch.set_num_threads(1)
-    config = parse_pretrain_args(pretrain_flags(args, world_size))
-    config = resolve_config(config, world_size)
-    mcore.init(config.parallel, config.train.seed)
-    trainer = Trainer(config)
-    simulated = [0.0]
-    if args.compute == "sleep":
-        _simulate_stage_compute(trainer.model.module, args.forward_ms / 1000, simulated)
-    data = trainer._data()
-    samples = []
-    for step in range(args.warmup + args.steps):
-        dist.barrier()
-        start_wall, start_cpu, start_sim = time.perf_counter(), time.thread_time(), \
-            simulated[0]
-        trainer.compute_gradients(data)
-        busy = time.thread_time() - start_cpu + simulated[0] - start_sim
-        dist.barrier()
-        wall = time.perf_counter() - start_wall
-        trainer.iteration += 1
-        if step >= args.warmup:
-            samples.append((busy, wall))
-    stage = parallel_state.get_pipeline_model_parallel_rank()
-    mcore.shutdown()
+    with training_session(parse_pretrain_args(pretrain_flags(args, world_size)),
+                          world_size) as trainer:
+        simulated = [0.0]
+        if args.compute == "sleep":
+            _simulate_stage_compute(trainer.model.module, args.forward_ms / 1000, simulated)
+        data = trainer.training_data()
+        samples = []
+        for step in range(args.warmup + args.steps):
+            dist.barrier()
+            start_wall, start_cpu, start_sim = time.perf_counter(), time.thread_time(), \
+                simulated[0]
+            trainer.compute_gradients(data)
+            busy = time.thread_time() - start_cpu + simulated[0] - start_sim
+            dist.barrier()
+            wall = time.perf_counter() - start_wall
+            trainer.iteration += 1
+            if step >= args.warmup:
+                samples.append((busy, wall))
+        stage = parallel_state.get_pipeline_model_parallel_rank()
     return stage, samples
 
 

@@ -55,27 +55,21 @@ def measure_rank(flags, world_size):
     import torch
     import torch.distributed as dist
 
-    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args as parse_pretrain_args
     from megatron_ponder.training.step import reduce_reported_loss
-    from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import resolve_config
+    from megatron_ponder.training.trainer import training_session
 
     torch.set_num_threads(1)
-    config = parse_pretrain_args(flags)
-    config = resolve_config(config, world_size)
-    mcore.init(config.parallel, config.train.seed)
-    trainer = Trainer(config)
-    data = trainer._data()
-    dist.barrier()
-    before = rss_kib()
-    if not reset_peak_rss() or before is None:
-        raise RuntimeError("needs Linux's /proc/self/status and /proc/self/clear_refs")
-    start = time.perf_counter()
-    loss = reduce_reported_loss(trainer.compute_gradients(data))
-    seconds = time.perf_counter() - start
-    growth = peak_rss_growth_mib(before)
-    mcore.shutdown()
+    with training_session(parse_pretrain_args(flags), world_size) as trainer:
+        data = trainer.training_data()
+        dist.barrier()
+        before = rss_kib()
+        if not reset_peak_rss() or before is None:
+            raise RuntimeError("needs Linux's /proc/self/status and /proc/self/clear_refs")
+        start = time.perf_counter()
+        loss = reduce_reported_loss(trainer.compute_gradients(data))
+        seconds = time.perf_counter() - start
+        growth = peak_rss_growth_mib(before)
     return growth, seconds, loss
 
 

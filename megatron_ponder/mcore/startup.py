@@ -71,12 +71,16 @@ def init(parallel: Optional[ParallelConfig] = None, seed: Optional[int] = None, 
         torch.manual_seed(seed)
 
 
-def shutdown() -> None:
+def shutdown(keep_process_group: bool = False) -> None:
     """Tear down megatron's groups and the process group, so a process can start again, and
-    switch the CPU layer off if ``init`` switched it on."""
+    switch the CPU layer off if ``init`` switched it on. ``keep_process_group``: megatron's
+    groups only (the next ``init`` builds another layout in the same world)."""
     global _init_activated_cpu_layer
     from megatron.core import parallel_state
 
+    if keep_process_group:
+        parallel_state.destroy_model_parallel()
+        return
     if dist.is_initialized():
         dist.barrier()
         parallel_state.destroy_model_parallel()

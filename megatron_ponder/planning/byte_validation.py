@@ -191,25 +191,19 @@ def count_rank(flags: List[str], world_size: int) -> RankCount:
     warnings.filterwarnings("ignore")
     from megatron.core import parallel_state
 
-    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args
-    from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import resolve_config
+    from megatron_ponder.training.trainer import training_session
 
     torch.set_num_threads(1)
-    config = resolve_config(parse_args(flags), world_size)
-    mcore.init(config.parallel, config.train.seed)
-    try:
-        trainer = Trainer(config)
-        data = trainer._data()
+    with training_session(parse_args(flags), world_size) as trainer:
+        config = trainer.config
+        data = trainer.training_data()
         with CollectiveCounter(_group_namer()) as counter:
             trainer.train_step(data)
         return RankCount(parallel_state.get_pipeline_model_parallel_rank(),
                          counter.collectives(), trainer.num_microbatches,
                          list(trainer.forward_step.jacobi_used), config.model.vocab_size,
                          config.train.check_for_nan_in_loss_and_grad)
-    finally:
-        mcore.shutdown()
 
 
 def model_collectives(case: ByteCase, count: RankCount) -> List[Collective]:

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.parallel.bubble import interleaved_idle_fraction
 from megatron_ponder.parallel.chunk_plan import expected_num_chunks
+from megatron_ponder.tokenizer.base import padded_vocab_size
 from megatron_ponder.planning.communication import CommSetup
 from megatron_ponder.planning.hardware import DEFAULT_INTERCONNECT, GPUSpec, Interconnect
 from megatron_ponder.planning.memory import (
@@ -126,12 +127,6 @@ def recompute_flops_per_token(model: ModelConfig, ponder: PonderConfig, seq_leng
 
 
 # ------------------------------------------------------------------------------ layouts
-def padded_vocab(vocab_size: int, tp: int, multiple: int = 128) -> int:
-    """Megatron's padding: a multiple of 128 x TP."""
-    step = multiple * tp
-    return math.ceil(vocab_size / step) * step
-
-
 @dataclass
 class LayoutPlan:
     layout: Layout
@@ -180,7 +175,7 @@ def candidate_layouts(request: PlanRequest) -> List[Layout]:
 
 
 def plan_layout(request: PlanRequest, layout: Layout) -> LayoutPlan:
-    model = replace(request.model, vocab_size=padded_vocab(request.model.vocab_size, layout.tp))
+    model = replace(request.model, vocab_size=padded_vocab_size(request.model.vocab_size, layout.tp))
     ponder = request.ponder
     choices = request.jacobi_choices
     microbatches = request.global_batch_size // (layout.micro_batch_size * layout.dp)

@@ -133,18 +133,13 @@ def measure_rank(flags: List[str], world_size: int) -> Tuple[int, int, int, int]
     warnings.filterwarnings("ignore")
     from megatron.core import parallel_state
 
-    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args
-    from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import resolve_config
+    from megatron_ponder.training.trainer import training_session
 
     torch.set_num_threads(1)
-    config = parse_args(flags)
-    config = resolve_config(config, world_size)
-    mcore.init(config.parallel, config.train.seed)
-    try:
-        trainer = Trainer(config)
-        data = trainer._data()
+    with training_session(parse_args(flags), world_size) as trainer:
+        config = trainer.config
+        data = trainer.training_data()
         excluded = {param.untyped_storage().data_ptr() for param in trainer.model.parameters()}
         excluded |= {param.main_grad.untyped_storage().data_ptr()
                      for param in trainer.model.parameters()
@@ -154,8 +149,6 @@ def measure_rank(flags: List[str], world_size: int) -> Tuple[int, int, int, int]
             trainer.compute_gradients(data)
         stage = parallel_state.get_pipeline_model_parallel_rank()
         return stage, trainer.num_microbatches, meter.peak, config.model.vocab_size
-    finally:
-        mcore.shutdown()
 
 
 def measure_case(case: ValidationCase, timeout: float = 900) -> List[Tuple[int, int, int, int]]:

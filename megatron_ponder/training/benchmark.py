@@ -80,19 +80,14 @@ def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]
     warnings.filterwarnings("ignore")
     import torch
 
-    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args
     from megatron_ponder.training.flops import device_peak_tflops, step_flops
-    from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import resolve_config
+    from megatron_ponder.training.trainer import training_session
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    config = parse_args(flags)
-    config = resolve_config(config, 1)
-    mcore.init(config.parallel, config.train.seed)
-    try:
-        trainer = Trainer(config)
-        data = trainer._data()
+    with training_session(parse_args(flags), 1) as trainer:
+        config = trainer.config
+        data = trainer.training_data()
         cuda = torch.cuda.is_available()
 
         def one_step():
@@ -139,8 +134,6 @@ def bench_rank(flags: List[str], warmup: int, steps: int, threads: Optional[int]
                     flops_per_step=flops / steps, tflops=tflops,
                     mfu=tflops / peak if peak else None, peak_memory_mib=memory,
                     memory_kind=kind, top_kernels=top_kernels)
-    finally:
-        mcore.shutdown()
 
 
 def variant_flags(base: Sequence[str], thoughts: int, jacobi: int) -> List[str]:

@@ -1,17 +1,22 @@
 """The pretraining loop: model + megatron DDP + megatron optimizer/scheduler + schedules.
 
     pretrain(config):
-        start processes; build tokenizer, model (DDP), optimizer, LR schedule
-        resume from --load if a checkpoint is there
-        for each iteration: forward/backward over all micro-batches (every ponder pass),
-            optimizer step, log, validate, save
+        with training_session(config) as trainer:     # resolve, start, build (and shut down)
+            trainer.resume()                          # from --load if a checkpoint is there
+            trainer.train()                           # for each iteration: forward/backward
+                                                      # over all micro-batches (every pass),
+                                                      # optimizer step, log, validate, save
+
+``training_session`` is the one start-up sequence: pretraining, the benchmark, the measuring
+tools and the tests all build their Trainer through it.
 """
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -32,6 +37,7 @@ from megatron_ponder.training.exit import ExitPolicy
 from megatron_ponder.training.flops import parameter_count, step_flops, \
     training_flops_per_token
 from megatron_ponder.training.logger import TrainingLogger, WandbSettings
+from megatron_ponder.training.numerical_faults import NumericalFaultPolicy, find_non_finite
 from megatron_ponder.training.profiling import StepProfiler
 from megatron_ponder.training.step import PonderForwardStep, reduce_reported_loss
 from megatron_ponder.training.validation import batch_size_calculator, resolve_config
@@ -61,10 +67,6 @@ class TrainingResult:
     """Iterations whose data was skipped after a rollback (no forward, no update)."""
     exit_reason: Optional[str] = None
     """Why the run stopped before --train-iters (--exit-interval/-duration/-signal), else None."""
-
-
-class NumericalFaultError(FatalRunError):
-    """Too many consecutive steps with NaN/inf (--max-consecutive-nan-steps)."""
 
 
 logger = get_logger(__name__)
@@ -97,9 +99,8 @@ class Trainer:
         self.consumed_samples = 0
         self.non_finite: Optional[str] = None
         """What NaN/inf the last train_step found (and skipped for), else None."""
-        self.consecutive_nan = 0
-        self.iterations_to_skip: set = set()
-        """Iterations (1-based) whose data a --rollback-on-nan skips when they come again."""
+        self.numerical_faults = NumericalFaultPolicy(train.max_consecutive_nan_steps,
+                                                     train.rollback_on_nan)
         self.result = TrainingResult()
         self.async_writer = AsyncCheckpointWriter() if config.checkpoint.async_save else None
         log_config = config.logging
@@ -202,7 +203,9 @@ class Trainer:
                         f"and pass --override-opt_param-scheduler (the learning-rate schedule "
                         f"then follows the new length)")
 
-    def _data(self):
+    def training_data(self):
+        """Build the datasets (train and validation) and return this rank's training
+        micro-batch iterator from the current ``consumed_samples``."""
         train, data = self.config.train, self.config.data
         eval_runs = (train.train_iters // self.config.logging.eval_interval
                      if self.config.logging.eval_interval else 0) + 1
@@ -272,32 +275,10 @@ class Trainer:
         return reduce_reported_loss(reports), grad_norm, skipped
 
     def find_non_finite(self, reports: List[dict]) -> Optional[str]:
-        """Collective over all ranks: None if the loss of every micro-batch and every gradient
-        is finite on every rank, else what was found where ("NaN/inf in the gradients on rank
-        1"), the same on every rank. Gradients are not checked with --fp16: overflows there
-        are the dynamic loss scaler's to handle (it skips the step and lowers the scale)."""
-        local = torch.zeros(2, dtype=torch.float32, device=default_device())
-        for report in reports:
-            if not torch.isfinite(report["lm loss"]).all():
-                local[0] = 1
-        if not self.config.model.fp16:
-            for buffer in self.model.buffers + self.model.expert_parallel_buffers:
-                if not torch.isfinite(buffer.grad_data).all():
-                    local[1] = 1
-                    break
-        found = local.clone()
-        dist.all_reduce(found, op=dist.ReduceOp.MAX)
-        if not found.any():
-            return None
-        flags = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
-        dist.all_gather(flags, local)
-        parts = []
-        for index, what in enumerate(("the loss", "the gradients")):
-            ranks = [rank for rank, flag in enumerate(flags) if flag[index]]
-            if ranks:
-                parts.append(f"{what} on rank{'s' if len(ranks) > 1 else ''} "
-                             f"{', '.join(map(str, ranks))}")
-        return "NaN/inf in " + " and ".join(parts)
+        """Collective: what NaN/inf this step's losses or gradients hold on any rank, or None.
+        Gradients are not checked with --fp16: overflows there are the dynamic loss scaler's
+        to handle (it skips the step and lowers the scale)."""
+        return find_non_finite(reports, self.model, check_grads=not self.config.model.fp16)
 
     def evaluate(self) -> Optional[float]:
         """Mean validation loss over ``eval_iters`` global batches, always the same batches
@@ -349,7 +330,7 @@ class Trainer:
 
     def train(self) -> TrainingResult:
         train, log_config = self.config.train, self.config.logging
-        train_iter = self._data()
+        train_iter = self.training_data()
         self.model.train()
         if self.iteration == 0 and log_config.eval_interval:
             self._validate_and_log()
@@ -373,7 +354,7 @@ class Trainer:
         train, log_config, ckpt = cfg.train, cfg.logging, cfg.checkpoint
         first_iteration = self.iteration
         while self.iteration < train.train_iters:
-            if self.iteration + 1 in self.iterations_to_skip:
+            if self.numerical_faults.skips(self.iteration + 1):
                 self._skip_data(train_iter)
             elif self._run_step(self.iteration - first_iteration, train_iter):
                 train_iter = self._roll_back()
@@ -425,11 +406,12 @@ class Trainer:
         self.iteration += 1
         self.consumed_samples += self.current_global_batch_size
         non_finite = self.non_finite
-        self.consecutive_nan = self.consecutive_nan + 1 if non_finite else 0
+        self.numerical_faults.record(non_finite)
         if non_finite:
             self.result.nan_iterations.append(self.iteration)
             logger.info(f"iteration {self.iteration}: {non_finite}: step skipped (no "
-                         f"optimizer or learning-rate update; {self.consecutive_nan} in a row)")
+                        f"optimizer or learning-rate update; "
+                        f"{self.numerical_faults.consecutive} in a row)")
         flops = step_flops(cfg.model, cfg.ponder, cfg.data.seq_length,
                            train.micro_batch_size, jacobi,
                            num_latent_thoughts=cfg.ponder.thoughts_at(self.iteration - 1))
@@ -442,17 +424,7 @@ class Trainer:
         self.logger.maybe_log(self.iteration, self.consumed_samples,
                               self.optimizer.param_groups[0]["lr"], grad_norm, loss_scale,
                               params_norm)
-        if not (train.max_consecutive_nan_steps
-                and self.consecutive_nan >= train.max_consecutive_nan_steps):
-            return False
-        if train.rollback_on_nan:
-            return True
-        raise NumericalFaultError(
-            f"stopping after iteration {self.iteration}: {self.consecutive_nan} consecutive "
-            f"steps with NaN/inf (--max-consecutive-nan-steps "
-            f"{train.max_consecutive_nan_steps}), the last {non_finite}; no checkpoint "
-            f"was written for them: resume from the last one (--ckpt-step to go "
-            f"further back), or pass --rollback-on-nan to do that and skip their data")
+        return self.numerical_faults.must_roll_back(self.iteration, non_finite)
 
     def _skip_data(self, train_iter) -> None:
         """An iteration whose data a rollback skips: its micro-batches are read and dropped
@@ -473,22 +445,17 @@ class Trainer:
         here after the same iteration): reload the newest complete checkpoint in --save, mark
         the bad steps' data to be skipped and return a data iterator positioned at the
         checkpoint."""
-        root = self.config.checkpoint.save
-        bad = list(range(self.iteration - self.consecutive_nan + 1, self.iteration + 1))
+        root, faults = self.config.checkpoint.save, self.numerical_faults
         failed_at, reason = self.iteration, self.non_finite
+        bad = faults.bad_iterations(failed_at)
         self._finish_async_saves(blocking=True)  # the newest checkpoint may still be written
         state = load_checkpoint(root, self.model.module, optimizer=self.optimizer,
                                 scheduler=self.scheduler, load_rng=True, ddp_model=self.model)
         if state is None:
-            raise NumericalFaultError(
-                f"stopping after iteration {failed_at}: {self.consecutive_nan} consecutive "
-                f"steps with NaN/inf, the last {reason}, and no checkpoint in {root} to roll "
-                f"back to yet (--rollback-on-nan; save earlier with --save-interval)")
+            raise faults.no_checkpoint(failed_at, reason, root)
         self.iteration = state["iteration"]
         self.consumed_samples = state["consumed_samples"]
-        skipped = [i for i in bad if i > self.iteration]
-        self.iterations_to_skip.update(skipped)
-        self.consecutive_nan = 0
+        skipped = faults.rolled_back(failed_at, self.iteration)
         self.result.rollbacks.append((failed_at, self.iteration))
         logger.info(
             f"iteration {failed_at}: {len(bad)} consecutive steps with NaN/inf, the last "
@@ -600,18 +567,37 @@ def run_summary(config: PretrainConfig, world_size: int) -> str:
     return "\n".join(lines)
 
 
-def pretrain(config: PretrainConfig) -> TrainingResult:
-    """Run a whole pretraining job (in every process of the torchrun world)."""
-    # Before any process group or model exists: a bad flag costs nothing.
+@contextlib.contextmanager
+def training_session(config: PretrainConfig, world_size: Optional[int] = None, *,
+                     note: Optional[Callable[[str], None]] = None, announce: bool = False,
+                     keep_process_group: bool = False) -> Iterator[Trainer]:
+    """The one start-up sequence of a run and its shutdown.
+
+    Resolves ``config`` for ``world_size`` processes (default: torchrun's WORLD_SIZE, else 1)
+    before any process group or model exists, so a bad flag costs nothing; with ``announce``
+    logs each note and the run summary; starts megatron-core (process groups, the CPU layer,
+    seeds); builds the Trainer (tokenizer, model, optimizer, schedule); and shuts megatron-core
+    down on the way out, also after an error (``keep_process_group``: its parallel groups
+    only, for several layouts in one world). ``note`` hears each setting that was changed
+    (default: a warning, or a log line with ``announce``).
+    """
     start_time = time.time()  # --exit-duration-in-mins counts from here, as in Megatron-LM
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    config = resolve_config(config, world_size,
-                            note=lambda message: logger.info(f"note: {message}"))
-    logger.info(run_summary(config, world_size))
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if note is None and announce:
+        note = lambda message: logger.info(f"note: {message}")  # noqa: E731
+    config = resolve_config(config, world_size, note=note)
+    if announce:
+        logger.info(run_summary(config, world_size))
     mcore.init(config.parallel, config.train.seed)
     try:
-        trainer = Trainer(config, start_time=start_time)
+        yield Trainer(config, start_time=start_time)
+    finally:
+        mcore.shutdown(keep_process_group=keep_process_group)
+
+
+def pretrain(config: PretrainConfig) -> TrainingResult:
+    """Run a whole pretraining job (in every process of the torchrun world)."""
+    with training_session(config, announce=True) as trainer:
         trainer.resume()
         return trainer.train()
-    finally:
-        mcore.shutdown()

@@ -112,17 +112,11 @@ def run_case(flags: List[str], steps: int) -> dict:
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from megatron_ponder import mcore
     from megatron_ponder.training.arguments import parse_args
     from megatron_ponder.training.step import reduce_reported_loss
-    from megatron_ponder.training.trainer import Trainer
-    from megatron_ponder.training.validation import resolve_config
+    from megatron_ponder.training.trainer import training_session
 
-    config = parse_args(flags)
-    config = resolve_config(config, int(os.environ.get("WORLD_SIZE", "1")))
-    mcore.init(config.parallel, config.train.seed)
-    try:
-        trainer = Trainer(config)
+    with training_session(parse_args(flags), keep_process_group=True) as trainer:
         module = trainer.model.module
         result = {"rank": dist.get_rank(),
                   "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
@@ -130,7 +124,7 @@ def run_case(flags: List[str], steps: int) -> dict:
                   "dp_rank": parallel_state.get_data_parallel_rank(),
                   "losses": [], "grad_norms": [], "jacobi": [], "local_jacobi": [],
                   "initial_weights": full_tensors(module, use_grads=False)}
-        data = trainer._data()
+        data = trainer.training_data()
         for step in range(steps):
             trainer._set_batch_size()  # --rampup-batch-size: this step's micro-batch count
             reports = trainer.compute_gradients(data)
@@ -146,8 +140,6 @@ def run_case(flags: List[str], steps: int) -> dict:
             trainer.consumed_samples += trainer.current_global_batch_size
         result["final_weights"] = full_tensors(module, use_grads=False)
         return result
-    finally:
-        parallel_state.destroy_model_parallel()
 
 
 def run_cases(cases: List[dict]) -> List[dict]:

@@ -188,9 +188,12 @@ def pause_embedding_parameter(config: TransformerConfig) -> torch.nn.Parameter:
     rank (drawn N(0, init std) with the other weights, model/init.py). Marked
     ``sequence_parallel``: with sequence parallelism each rank feeds it into its own slots,
     and megatron's gradient finalisation then sums its gradient over the tensor-parallel group
-    (as for norms)."""
+    (as for norms). Marked ``decayed``: in the authors' baseline the pause slot is a token, a row
+    of the embedding matrix, which their optimizer weight-decays like every matrix, whereas
+    megatron-core exempts 1-D parameters (``training.trainer.weight_decay_overrides``)."""
     parameter = torch.nn.Parameter(torch.empty(config.hidden_size, dtype=config.params_dtype))
     parameter.sequence_parallel = config.sequence_parallel
+    parameter.decayed = True
     return parameter
 
 

@@ -154,7 +154,8 @@ class Trainer:
             params_dtype=cfg.model.params_dtype,
             use_distributed_optimizer=cfg.train.use_distributed_optimizer,
         )
-        optimizer = get_megatron_optimizer(optimizer_config, [self.model])
+        optimizer = get_megatron_optimizer(optimizer_config, [self.model],
+                                           config_overrides=weight_decay_overrides())
         self.model.config.grad_scale_func = optimizer.scale_loss
         # The schedule counts iterations, or samples with --train-samples (as in Megatron-LM).
         if cfg.train.train_samples is not None:
@@ -482,6 +483,19 @@ def _wandb_settings(config: PretrainConfig) -> Optional[WandbSettings]:
                          entity=log_config.wandb_entity,
                          save_dir=log_config.wandb_save_dir or "wandb",
                          config=json.loads(config_to_json(config)))
+
+
+def weight_decay_overrides() -> dict:
+    """megatron-core's rule, no weight decay for biases and 1-D parameters (norms), except for
+    1-D parameters marked ``decayed`` (the Pause baseline's pause vector)."""
+    from megatron.core.optimizer.optimizer_config import ParamKey, ParamWithNamePredicate
+    from megatron.core.optimizer_param_scheduler import ParamGroupOverride
+
+    exempt = ParamWithNamePredicate(
+        name="bias_or_1d_not_decayed",
+        fn=lambda param, name: ((len(param.shape) == 1 or name.endswith(".bias"))
+                                and not getattr(param, "decayed", False)))
+    return {ParamKey(with_name_predicate=exempt): ParamGroupOverride(wd_mult=0.0)}
 
 
 def params_l2_norm(model: torch.nn.Module) -> float:

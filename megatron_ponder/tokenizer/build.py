@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from megatron_ponder.flags import option
 from megatron_ponder.tokenizer.base import TextTokenizer, TokenizerError
 from megatron_ponder.tokenizer.huggingface import (
     GPT_NEOX_20B_NAME,
@@ -30,6 +31,7 @@ from megatron_ponder.tokenizer.huggingface import (
 )
 from megatron_ponder.tokenizer.megatron_core import (
     SENTENCEPIECE_TOKENIZERS,
+    TIKTOKEN_PATTERNS,
     TIKTOKENIZER,
     build_megatron_core_tokenizer,
     check_megatron_core_flags,
@@ -46,58 +48,51 @@ DEFAULT_TOKENIZER_MODEL = GPT_NEOX_20B_NAME
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    """Megatron-LM's tokenizer flags. Small and picklable, so worker processes rebuild from it.
+    """Megatron-LM's tokenizer flags, the one definition of them (``TokenizerConfig``, the
+    training and preprocessing flags, is generated from these fields). Small and picklable, so
+    worker processes rebuild from it; ``from_flags`` copies the fields of any object with
+    them."""
 
-    The fields are those of the training flags' ``TokenizerConfig`` (same names, defaults and
-    meaning; see its help texts); ``from_flags`` copies them over.
-    """
-
-    tokenizer_type: str = HUGGING_FACE_TOKENIZER
-    """``--tokenizer-type``: one of ``TOKENIZER_TYPES``."""
-
-    tokenizer_model: Optional[str] = None
-    """``--tokenizer-model``. HuggingFaceTokenizer: a tokenizer.json file, a directory, or a hub
-    name; None means GPT-NeoX-20B. GPT2BPETokenizer: a ``.tiktoken`` ranks file; None means the
-    one shipped with openai-whisper. SentencePiece types: the ``.model`` file. TikTokenizer: the
-    tiktoken JSON vocabulary."""
-
-    vocab_file: Optional[str] = None
-    """``--vocab-file``: GPT-2 vocab.json (GPT2BPETokenizer, with ``merge_file``)."""
-
-    merge_file: Optional[str] = None
-    """``--merge-file``: GPT-2 merges.txt (GPT2BPETokenizer, with ``vocab_file``)."""
-
-    vocab_size: Optional[int] = None
-    """``--vocab-size``: NullTokenizer (ids 0..vocab_size-1, EOD = vocab_size) and TikTokenizer
-    (special tokens included; megatron-core's default 131072 when None)."""
-
-    tiktoken_pattern: Optional[str] = None
-    """``--tiktoken-pattern``: TikTokenizer's pre-split regex, ``v1`` or ``v2`` (default)."""
-
-    tiktoken_num_special_tokens: int = 1000
-    """``--tiktoken-num-special-tokens``: TikTokenizer ids reserved for special tokens."""
-
-    tiktoken_special_tokens: Tuple[str, ...] = ()
-    """``--tiktoken-special-tokens``: TikTokenizer's named special tokens (empty: megatron-core's
-    ``<unk> <s> </s> <mask> <pad> <cls> <sep>``)."""
-
-    tokenizer_special_tokens: Tuple[str, ...] = ()
-    """``--tokenizer-special-tokens``: special tokens added to megatron-core's tokenizer (its
-    HuggingFaceTokenizer, SentencePiece types; TikTokenizer's named ones)."""
-
-    tokenizer_sentencepiece_legacy: bool = False
-    """``--tokenizer-sentencepiece-legacy``: SentencePiece's legacy behaviour."""
-
-    tokenizer_hf_use_fast: bool = False
-    """``--tokenizer-hf-use-fast``: megatron-core's HuggingFaceTokenizer loads the fast one."""
-
-    tokenizer_hf_include_special_tokens: bool = False
-    """``--tokenizer-hf-include-special-tokens``: megatron-core's HuggingFaceTokenizer adds the
-    tokenizer's special tokens (BOS, ...) when tokenizing."""
-
-    trust_remote_code: bool = False
-    """``--trust-remote-code``: megatron-core's HuggingFaceTokenizer may run the hub
-    tokenizer's own code."""
+    tokenizer_type: str = option(
+        HUGGING_FACE_TOKENIZER, "tokenizer kind, as in Megatron-LM (the SentencePiece types, "
+        "TikTokenizer, NullTokenizer and HuggingFaceTokenizer with a model directory or hub "
+        "name are megatron-core's own tokenizers)", choices=TOKENIZER_TYPES)
+    tokenizer_model: Optional[str] = option(
+        None, "HuggingFaceTokenizer: a tokenizer.json, a directory or a hub "
+        "name (default: the bundled GPT-NeoX-20B tokenizer, read offline); "
+        "SentencePieceTokenizer, GPTSentencePieceTokenizer, Llama2Tokenizer: the SentencePiece "
+        ".model file; TikTokenizer: the tiktoken JSON vocabulary; GPT2BPETokenizer without "
+        "--vocab-file: a .tiktoken ranks file (default: GPT-2's, from openai-whisper)",
+        metavar="PATH_OR_NAME")
+    vocab_file: Optional[str] = option(
+        None, "GPT2BPETokenizer: GPT-2's vocab.json (with --merge-file)")
+    merge_file: Optional[str] = option(
+        None, "GPT2BPETokenizer: GPT-2's merges.txt (with --vocab-file)")
+    vocab_size: Optional[int] = option(
+        None, "NullTokenizer: ids 0..N-1, end-of-document N; TikTokenizer: "
+        "vocabulary size including the special tokens (default there: 131072)")
+    tiktoken_pattern: Optional[str] = option(
+        None, "TikTokenizer: the pre-tokenization regex (default: v2)",
+        choices=TIKTOKEN_PATTERNS)
+    tiktoken_num_special_tokens: int = option(
+        1000, "TikTokenizer: ids reserved for special tokens, before the vocabulary's own")
+    tiktoken_special_tokens: Tuple[str, ...] = option(
+        (), "TikTokenizer: the named special tokens, which must "
+        "include <unk> <s> </s> <mask> <pad> <cls> <sep> (default: those seven); </s> is the "
+        "end-of-document token")
+    tokenizer_special_tokens: Tuple[str, ...] = option(
+        (), "special tokens to add to megatron-core's tokenizer "
+        "(HuggingFaceTokenizer with a hub name or a tokenizer_config.json directory, the "
+        "SentencePiece types; TikTokenizer: its named special tokens)")
+    tokenizer_sentencepiece_legacy: bool = option(
+        False, "SentencePiece types: the legacy behaviour of SentencePiece's tokenizer")
+    tokenizer_hf_use_fast: bool = option(
+        False, "megatron-core's HuggingFaceTokenizer: load the fast (Rust) tokenizer")
+    tokenizer_hf_include_special_tokens: bool = option(
+        False, "megatron-core's HuggingFaceTokenizer: add the tokenizer's special tokens (e.g. "
+        "BOS) when tokenizing")
+    trust_remote_code: bool = option(
+        False, "megatron-core's HuggingFaceTokenizer: allow a hub tokenizer's own code to run")
 
     @classmethod
     def from_flags(cls, flags) -> "TokenizerSpec":

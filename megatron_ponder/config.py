@@ -78,6 +78,11 @@ class PonderConfig(Freezable):
         """Whether the forward is PonderLM-2's (also true for K=0: one plain pass)."""
         return self.ponder_method == "ponderlm2" or self.thoughts == 0
 
+    @property
+    def computes_vanilla(self) -> bool:
+        """One pass with unscaled embeddings: a plain causal LM's forward."""
+        return self.thoughts == 0 and self.embedding_scale_factor == 0.0
+
     def thoughts_at(self, iteration: int, training: bool = True) -> int:
         """K of a training iteration (0 during --ponder-warmup-iters); K for evaluation."""
         if training and iteration < self.ponder_warmup_iters:

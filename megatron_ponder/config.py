@@ -73,6 +73,11 @@ class PonderConfig(Freezable):
         """The registered method of the forward (``megatron_ponder.methods``)."""
         return VANILLA if self.vanilla else get_method(self.ponder_method)
 
+    @property
+    def computes_vanilla(self) -> bool:
+        """One pass with unscaled embeddings: a plain causal LM's forward."""
+        return self.thoughts == 0 and self.embedding_scale_factor == 0.0
+
     def thoughts_at(self, iteration: int, training: bool = True) -> int:
         """K of a training iteration (0 during --ponder-warmup-iters); K for evaluation."""
         if training and iteration < self.ponder_warmup_iters:

@@ -9,7 +9,7 @@ from typing import Dict, Iterable, Tuple
 
 import torch
 
-from megatron_ponder.config import ModelConfig
+from megatron_ponder.config import ModelConfig, PonderConfig
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -63,6 +63,7 @@ class LlamaAdapter:
     """``LlamaForCausalLM`` names; fused QKV and [gate; up] fc1 on the megatron side."""
 
     hf_architecture = "LlamaForCausalLM"
+    base_prefix = "model"
 
     def __init__(self, config: ModelConfig):
         self.config = config
@@ -122,6 +123,7 @@ class GPTNeoXAdapter:
     exactly megatron's per-group layout with one head per group: a plain rename."""
 
     hf_architecture = "GPTNeoXForCausalLM"
+    base_prefix = "gpt_neox"
 
     def __init__(self, config: ModelConfig):
         self.config = config
@@ -186,11 +188,33 @@ def _check_consumed(leftover: StateDict, side: str) -> None:
 
 # The Pause baseline's learned pause embedding (--ponder-method pause): same name both sides.
 PAUSE_EMBEDDING = "pause_embedding"
+PONDER_BASE_PREFIX = "ponderlm2"
+"""The native format's base-model prefix for a model that is not vanilla, in place of
+``model`` / ``gpt_neox`` (hf/remote/modeling_ponderlm2.py says why)."""
+
+
+def _renamed_base(hf_state: StateDict, old: str, new: str) -> StateDict:
+    renamed = {(new + name[len(old):] if name.startswith(old + ".") else name): tensor
+               for name, tensor in hf_state.items()}
+    if len(renamed) != len(hf_state):
+        raise ConversionError(f"the checkpoint holds weights under both {old}.* and {new}.*")
+    return renamed
+
+
+def native_weight_names(model_config: ModelConfig, ponder_config: PonderConfig,
+                        hf_state: StateDict) -> StateDict:
+    """``megatron_to_hf``'s names as the native format stores them: the base model under
+    ``PONDER_BASE_PREFIX`` unless the model computes what the vanilla class does."""
+    if ponder_config.computes_vanilla:
+        return hf_state
+    return _renamed_base(hf_state, ADAPTERS[model_config.arch].base_prefix, PONDER_BASE_PREFIX)
 
 
 def hf_to_megatron(model_config: ModelConfig, hf_state: StateDict) -> StateDict:
-    """Map a full HF state dict to PonderGPTModel names; every HF tensor must be used."""
-    hf_state = dict(hf_state)
+    """Map a full HF state dict (the vanilla classes' names, or the native format's) to
+    PonderGPTModel names; every HF tensor must be used."""
+    hf_state = _renamed_base(hf_state, PONDER_BASE_PREFIX,
+                             ADAPTERS[model_config.arch].base_prefix)
     pause = hf_state.pop(PAUSE_EMBEDDING, None)
     try:
         out = ADAPTERS[model_config.arch](model_config).to_megatron(hf_state)

@@ -226,4 +226,8 @@ def native_config_from(model: ModelConfig, ponder: PonderConfig) -> Dict[str, An
     for key in ("recurrent_model", "num_latent_thoughts", "num_jacobi_iterations",
                 "random_jacobi_iterations", "scale_embeds"):
         config[key] = official[key]
+    # The vanilla class's spelling of the norm epsilon too: a vanilla model's folder then loads
+    # in LlamaForCausalLM / GPTNeoXForCausalLM with its own epsilon, not the class default.
+    eps_name = "rms_norm_eps" if model.arch == "llama" else "layer_norm_eps"
+    config[eps_name] = official[eps_name]
     return config

@@ -8,7 +8,9 @@ Two layouts, both with ``model.safetensors`` under the parameter names of transf
   gpt_neox) and an ``auto_map`` to ``configuration_ponderlm2.py`` and
   ``modeling_ponderlm2.py``, copied next to the weights (``hf/remote/``), so that
   ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` runs the real
-  PonderLM-2 forward and generation, and loading without trust_remote_code raises. Also
+  PonderLM-2 forward and generation, and loading without trust_remote_code raises. The base
+  model's weights are ``ponderlm2.*`` (not ``model.*`` / ``gpt_neox.*``) unless the model is
+  vanilla, so that the vanilla class named explicitly reports them missing. Also
   ``generation_config.json`` and, with a tokenizer, ``tokenizer.json``,
   ``tokenizer_config.json`` and ``special_tokens_map.json``.
 * ``"official"``: the layout of the official PonderLM-2 releases: ``LlamaForCausalLM`` /
@@ -29,7 +31,7 @@ from typing import Optional, Union
 import torch
 from megatron.core import parallel_state
 
-from megatron_ponder.hf.adapters import megatron_to_hf
+from megatron_ponder.hf.adapters import megatron_to_hf, native_weight_names
 from megatron_ponder.hf.causal_lm import PonderForCausalLM
 from megatron_ponder.hf.config_mapping import DTYPES, dtype_name, hf_config_from, \
     native_config_from
@@ -85,6 +87,8 @@ def save_pretrained(model: Union[PonderGPTModel, PonderForCausalLM], folder: str
                 for name, tensor in hf_state.items()}
 
     native = format == "transformers"
+    if native:
+        hf_state = native_weight_names(model.model_config, model.ponder_config, hf_state)
     config = (native_config_from if native else hf_config_from)(model.model_config,
                                                                  model.ponder_config)
     config["torch_dtype"] = dtype_name(dtype)

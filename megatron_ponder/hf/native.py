@@ -6,7 +6,8 @@ from typing import Any, Dict, Tuple
 import torch
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.hf.adapters import check_weights, hf_to_megatron, megatron_to_hf
+from megatron_ponder.hf.adapters import check_weights, hf_to_megatron, megatron_to_hf, \
+    native_weight_names
 from megatron_ponder.hf.config_mapping import (
     PONDER_OVERRIDES,
     dtype_name,
@@ -88,10 +89,12 @@ def native_config(hf_config: dict, overrides: Dict[str, Any], dtype: torch.dtype
 def native_model(hf_config: dict, hf_state: Dict[str, torch.Tensor], dtype: torch.dtype,
                  place: torch.device, overrides: Dict[str, Any]):
     """The native model of a folder's config and weights, in ``dtype`` on ``place``."""
-    config, model_config, _ = native_config(hf_config, overrides, dtype)
+    config, model_config, ponder_config = native_config(hf_config, overrides, dtype)
     # Our adapters validate the checkpoint and normalise its names (tied output layers, old
-    # GPT-NeoX buffers, transformers 5 spellings) to the native parameter names.
-    state = megatron_to_hf(model_config, hf_to_megatron(model_config, hf_state))
+    # GPT-NeoX buffers, transformers 5 spellings, either base prefix) to the native ones.
+    state = native_weight_names(model_config, ponder_config,
+                                megatron_to_hf(model_config, hf_to_megatron(model_config,
+                                                                            hf_state)))
 
     _, model_class = _native_classes()
     with torch.device("meta"):

@@ -44,6 +44,13 @@ def test_round_trip_gives_identical_logits(tmp_path, arch, k, export_format):
     assert config["recurrent_model"] is (k > 0)
     if k:
         assert config["num_latent_thoughts"] == k and config["scale_embeds"] is True
+    from safetensors.torch import load_file
+
+    # The native format keeps the decoder of a model with thoughts away from the vanilla names.
+    bases = {name.split(".")[0] for name in load_file(str(tmp_path / "model.safetensors"))}
+    vanilla_base = "model" if arch == "llama" else "gpt_neox"
+    renamed = k > 0 and export_format == "transformers"
+    assert ("ponderlm2" in bases, vanilla_base in bases) == (renamed, not renamed)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])

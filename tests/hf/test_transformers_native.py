@@ -7,6 +7,7 @@ ours -> HF -> ours is bit-exact, and the modeling files need neither megatron no
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -117,6 +118,64 @@ def test_loading_without_trust_remote_code_raises(exported):
     assert config["architectures"] == ["PonderLM2ForCausalLM"] and config["arch"] == "llama"
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_ponderlm2.PonderLM2ForCausalLM"
     assert os.path.isfile(os.path.join(folder, "generation_config.json"))
+
+
+def _vanilla_class(arch):
+    return transformers.LlamaForCausalLM if arch == "llama" else transformers.GPTNeoXForCausalLM
+
+
+def _with_loading_info(load, folder, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, info = load(folder, output_loading_info=True, **kwargs)
+    return model.eval(), {key: set(info[key]) for key in ("missing_keys", "unexpected_keys",
+                                                          "mismatched_keys")}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_the_vanilla_class_finds_no_decoder_weights_in_a_ponderlm2_export(exported, arch):
+    """LlamaForCausalLM / GPTNeoXForCausalLM named explicitly would run a vanilla forward on a
+    PonderLM-2's weights: it reports every base-model weight missing instead (the export keeps
+    them under ponderlm2.*), while AutoModelForCausalLM loads each weight, none left over."""
+    model, folder = exported(arch, 1)
+    vanilla, info = _with_loading_info(_vanilla_class(arch).from_pretrained, folder)
+    base = vanilla.base_model_prefix
+    decoder_weights = {name for name in vanilla.state_dict() if name.startswith(base + ".")}
+    assert decoder_weights and decoder_weights <= info["missing_keys"]
+    assert info["unexpected_keys"] == {"ponderlm2" + name[len(base):]
+                                       for name in decoder_weights}
+    native, info = _with_loading_info(transformers.AutoModelForCausalLM.from_pretrained, folder,
+                                      trust_remote_code=True)
+    assert info == {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set()}
+    with torch.no_grad():
+        torch.testing.assert_close(native(_ids()).logits, model(_ids()), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_a_vanilla_export_loads_in_the_vanilla_class(exported, arch):
+    model, folder = exported(arch, 0)
+    vanilla, info = _with_loading_info(_vanilla_class(arch).from_pretrained, folder)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        torch.testing.assert_close(vanilla(_ids()).logits, model(_ids()), atol=1e-5, rtol=0)
+
+
+def test_an_export_with_vanilla_weight_names_still_loads(exported, tmp_path):
+    """Exports written before the ponderlm2.* names (base model under gpt_neox.*) load in our
+    loaders as before."""
+    from safetensors.torch import load_file, save_file
+
+    model, folder = exported("gpt_neox", 1)
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    weights = str(tmp_path / "model.safetensors")
+    old_names = {("gpt_neox." + name[len("ponderlm2."):] if name.startswith("ponderlm2.")
+                  else name): tensor for name, tensor in load_file(weights).items()}
+    assert "gpt_neox.embed_in.weight" in old_names
+    save_file(old_names, weights)
+    with torch.no_grad():
+        for engine in ("transformers", "megatron"):
+            torch.testing.assert_close(from_pretrained(str(tmp_path), engine=engine)(_ids()).logits,
+                                       model(_ids()), atol=1e-5, rtol=0, msg=engine)
 
 
 @pytest.mark.parametrize("arch,k", CASES)

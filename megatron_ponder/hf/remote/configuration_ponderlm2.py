@@ -91,6 +91,12 @@ class PonderLM2Config(PretrainedConfig):
         return self.num_latent_thoughts if self.recurrent_model else 0
 
     @property
+    def computes_vanilla(self) -> bool:
+        """One pass over the tokens with unscaled embeddings: what transformers'
+        ``LlamaForCausalLM`` / ``GPTNeoXForCausalLM`` compute with the same weights."""
+        return self.thoughts == 0 and self.embedding_multiplier == 1.0
+
+    @property
     def embedding_multiplier(self) -> float:
         """e = multiplier * E[x]: sqrt(2.5 H) (PonderLM-2, Loop), sqrt(H) (Pause), 1 (vanilla or
         scale_embeds false)."""

@@ -42,6 +42,8 @@ from transformers.utils import ModelOutput
 from .configuration_ponderlm2 import PonderLM2Config
 
 ADAPTIVE = "adaptive"
+PONDER_BASE_NAME = "ponderlm2"
+"""The base model's attribute (and weight-name prefix) of a model that is not vanilla."""
 
 
 # ------------------------------------------------------------------------------ building blocks
@@ -359,15 +361,19 @@ class PonderLM2ForCausalLM(PonderLM2PreTrainedModel, GenerationMixin):
     """PonderLM-2 with a language-model head, for both architectures. Parameter names are
     those of transformers' ``LlamaForCausalLM`` (``model.*``, ``lm_head``) or
     ``GPTNeoXForCausalLM`` (``gpt_neox.*``, ``embed_out``), plus ``pause_embedding`` for the
-    Pause baseline, so the weights file is the same as the official release layout's."""
+    Pause baseline, except that the base model is ``ponderlm2.*`` unless the config computes
+    what the vanilla class does (``computes_vanilla``): the vanilla class, given this folder
+    explicitly, then finds none of its decoder weights and reports them missing, instead of
+    loading them all into a forward that is not this model's."""
 
-    base_model_prefix = "model"
+    base_model_prefix = PONDER_BASE_NAME
 
     def __init__(self, config: PonderLM2Config):
         super().__init__(config)
         neox = config.arch == "gpt_neox"
-        self._base_name, self._head_name = ("gpt_neox", "embed_out") if neox \
+        vanilla_base, self._head_name = ("gpt_neox", "embed_out") if neox \
             else ("model", "lm_head")
+        self._base_name = vanilla_base if config.computes_vanilla else PONDER_BASE_NAME
         self.base_model_prefix = self._base_name
         setattr(self, self._base_name, PonderLM2Model(config))
         setattr(self, self._head_name,

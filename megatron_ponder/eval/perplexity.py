@@ -1,4 +1,5 @@
-"""Held-out perplexity on a Megatron ``.bin/.idx`` dataset (megatron-core's IndexedDataset).
+"""Held-out perplexity on a Megatron ``.bin/.idx`` dataset (megatron-core's IndexedDataset) or
+on plain text files (tokenized here with the model's tokenizer).
 
 The documents are read in order and concatenated (their stored tokens, end-of-document ids
 included, exactly as training reads them) and cut into windows of ``seq_length + 1`` tokens that
@@ -39,6 +40,30 @@ def token_windows(data_prefix: str, seq_length: int,
     dataset = IndexedDataset(data_prefix)
     documents = (dataset[index] for index in range(len(dataset)))
     return stream_windows(documents, seq_length, max_sequences)
+
+
+def text_documents(paths: Sequence[str], tokenizer) -> Iterator[List[int]]:
+    """Token ids of each document in ``paths``, each followed by the end-of-document id: a
+    ``.jsonl`` file holds one document per line (its ``"text"``), any other file is one
+    UTF-8 document."""
+    import json
+    import os
+
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--perplexity-text {path}: no such file")
+        with open(path, encoding="utf-8") as f:
+            if not path.endswith(".jsonl"):
+                yield list(tokenizer.tokenize(f.read())) + [tokenizer.eod]
+                continue
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        text = json.loads(line)["text"]
+                    except (ValueError, KeyError, TypeError):
+                        raise ValueError(f"{path}:{number}: not a JSON object with a "
+                                         f"\"text\" field") from None
+                    yield list(tokenizer.tokenize(text)) + [tokenizer.eod]
 
 
 def stream_windows(documents: Iterable[Sequence[int]], seq_length: int,

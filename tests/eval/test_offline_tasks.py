@@ -3,7 +3,9 @@ stock prompts, targets and metrics; and the result table."""
 
 import os
 
+import lm_eval
 import pytest
+from lm_eval.tasks import TaskManager
 
 from megatron_ponder.eval.offline_tasks import PAPER_TASKS, build_offline_tasks
 from megatron_ponder.eval.suite import format_table, result_rows
@@ -61,6 +63,21 @@ def test_rebuild_is_skipped_when_up_to_date(tasks):
     assert os.stat(stamp).st_mtime_ns == before
     with pytest.raises(KeyError, match="no offline version"):
         build_offline_tasks(folder, ["mmlu"])
+
+
+def test_a_cache_written_by_another_installation_is_rebuilt(tmp_path):
+    """The YAMLs include lm-eval's stock task files by absolute path: a cache written from
+    another (since deleted) environment must not be reused."""
+    folder = build_offline_tasks(str(tmp_path), ["piqa"])
+    yaml_file = f"{folder}/piqa/piqa_offline.yaml"
+    with open(yaml_file) as f:
+        stale = f.read().replace(os.path.dirname(os.path.dirname(lm_eval.__file__)), "/gone")
+    with open(yaml_file, "w") as f:
+        f.write(stale)
+    build_offline_tasks(folder, ["piqa"])
+    with open(yaml_file) as f:
+        assert "/gone" not in f.read()
+    assert TaskManager(include_path=folder, include_defaults=False).all_tasks == ["piqa_offline"]
 
 
 def test_result_table():

@@ -110,3 +110,38 @@ def test_evaluate_tool_writes_table_and_json(folder_and_model, dataset, tmp_path
     expected = held_out_perplexity(model, prefix, seq_length=6, show_progress=False)
     assert report["perplexity"]["perplexity"] == pytest.approx(expected.perplexity)
     assert report["mean_jacobi_iterations"] == model.ponder_config.jacobi_iterations
+
+
+def test_text_perplexity_scores_plain_text_with_the_models_tokenizer(folder_and_model, tmp_path,
+                                                                      capsys):
+    """--perplexity-text: a .txt file is one document, a .jsonl one per line; each is
+    tokenized with the model's tokenizer and ended by its end-of-document token, then scored
+    exactly like the same token stream in a .bin/.idx dataset."""
+    from megatron_ponder.eval.perplexity import stream_windows, text_documents, \
+        windows_perplexity
+    from megatron_ponder.hf.loading import load_tokenizer
+
+    folder, model = folder_and_model
+    tokenizer = load_tokenizer(folder)
+    (tmp_path / "a.txt").write_text("abc abd\nbca")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "cab"}) + "\n\n"
+                                      + json.dumps({"text": "bad cab"}) + "\n")
+    files = [str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")]
+    documents = list(text_documents(files, tokenizer))
+    assert documents == [list(tokenizer.tokenize(text)) + [tokenizer.eod]
+                         for text in ("abc abd\nbca", "cab", "bad cab")]
+    expected = windows_perplexity(model, stream_windows(documents, 6), "x", 6,
+                                  show_progress=False)
+    output = tmp_path / "results.json"
+    assert _tool("evaluate").main(["--hf", folder, "--tasks", "", "--perplexity-text", *files,
+                                   "--perplexity-seq-length", "6", "--output",
+                                   str(output)]) == 0
+    assert "| text (a.txt,b.jsonl) | - | loss |" in capsys.readouterr().out
+    report = json.loads(output.read_text())["text_perplexity"]
+    assert report["nll"] == pytest.approx(expected.nll)
+    assert report["tokens"] == sum(len(d) for d in documents) - 1
+    (tmp_path / "bad.jsonl").write_text('{"title": "no text"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1: not a JSON object"):
+        list(text_documents([str(tmp_path / "bad.jsonl")], tokenizer))
+    with pytest.raises(FileNotFoundError, match="--perplexity-text .*missing.txt"):
+        list(text_documents([str(tmp_path / "missing.txt")], tokenizer))

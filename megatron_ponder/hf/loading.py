@@ -1,9 +1,9 @@
 """Loading a model: the one front door, ``from_pretrained``.
 
 A source is a Hugging Face folder (ours, an official PonderLM-2 release, or a stock
-``LlamaForCausalLM`` / ``GPTNeoXForCausalLM`` folder) or, for the megatron engine, a training
-checkpoint directory (``pretrain_ponder.py --save DIR``, any parallel layout; told apart by
-its tracker file). ``engine`` picks what comes back:
+``LlamaForCausalLM`` / ``GPTNeoXForCausalLM`` folder) or a training checkpoint directory
+(``pretrain_ponder.py --save DIR``, any parallel layout; told apart by its tracker file), which
+the transformers-native model reads through an in-memory conversion. ``engine`` picks what comes back:
 
 * ``"transformers"`` (the default): the transformers-native ``PonderLM2ForCausalLM`` (a
   ``transformers.PreTrainedModel``, the class ``AutoModelForCausalLM`` builds with
@@ -27,11 +27,13 @@ from megatron_ponder import mcore
 from megatron_ponder.checkpoint.layout import is_checkpoint_root
 from megatron_ponder.checkpoint.storage import load_model_weights, read_saved_config
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.hf.adapters import check_weights, hf_to_megatron
+from megatron_ponder.hf.adapters import check_weights, hf_to_megatron, megatron_to_hf
 from megatron_ponder.hf.causal_lm import PonderForCausalLM
-from megatron_ponder.hf.config_mapping import DTYPES, model_config_from_hf, ponder_config_from_hf
+from megatron_ponder.hf.config_mapping import DTYPES, model_config_from_hf, \
+    native_config_from, ponder_config_from_hf
 from megatron_ponder.hf.native import dispatch, native_model
 from megatron_ponder.model.build import build_model
+from megatron_ponder.model.gpt_model import PonderGPTModel
 from megatron_ponder.devices import default_device
 from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
 
@@ -171,9 +173,10 @@ def _one_device(device, device_map) -> torch.device:
 def from_pretrained(path: str, *, engine: str = "transformers", torch_dtype=None, dtype=None,
                     device: Union[str, torch.device, None] = None, device_map=None,
                     **overrides):
-    """A model folder -> an eval-mode model: with ``engine="transformers"`` the
-    transformers-native ``PonderLM2ForCausalLM``, with ``engine="megatron"`` our
-    ``PonderForCausalLM`` (which also reads training checkpoint directories).
+    """A model folder or a training checkpoint directory (any parallel layout) -> an eval-mode
+    model: with ``engine="transformers"`` the transformers-native ``PonderLM2ForCausalLM`` (a
+    training checkpoint is converted in memory), with ``engine="megatron"`` our
+    ``PonderForCausalLM``.
 
     Folders: ours, an official PonderLM-2 release, Pythia/GPT-NeoX or Llama, vanilla or
     PonderLM-2; safetensors or pytorch_model.bin, sharded or not. ``torch_dtype`` (or
@@ -193,13 +196,12 @@ def from_pretrained(path: str, *, engine: str = "transformers", torch_dtype=None
         raise ValueError("give device or device_map, not both")
     requested_dtype = dtype if dtype is not None else torch_dtype
     if is_checkpoint_root(path):
-        if engine != "megatron":
-            raise ValueError(f"{path!r} is a training checkpoint: load it with "
-                             f"engine='megatron' or convert it (tools/convert_checkpoint.py "
-                             f"to-hf)")
         if overrides:
             raise ValueError(f"overrides {sorted(overrides)} apply to Hugging Face folders only")
         model, hf_config = load_training_checkpoint(path), {}
+        if engine == "transformers":
+            return _native_from_training_checkpoint(model.model, requested_dtype, device,
+                                                    device_map)
     else:
         hf_config = load_hf_config(path)
         if engine == "transformers":
@@ -209,6 +211,20 @@ def from_pretrained(path: str, *, engine: str = "transformers", torch_dtype=None
     # Rotary frequencies are not a buffer, so they stay float32 (see model/rotary.py).
     return model.to(device=_one_device(device, device_map),
                     dtype=resolve_dtype(requested_dtype, hf_config)).eval()
+
+
+def _native_from_training_checkpoint(model: PonderGPTModel, requested_dtype, device,
+                                    device_map):
+    """The transformers-native model of a training checkpoint's weights, converted in memory
+    (what ``tools/convert_checkpoint.py to-hf`` writes, without the folder)."""
+    state = {name: tensor for name, tensor in model.state_dict().items()
+             if not name.endswith("_extra_state")}  # TE's non-tensor entries
+    hf_config = native_config_from(model.model_config, model.ponder_config)
+    target = None if device_map is None else resolve_device_map(device_map)
+    place = target if isinstance(target, torch.device) else torch.device(device or "cpu")
+    native = native_model(hf_config, megatron_to_hf(model.model_config, state),
+                          resolve_dtype(requested_dtype, hf_config), place, {})
+    return (dispatch(native, target) if isinstance(target, dict) else native).eval()
 
 
 def _native_from_folder(path: str, hf_config: dict, requested_dtype, device, device_map,

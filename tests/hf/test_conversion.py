@@ -8,7 +8,8 @@ import torch
 
 from tests.distributed import run_ranks
 from tests.tiny_models import save_tiny_hf
-from tests.training.runs import checkpoint_and_hf_logits, convert, pretrain_from_flags
+from tests.training.runs import checkpoint_and_hf_logits, convert, native_logits, \
+    pretrain_from_flags
 from tests.training.test_pretrain import FLAGS
 
 IDS = [[3, 17, 42, 8, 99, 5, 61, 23], [7, 7, 120, 1, 0, 64, 33, 2]]
@@ -25,6 +26,12 @@ def test_checkpoint_to_hf_round_trip(tmp_path):
                                          [row[:6] for row in IDS])[0]
     assert from_checkpoint.shape == (2, 6, 256)  # NullTokenizer 200 (+EOD) padded to 256
     assert torch.equal(from_checkpoint, from_hf)
+    # The transformers-native model reads the training checkpoint itself (converted in
+    # memory): the exported folder's model, and the megatron engine's logits.
+    native, native_from_folder = run_ranks(native_logits, 1, save, exported,
+                                           [row[:6] for row in IDS])[0]
+    assert torch.equal(native, native_from_folder)
+    torch.testing.assert_close(native, from_checkpoint, atol=1e-5, rtol=0)
 
 
 def test_hf_to_checkpoint_and_finetune(tmp_path):

@@ -47,6 +47,18 @@ def checkpoint_and_hf_logits(checkpoint_dir, hf_folder, token_ids):
     return from_checkpoint, from_hf
 
 
+def native_logits(checkpoint_dir, hf_folder, token_ids):
+    """Logits of the transformers-native model of a training checkpoint (converted in memory)
+    and of an exported folder."""
+    import torch
+
+    from megatron_ponder.hf import from_pretrained
+
+    ids = torch.tensor(token_ids)
+    with torch.no_grad():
+        return from_pretrained(checkpoint_dir)(ids).logits, from_pretrained(hf_folder)(ids).logits
+
+
 def convert(direction, source, target):
     from megatron_ponder.hf.conversion import checkpoint_to_hf, hf_to_checkpoint
 

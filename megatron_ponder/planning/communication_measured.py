@@ -1,5 +1,6 @@
-"""Check the communication model against what a training step really sends: small models trained
-one step on CPU gloo ranks, every collective and send counted.
+"""The bytes part of the planner's ``--validate``: the communication model against what a
+training step really sends, small models trained one step on CPU gloo ranks, every collective and
+send counted.
 
 Counting wraps the methods of ``torch.distributed.ProcessGroup`` (``allreduce``,
 ``all_gather_single``, ``reduce_scatter_single``, their coalesced forms, ``broadcast``,

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from megatron_ponder.parallel.local_ranks import run_local_ranks
+from megatron_ponder.local_ranks import run_local_ranks
 from megatron_ponder.planning.communication import (
     Collective, CommSetup, sent_by_kind, step_collectives,
 )

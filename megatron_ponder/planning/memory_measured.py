@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from megatron_ponder.parallel.local_ranks import run_local_ranks
+from megatron_ponder.local_ranks import run_local_ranks
 
 
 class SavedTensorMeter:

@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
-from megatron_ponder.parallel.local_ranks import run_local_ranks  # noqa: E402
+from megatron_ponder.local_ranks import run_local_ranks  # noqa: E402
 from megatron_ponder.process_memory import peak_rss_growth_mib, reset_peak_rss, rss_kib  # noqa: E402
 from megatron_ponder.training.synthetic_run import (  # noqa: E402
     add_synthetic_run_arguments, synthetic_run_flags)

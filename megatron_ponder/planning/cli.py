@@ -107,10 +107,9 @@ MEMORY_TOLERANCE, BYTES_TOLERANCE, THROUGHPUT_MEDIAN_ERROR = 0.10, 0.05, 0.15
 
 def validate(plan: PlanConfig) -> int:
     """``--validate``: the memory, byte and throughput checks; 1 if any misses its mark."""
-    from megatron_ponder.planning.byte_validation import BYTE_CASES, validate_bytes
+    from megatron_ponder.planning.communication_measured import BYTE_CASES, validate_bytes
+    from megatron_ponder.planning.memory_measured import MEMORY_CASES, validate_memory
     from megatron_ponder.planning.published import median_absolute_error, validate_throughput
-    from megatron_ponder.planning.validation import DEFAULT_CASES
-    from megatron_ponder.planning.validation import validate as validate_memory
 
     parts = plan.validate_parts or VALIDATION_PARTS
     unknown_parts = sorted(set(parts) - set(VALIDATION_PARTS))
@@ -118,11 +117,11 @@ def validate(plan: PlanConfig) -> int:
         raise ValueError(f"unknown --validate-parts {unknown_parts}; choose from "
                          f"{list(VALIDATION_PARTS)}")
     names = set(plan.validate_cases)
-    known = {case.name for case in DEFAULT_CASES} | {case.name for case in BYTE_CASES}
+    known = {case.name for case in MEMORY_CASES} | {case.name for case in BYTE_CASES}
     if names - known:
         raise ValueError(f"unknown validation case(s) {sorted(names - known)}; choose from "
                          f"{sorted(known)}")
-    memory_cases = [case for case in DEFAULT_CASES if not names or case.name in names]
+    memory_cases = [case for case in MEMORY_CASES if not names or case.name in names]
     byte_cases = [case for case in BYTE_CASES if not names or case.name in names]
     printer = lambda text: print(text, flush=True)  # noqa: E731
     failures = []

@@ -8,7 +8,7 @@ reduce-scatter, the message of a send. ``sent_bytes`` converts a payload into th
 puts on the wire with ring algorithms (NCCL's default for large messages): an all-gather or a
 reduce-scatter sends (n-1)/n of its payload, an all-reduce twice that, a broadcast (n-1)/n on
 average per rank, a send its message. ``--validate`` holds these numbers against the payloads
-counted in real CPU runs (``byte_validation.py``).
+counted in real CPU runs (``communication_measured.py``).
 
 What one step issues on a rank of pipeline stage ``stage`` (R = micro-batch x sequence x slots
 rows of one pass, h the hidden size, e the activation bytes, t the tensor-parallel size):

@@ -15,7 +15,7 @@ def arm_config(flags: List[str]) -> PretrainConfig:
     (--make-vocab-size-divisible-by at TP=1)."""
     from dataclasses import replace
 
-    from megatron_ponder.training.validation import padded_vocab_size
+    from megatron_ponder.training.resolve import padded_vocab_size
 
     config = parse_args(list(flags))
     config.model = replace(config.model, vocab_size=padded_vocab_size(config.tokenizer, 1))

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from megatron_ponder.parallel.local_ranks import run_local_ranks
+from megatron_ponder.local_ranks import run_local_ranks
 from megatron_ponder.process_memory import peak_rss_growth_mib, reset_peak_rss, rss_kib
 
 DEFAULT_VARIANTS: Tuple[Tuple[int, int], ...] = ((0, 0), (1, 2), (1, 3), (2, 2), (2, 3))

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from megatron_ponder.data.config import DataConfigError
 from megatron_ponder.errors import FatalRunError
 from megatron_ponder.tokenizer import TokenizerError
-from megatron_ponder.training.validation import ConfigError
+from megatron_ponder.training.resolve import ConfigError
 
 ONE_LINE_ERRORS = (FatalRunError, ConfigError, DataConfigError, TokenizerError)
 """Errors that end a run with their message as one line: a run that cannot go on, flags that
@@ -45,7 +45,7 @@ def check_trainer_flags(trainer_argv, world_size: int) -> None:
     """Parse and resolve the trainer's flags as ``world_size`` ranks will (a flag error exits
     with status 2, a configuration error with status 1, each as one line)."""
     from megatron_ponder.training.arguments import parse_args
-    from megatron_ponder.training.validation import resolve_config
+    from megatron_ponder.training.resolve import resolve_config
 
     with one_line_errors():
         resolve_config(parse_args(trainer_argv), world_size, note=lambda _message: None)

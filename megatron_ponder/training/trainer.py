@@ -40,7 +40,7 @@ from megatron_ponder.training.logger import TrainingLogger, WandbSettings
 from megatron_ponder.training.numerical_faults import NumericalFaultPolicy, find_non_finite
 from megatron_ponder.training.profiling import StepProfiler
 from megatron_ponder.training.step import PonderForwardStep, reduce_reported_loss
-from megatron_ponder.training.validation import batch_size_calculator, resolve_config
+from megatron_ponder.training.resolve import batch_size_calculator, resolve_config
 
 
 @dataclass

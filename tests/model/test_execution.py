@@ -248,14 +248,14 @@ def test_fused_cross_entropy_matches_the_unfused_loss():
 def test_start_up_notes_on_a_cuda_machine_name_every_feature_that_is_off(monkeypatch):
     """What a run prints once at start on a CUDA machine without Transformer Engine and apex
     (simulated: this machine has no GPU)."""
-    from megatron_ponder.training import validation
+    from megatron_ponder.training import resolve
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(Capabilities, "detect", classmethod(lambda cls: GPU_BARE))
     config = parse_args(["--mock-data", "--no-masked-softmax-fusion",
                          "--cross-entropy-loss-fusion"])
     notes = []
-    validation._note_performance_flags(config, notes.append)
+    resolve._note_performance_flags(config, notes.append)
     text = "\n".join(notes)
     for reason in ("Transformer Engine is not installed", "RoPE fusion needs",
                    "needs apex", "rounds the logit gradients to bf16",
@@ -263,6 +263,6 @@ def test_start_up_notes_on_a_cuda_machine_name_every_feature_that_is_off(monkeyp
         assert reason in text
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     notes.clear()
-    validation._note_performance_flags(config, notes.append)
+    resolve._note_performance_flags(config, notes.append)
     assert notes == ["GPU performance flags have no effect on CPU: "
                      "--cross-entropy-loss-fusion, --no-masked-softmax-fusion"]

@@ -6,7 +6,7 @@ import torch.distributed as dist
 
 def count_plain_collectives():
     """On 2 plain gloo ranks (no megatron): each call kind once, counted."""
-    from megatron_ponder.planning.byte_validation import CollectiveCounter
+    from megatron_ponder.planning.communication_measured import CollectiveCounter
 
     dist.init_process_group("gloo")
     try:

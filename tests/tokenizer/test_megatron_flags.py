@@ -12,7 +12,7 @@ import pytest
 from megatron_ponder.tokenizer import HuggingFaceTokenizer, MegatronCoreTokenizer, \
     TokenizerSpec, build_tokenizer
 from megatron_ponder.training.arguments import parse_args
-from megatron_ponder.training.validation import ConfigError, resolve_config
+from megatron_ponder.training.resolve import ConfigError, resolve_config
 from tests.tools.conftest import REPO_ROOT, load_tool
 
 from .assets import GPT2_MERGES, TIKTOKEN_MERGES, write_gpt2_files, write_hugging_face_folder, \

@@ -1,5 +1,6 @@
-"""tools/fault_injection.py: a few cheap faults through the real command line (the whole
---quick run is the slow test), and the verdicts on runs that did not survive."""
+"""tools/fault_injection.py and its faults (tools/faults/): a few cheap faults through the real
+command line (the whole --quick run is the slow test), and the verdicts on runs that did not
+survive."""
 
 import json
 import os
@@ -7,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tools.faults.harness import Outcome, Run, clean_stop
 
 from .conftest import TOOLS_DIR, load_tool
 
@@ -48,22 +51,22 @@ def test_unknown_fault_names_are_refused():
     assert "error: unknown faults ['no-such-fault']" in result.stderr
 
 
-def test_a_traceback_or_a_second_error_line_is_not_a_clean_stop(tool):
-    traceback = tool.Run(1, "", "Traceback (most recent call last):\n  ...\nKeyError: 'x'\n")
-    assert tool.clean_stop(traceback, "x") == (False, "a traceback: KeyError: 'x'")
-    two_lines = tool.Run(1, "", "error: first\nerror: second\n")
-    assert not tool.clean_stop(two_lines, "first")[0]
-    unnamed = tool.Run(1, "", "error: something else\n")
-    assert "does not name" in tool.clean_stop(unnamed, "the file")[1]
-    assert not tool.clean_stop(tool.Run(0, "", ""), "x")[0]  # a fault that went unnoticed
-    assert tool.clean_stop(tool.Run(1, "", "warning: w\nerror: the file is bad\n"),
-                           "the file") == (True, "error: the file is bad")
+def test_a_traceback_or_a_second_error_line_is_not_a_clean_stop():
+    traceback = Run(1, "", "Traceback (most recent call last):\n  ...\nKeyError: 'x'\n")
+    assert clean_stop(traceback, "x") == (False, "a traceback: KeyError: 'x'")
+    two_lines = Run(1, "", "error: first\nerror: second\n")
+    assert not clean_stop(two_lines, "first")[0]
+    unnamed = Run(1, "", "error: something else\n")
+    assert "does not name" in clean_stop(unnamed, "the file")[1]
+    assert not clean_stop(Run(0, "", ""), "x")[0]  # a fault that went unnoticed
+    assert clean_stop(Run(1, "", "warning: w\nerror: the file is bad\n"),
+                      "the file") == (True, "error: the file is bad")
 
 
 def test_outcomes_that_did_not_survive_are_counted_and_fail_the_exit_status(tool):
-    outcomes = [tool.Outcome("a", "t", True, False, ""),
-                tool.Outcome("b", "t", False, True, "half a checkpoint"),
-                tool.Outcome("c", "t", True, False, "", injected=False)]
+    outcomes = [Outcome("a", "t", True, False, ""),
+                Outcome("b", "t", False, True, "half a checkpoint"),
+                Outcome("c", "t", True, False, "", injected=False)]
     assert tool.summary_line(outcomes) == "faults: 2 injected, 1 survived, 1 lost"
     table = tool.format_table(outcomes).splitlines()
     assert table[3] == "| b | t | NO | YES |" and table[4] == "| c | t | not injected | no |"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron_ponder.training.arguments import parse_args
-from megatron_ponder.training.validation import ConfigError, resolve_config
+from megatron_ponder.training.resolve import ConfigError, resolve_config
 
 MOCK = ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "100"]
 

@@ -12,7 +12,7 @@ import pytest
 
 from megatron_ponder.training.arguments import parse_args
 from megatron_ponder.training.logger import TrainingLogger, WandbSettings
-from megatron_ponder.training.validation import ConfigError, resolve_config
+from megatron_ponder.training.resolve import ConfigError, resolve_config
 
 
 class FakeRun:

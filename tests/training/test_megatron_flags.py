@@ -10,7 +10,7 @@ import pytest
 
 from megatron_ponder.training.arguments import parse_args
 from megatron_ponder.training.megatron_flags import UNSUPPORTED
-from megatron_ponder.training.validation import resolve_config
+from megatron_ponder.training.resolve import resolve_config
 from tests.distributed import run_ranks
 from tests.training.runs import pretrain_from_flags
 
@@ -177,7 +177,7 @@ def test_the_script_reports_an_unsupported_flag_without_a_traceback():
 
 
 def test_rampup_batch_size_counts_the_steps_with_megatron_cores_calculator(tmp_path):
-    from megatron_ponder.training.validation import batch_size_calculator
+    from megatron_ponder.training.resolve import batch_size_calculator
 
     config = resolve_config(parse_args([
         "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "100",
@@ -199,7 +199,7 @@ def test_rampup_batch_size_counts_the_steps_with_megatron_cores_calculator(tmp_p
     (["2", "2"], "takes three numbers"),
 ])
 def test_rampup_batch_size_errors(ramp, message):
-    from megatron_ponder.training.validation import ConfigError
+    from megatron_ponder.training.resolve import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         resolve_config(parse_args(["--mock-data", "--tokenizer-type", "NullTokenizer",

@@ -1,5 +1,6 @@
-"""Check the activation model against measurement: small models trained on CPU (gloo ranks,
-megatron-core's mock data), counting the bytes autograd actually keeps for backward.
+"""The memory part of the planner's ``--validate``: the activation model against measurement,
+small models trained on CPU (gloo ranks, megatron-core's mock data), counting the bytes autograd
+actually keeps for backward.
 
 Every tensor autograd saves goes through ``torch.autograd.graph.saved_tensors_hooks``; the hook
 counts its storage (unique storages, so views and tensors saved twice count once; weights
@@ -13,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from megatron_ponder.parallel.local_ranks import run_local_ranks
+from megatron_ponder.local_ranks import run_local_ranks
 
 
 class SavedTensorMeter:
@@ -69,8 +70,8 @@ class _Held:
 
 
 @dataclass(frozen=True)
-class ValidationCase:
-    """One configuration of ``--validate``."""
+class MemoryCase:
+    """One configuration of the memory check (``--validate-parts memory``)."""
 
     name: str
     arch: str = "llama"
@@ -111,17 +112,17 @@ class ValidationCase:
 
 
 # Single-process cases first (quick), then the multi-rank ones.
-DEFAULT_CASES = (
-    ValidationCase("llama K=0", thoughts=0),
-    ValidationCase("llama K=1 J=2", thoughts=1),
-    ValidationCase("llama K=2 J=2", thoughts=2),
-    ValidationCase("gpt_neox K=1 J=2", arch="gpt_neox"),
-    ValidationCase("llama K=1 J=2 GQA", extra=("--num-query-groups", "2")),
-    ValidationCase("llama K=1 J=2 bf16", bf16=True),
-    ValidationCase("llama K=1 J=2 recompute selective", recompute="selective"),
-    ValidationCase("llama K=1 J=2 recompute full", recompute="full"),
-    ValidationCase("llama K=1 J=2 TP=2 SP", tp=2),
-    ValidationCase("llama K=1 J=2 PP=2 M=4", pp=2, num_layers=4, micro_batches=4),
+MEMORY_CASES = (
+    MemoryCase("llama K=0", thoughts=0),
+    MemoryCase("llama K=1 J=2", thoughts=1),
+    MemoryCase("llama K=2 J=2", thoughts=2),
+    MemoryCase("gpt_neox K=1 J=2", arch="gpt_neox"),
+    MemoryCase("llama K=1 J=2 GQA", extra=("--num-query-groups", "2")),
+    MemoryCase("llama K=1 J=2 bf16", bf16=True),
+    MemoryCase("llama K=1 J=2 recompute selective", recompute="selective"),
+    MemoryCase("llama K=1 J=2 recompute full", recompute="full"),
+    MemoryCase("llama K=1 J=2 TP=2 SP", tp=2),
+    MemoryCase("llama K=1 J=2 PP=2 M=4", pp=2, num_layers=4, micro_batches=4),
 )
 
 
@@ -151,13 +152,13 @@ def measure_rank(flags: List[str], world_size: int) -> Tuple[int, int, int, int]
         return stage, trainer.num_microbatches, meter.peak, config.model.vocab_size
 
 
-def measure_case(case: ValidationCase, timeout: float = 900) -> List[Tuple[int, int, int, int]]:
+def measure_case(case: MemoryCase, timeout: float = 900) -> List[Tuple[int, int, int, int]]:
     """``measure_rank`` on every rank of ``case`` (fresh processes)."""
     return run_local_ranks(measure_rank, case.world_size, case.flags(), case.world_size,
                            timeout=timeout, extra_env={"CUDA_VISIBLE_DEVICES": ""})
 
 
-def estimate_case(case: ValidationCase, stage: int, num_microbatches: int,
+def estimate_case(case: MemoryCase, stage: int, num_microbatches: int,
                   vocab_size: int) -> int:
     """The activation model's bytes for ``case`` on ``stage``."""
     from megatron_ponder.planning.memory import ActivationSetup, activation_bytes
@@ -177,7 +178,7 @@ def estimate_case(case: ValidationCase, stage: int, num_microbatches: int,
 
 
 @dataclass(frozen=True)
-class ValidationLine:
+class MemoryLine:
     case: str
     stage: int
     estimate: int
@@ -193,7 +194,7 @@ class ValidationLine:
                 f"measured {self.measured / 2**10:9.1f} KiB  ratio {self.ratio:.3f}")
 
 
-def validate(cases=DEFAULT_CASES, timeout: float = 900, printer=print) -> List[ValidationLine]:
+def validate_memory(cases=MEMORY_CASES, timeout: float = 900, printer=print) -> List[MemoryLine]:
     """Measure and estimate every case; one line per case (per pipeline stage)."""
     lines = []
     for case in cases:
@@ -204,17 +205,17 @@ def validate(cases=DEFAULT_CASES, timeout: float = 900, printer=print) -> List[V
             by_stage[stage] = (max(previous[0], peak) if previous else peak, microbatches,
                                vocab)
         for stage, (peak, microbatches, vocab) in sorted(by_stage.items()):
-            line = ValidationLine(case.name, stage if case.pp > 1 else None,
-                                  estimate_case(case, stage, microbatches, vocab), peak)
+            line = MemoryLine(case.name, stage if case.pp > 1 else None,
+                              estimate_case(case, stage, microbatches, vocab), peak)
             printer(line.text())
             lines.append(line)
     return lines
 
 
-def select_cases(names: Optional[List[str]]) -> Tuple[ValidationCase, ...]:
+def select_memory_cases(names: Optional[List[str]]) -> Tuple[MemoryCase, ...]:
     if not names:
-        return DEFAULT_CASES
-    known = {case.name: case for case in DEFAULT_CASES}
+        return MEMORY_CASES
+    known = {case.name: case for case in MEMORY_CASES}
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(f"unknown validation case(s) {unknown}; choose from {list(known)}")

@@ -4,7 +4,7 @@ two plain gloo ranks and one tensor-parallel case; slow: every case."""
 
 import pytest
 
-from megatron_ponder.planning.byte_validation import (
+from megatron_ponder.planning.communication_measured import (
     BYTE_CASES, ByteLine, select_byte_cases, validate_bytes,
 )
 from tests.distributed import run_ranks

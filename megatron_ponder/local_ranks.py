@@ -1,10 +1,14 @@
-"""Run a function on N local gloo ranks, each in a fresh process with torchrun's environment.
+"""Run a function on N ranks of this machine, each a fresh process with torchrun's environment.
 
-Used by the multi-rank tests (tests/distributed.py) and the measurement tools
-(tools/measure_bubble.py, tools/measure_recompute_memory.py). Each rank is a fresh process
+The project's one way to start ranks without torchrun, used wherever a piece of work needs
+processes of its own: the library's measurements (``training/benchmark.py`` runs each
+variant in a fresh process; the planner's ``--validate`` trains small models on several ranks in
+``planning/memory_measured.py`` and ``planning/communication_measured.py``), the measuring tools
+(``tools/measure_bubble.py``, ``tools/measure_recompute_memory.py``) and the multi-rank tests
+(``tests/distributed.py``). It imports nothing of the project. Each rank is a fresh process
 (forked from a server that has imported torch and megatron-core once) with the caller's
-environment plus RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT and OMP_NUM_THREADS=1, so code
-under test initialises torch.distributed exactly as under torchrun. Return values come back per
+environment plus RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT and OMP_NUM_THREADS=1, so ``fn``
+initialises torch.distributed exactly as under torchrun. Return values come back per
 rank; an exception on any rank raises with that rank's traceback; a dead or hung rank fails
 after ``timeout`` seconds.
 """

@@ -5,8 +5,8 @@ itself; slow: every case, TP=2 and PP=2 included."""
 import pytest
 import torch
 
-from megatron_ponder.planning.validation import (
-    DEFAULT_CASES, SavedTensorMeter, select_cases, validate,
+from megatron_ponder.planning.memory_measured import (
+    MEMORY_CASES, SavedTensorMeter, select_memory_cases, validate_memory,
 )
 
 
@@ -26,7 +26,7 @@ def test_meter_counts_unique_storages_while_alive():
 @pytest.mark.parametrize("name", ["llama K=0", "llama K=1 J=2"])
 def test_single_process_lines(name):
     lines = []
-    (line,) = validate(select_cases([name]), printer=lines.append)
+    (line,) = validate_memory(select_memory_cases([name]), printer=lines.append)
     assert lines == [line.text()] and lines[0].startswith(name)
     assert lines[0].endswith(f"ratio {line.ratio:.3f}")
     assert 0.9 <= line.ratio <= 1.1, lines[0]
@@ -34,11 +34,11 @@ def test_single_process_lines(name):
 
 @pytest.mark.slow
 def test_every_case_within_ten_percent():
-    lines = validate(DEFAULT_CASES, printer=lambda _: None)
-    assert len(lines) == len(DEFAULT_CASES) + 1  # PP=2 prints one line per stage
+    lines = validate_memory(MEMORY_CASES, printer=lambda _: None)
+    assert len(lines) == len(MEMORY_CASES) + 1  # PP=2 prints one line per stage
     assert all(0.9 <= line.ratio <= 1.1 for line in lines), [line.text() for line in lines]
 
 
 def test_unknown_case_is_refused():
     with pytest.raises(ValueError, match="unknown validation case"):
-        select_cases(["llama K=9"])
+        select_memory_cases(["llama K=9"])

@@ -1,5 +1,6 @@
-"""Check the communication model against what a training step really sends: small models trained
-one step on CPU gloo ranks, every collective and send counted.
+"""The bytes part of the planner's ``--validate``: the communication model against what a
+training step really sends, small models trained one step on CPU gloo ranks, every collective and
+send counted.
 
 Counting wraps the methods of ``torch.distributed.ProcessGroup`` (``allreduce``,
 ``all_gather_single``, ``reduce_scatter_single``, their coalesced forms, ``broadcast``,
@@ -20,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from megatron_ponder.parallel.local_ranks import run_local_ranks
+from megatron_ponder.local_ranks import run_local_ranks
 from megatron_ponder.planning.communication import (
     Collective, CommSetup, sent_by_kind, step_collectives,
 )

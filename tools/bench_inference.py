@@ -56,6 +56,8 @@ SIZES = {
     "medium": dict(num_layers=8, hidden_size=512, num_attention_heads=8, vocab_size=8192),
 }
 MEASURES = ("prefill", "generate", "score")
+CLOCKS = ("wall", "cpu")
+RATES = ("prefill_tokens_per_s", "decode_tokens_per_s", "score_tokens_per_s")
 
 
 class MegatronEngine:
@@ -151,16 +153,20 @@ def check_agreement(engines, prompts, mask, scored, new_tokens: int, atol: float
     return check
 
 
-def timed(engine, fn) -> float:
-    """Seconds of ``fn(engine)`` in the engine's conditions (entered outside the clock)."""
+def timed(engine, fn):
+    """(wall, CPU) seconds of ``fn(engine)`` in the engine's conditions (entered outside the
+    clocks). CPU time is this process's, all threads: less sensitive than wall time to other
+    programs taking the cores."""
     with engine.conditions():
-        start = time.perf_counter()
+        wall, cpu_time = time.perf_counter(), time.process_time()
         fn(engine)
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu_time
 
 
 def measure(engines, prompts, mask, scored, args) -> dict:
-    """{engine: {measure: [seconds per repeat]}}, the engines' runs alternating."""
+    """{engine: {clock: {measure: [seconds per repeat]}}}: in each repeat every engine runs
+    prefill, generate and score back to back (so generate - prefill of one repeat saw the
+    same load), the engines' order alternating between repeats."""
     calls = {
         "prefill": lambda e: e.generate(prompts, mask, 1),
         "generate": lambda e: e.generate(prompts, mask, args.new_tokens),
@@ -170,24 +176,24 @@ def measure(engines, prompts, mask, scored, args) -> dict:
         for engine in engines:
             for measure_name in MEASURES:
                 timed(engine, calls[measure_name])
-    times = {e.name: {m: [] for m in MEASURES} for e in engines}
+    times = {e.name: {clock: {m: [] for m in MEASURES} for clock in CLOCKS} for e in engines}
     for repeat in range(args.repeats):
-        order = engines if repeat % 2 == 0 else engines[::-1]
-        for measure_name in MEASURES:
-            for engine in order:
-                times[engine.name][measure_name].append(timed(engine, calls[measure_name]))
+        for engine in (engines if repeat % 2 == 0 else engines[::-1]):
+            for measure_name in MEASURES:
+                for clock, seconds in zip(CLOCKS, timed(engine, calls[measure_name])):
+                    times[engine.name][clock][measure_name].append(seconds)
     return times
 
 
 def summarize(times: dict, args) -> dict:
-    """Medians (s) and tokens/s of one engine's timings."""
+    """Medians (s) and tokens/s of one engine's timings on one clock; decode is the median
+    over repeats of generate - prefill."""
     prefill = statistics.median(times["prefill"])
-    generate = statistics.median(times["generate"])
     score = statistics.median(times["score"])
-    decode = generate - prefill
+    decode = statistics.median(g - p for g, p in zip(times["generate"], times["prefill"]))
     decoded = args.batch * (args.new_tokens - 1)
     return {
-        "prefill_s": prefill, "generate_s": generate, "decode_s": decode, "score_s": score,
+        "prefill_s": prefill, "decode_s": decode, "score_s": score,
         "prefill_tokens_per_s": args.batch * args.prompt_length / prefill,
         "decode_tokens_per_s": decoded / decode if decode > 0 else None,
         "score_tokens_per_s": args.batch * args.score_length / score,
@@ -211,14 +217,18 @@ def bench_thoughts(args, thoughts: int) -> dict:
     result = {"K": thoughts, "J": args.jacobi_iterations if thoughts else 0, "check": check,
               "load_average_1min": [load_before[0], os.getloadavg()[0]]}
     if times is not None:
-        result["engines"] = {name: dict(summarize(t, args), times_s=t)
+        result["engines"] = {name: dict({clock: summarize(t[clock], args) for clock in CLOCKS},
+                                        times_s=t)
                              for name, t in times.items()}
     return result
 
 
-def print_table(results) -> None:
-    header = (f"{'K':>2} {'J':>2} {'engine':>12} {'prefill tok/s':>14} {'decode tok/s':>13} "
-              f"{'scoring tok/s':>14} {'max|dlogit|':>12}")
+def print_table(results, clock: str) -> None:
+    """Tokens per second (wall or CPU) of each engine and the ratio transformers / megatron."""
+    per = "s" if clock == "wall" else "CPU s"
+    print(f"tokens per {per} (median of the repeats); ratio: transformers / megatron")
+    header = (f"{'K':>2} {'J':>2} {'engine':>12} {'prefill':>10} {'decode':>10} {'scoring':>10} "
+              f"{'max|dlogit|':>12}")
     print(header)
     print("-" * len(header))
     for result in results:
@@ -229,18 +239,16 @@ def print_table(results) -> None:
                   f"{check['max_abs_logit_diff']:.2e}, |dloss| {check['abs_loss_diff']:.2e} "
                   f"(atol {check['atol']:.0e}): not timed")
             continue
-        for name, row in result["engines"].items():
-            decode = row["decode_tokens_per_s"]
-            print(f"{result['K']:>2} {result['J']:>2} {name:>12} "
-                  f"{row['prefill_tokens_per_s']:>14.1f} "
-                  f"{(f'{decode:.1f}' if decode else '-'):>13} "
-                  f"{row['score_tokens_per_s']:>14.1f} {check['max_abs_logit_diff']:>12.1e}")
-        native, ours = result["engines"]["transformers"], result["engines"]["megatron"]
-        ratios = [native[key] / ours[key] if native[key] and ours[key] else None
-                  for key in ("prefill_tokens_per_s", "decode_tokens_per_s",
-                              "score_tokens_per_s")]
-        print(f"{'':>5} {'native/ours':>12} " + " ".join(
-            f"{(f'{r:.2f}x' if r else '-'):>{w}}" for r, w in zip(ratios, (14, 13, 14))))
+        rows = {name: engine[clock] for name, engine in result["engines"].items()}
+        for name, row in rows.items():
+            print(f"{result['K']:>2} {result['J']:>2} {name:>12} " + " ".join(
+                f"{(f'{row[key]:.1f}' if row[key] else '-'):>10}" for key in RATES)
+                + f" {check['max_abs_logit_diff']:>12.1e}")
+        ratios = [rows["transformers"][key] / rows["megatron"][key]
+                  if rows["transformers"][key] and rows["megatron"][key] else None
+                  for key in RATES]
+        print(f"{'':>5} {'ratio':>12} " + " ".join(
+            f"{(f'{r:.2f}x' if r else '-'):>10}" for r in ratios))
 
 
 def git_commit() -> dict:
@@ -333,7 +341,8 @@ def run(args, argv) -> int:
         results.append(bench_thoughts(args, thoughts))
         print(f"K={thoughts} done", flush=True)
     load_end = os.getloadavg()
-    print_table(results)
+    for clock in CLOCKS:
+        print_table(results, clock)
     print(f"load average (1, 5, 15 min): start {load_start}, end {load_end}")
     passed = all(r["check"]["passed"] for r in results)
     if not passed:

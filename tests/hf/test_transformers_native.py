@@ -192,6 +192,29 @@ def test_cached_generate_equals_uncached_and_ours(exported, arch, k):
     assert len(set(cached[0, 5:].tolist())) > 1  # not a degenerate model
 
 
+def test_cache_buffers_regrown_while_decoding(exported, monkeypatch):
+    """The cache's buffers keep spare slots; decoding past them regrows them (copying what
+    they hold), and generation still equals recomputation."""
+    _, folder = exported("llama", 2)
+    hf = _load(folder)
+    cache_class = sys.modules[type(hf).__module__].PonderLM2Cache
+    grow = cache_class._grown
+    capacities = []
+
+    def counting(buffer, filled, capacity, like):
+        capacities.append(capacity)
+        return grow(buffer, filled, capacity, like)
+
+    monkeypatch.setattr(cache_class, "SLACK", 1)
+    monkeypatch.setattr(cache_class, "_grown", staticmethod(counting))
+    ids = _ids(batch=2, length=5)
+    settings = dict(max_new_tokens=8, do_sample=False, **_converged(2))
+    cached = hf.generate(ids, **settings)
+    assert len(set(capacities)) >= 3  # the prefill's buffers, then regrown at least twice
+    monkeypatch.undo()
+    assert torch.equal(cached, hf.generate(ids, use_cache=False, **settings))
+
+
 @pytest.mark.parametrize("arch,k", [("llama", 2), ("gpt_neox", 1)])
 def test_fixed_j_generate_equals_our_engine(exported, arch, k):
     """Not converged (J = 0): the prefill's thoughts are approximate, as in our engine."""

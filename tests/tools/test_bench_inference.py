@@ -1,0 +1,88 @@
+"""tools/bench_inference.py in a tiny configuration: the JSON it writes, and its refusal to time
+engines that disagree."""
+
+import json
+
+import pytest
+import torch
+
+from tests.tools.conftest import load_tool
+
+pytest.importorskip("transformers")
+pytestmark = [pytest.mark.usefixtures("single_process"), pytest.mark.filterwarnings("ignore")]
+TINY = ["--size", "tiny", "--batch", "2", "--prompt-length", "6", "--new-tokens", "3",
+        "--score-length", "8", "--warmup", "0"]
+
+
+def _run(tool, tmp_path, *extra):
+    output = tmp_path / "bench.json"
+    status = tool.main(TINY + ["--output", str(output), *extra])
+    with open(output) as f:
+        return status, json.load(f)
+
+
+def test_tiny_run_writes_the_report(tmp_path, capsys):
+    tool = load_tool("bench_inference")
+    status, report = _run(tool, tmp_path, "--thoughts", "0", "1", "--repeats", "2")
+    assert status == 0 and report["passed"] is True
+    assert report["command"].startswith("tools/bench_inference.py --size tiny")
+    assert len(report["commit"] or "") in (0, 40)
+    assert {"torch", "transformers", "cpu_count", "torch_threads", "processor"} <= set(
+        report["machine"])
+    assert report["machine"]["torch"] == torch.__version__
+    assert [len(report["load_average"][end]) for end in ("start", "end")] == [3, 3]
+    assert report["model"] == dict(tool.SIZES["tiny"], arch="llama")
+    assert report["settings"]["jacobi_iterations"] == 3
+    assert [(r["K"], r["J"]) for r in report["results"]] == [(0, 0), (1, 3)]
+    for result in report["results"]:
+        check = result["check"]
+        assert check["passed"] and check["greedy_tokens_equal"]
+        assert check["greedy_tokens_compared"] == 2 * 3
+        assert check["max_abs_logit_diff"] <= check["atol"] == 1e-4
+        assert set(result["engines"]) == {"megatron", "transformers"}
+        for engine in result["engines"].values():
+            for clock in ("wall", "cpu"):
+                assert engine[clock]["prefill_tokens_per_s"] > 0
+                assert engine[clock]["score_tokens_per_s"] > 0
+                assert engine[clock]["prefill_s"] == pytest.approx(
+                    2 * 6 / engine[clock]["prefill_tokens_per_s"])
+                assert all(len(engine["times_s"][clock][m]) == 2
+                           for m in ("prefill", "generate", "score"))
+    out = capsys.readouterr().out
+    assert "tokens per s" in out and "tokens per CPU s" in out and "ratio" in out
+
+
+@pytest.mark.parametrize("broken", ["logits", "tokens"])
+def test_engines_that_disagree_are_not_timed(tmp_path, monkeypatch, capsys, broken):
+    tool = load_tool("bench_inference")
+    if broken == "logits":
+        score = tool.TransformersEngine.score
+
+        def off_score(self, ids):
+            logits, loss = score(self, ids)
+            return logits + 1e-3, loss
+
+        monkeypatch.setattr(tool.TransformersEngine, "score", off_score)
+    else:
+        generate = tool.TransformersEngine.generate
+
+        def off_generate(self, ids, mask, new_tokens):
+            tokens = generate(self, ids, mask, new_tokens).clone()
+            tokens[0, -1] = (tokens[0, -1] + 1) % tool.SIZES["tiny"]["vocab_size"]
+            return tokens
+
+        monkeypatch.setattr(tool.TransformersEngine, "generate", off_generate)
+    status, report = _run(tool, tmp_path, "--thoughts", "1", "--repeats", "1")
+    assert status == 1 and report["passed"] is False
+    (result,) = report["results"]
+    assert "engines" not in result and not result["check"]["passed"]
+    assert result["check"]["greedy_tokens_equal"] is (broken == "logits")
+    assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_bad_arguments():
+    tool = load_tool("bench_inference")
+    for argv in (["--new-tokens", "1"], ["--batch", "0"], ["--thoughts", "-1"],
+                 ["--size", "huge"]):
+        with pytest.raises(SystemExit):
+            tool.main(argv)

@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.limit = int(args.limit)
     if not args.tasks and not args.perplexity_data and not args.perplexity_text:
         parser.error("nothing to do: no --tasks, --perplexity-data or --perplexity-text")
+    for path in args.perplexity_text or ():
+        if not os.path.isfile(path):
+            parser.error(f"--perplexity-text {path}: no such file")
     return args
 
 

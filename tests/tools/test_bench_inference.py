@@ -41,15 +41,20 @@ def test_tiny_run_writes_the_report(tmp_path, capsys):
         assert check["max_abs_logit_diff"] <= check["atol"] == 1e-4
         assert set(result["engines"]) == {"megatron", "transformers"}
         for engine in result["engines"].values():
+            times = engine["times_s"]
+            for summary in ("wall", "cpu", "wall_best"):
+                assert engine[summary]["prefill_tokens_per_s"] > 0
+                assert engine[summary]["score_tokens_per_s"] > 0
+                assert engine[summary]["prefill_s"] == pytest.approx(
+                    2 * 6 / engine[summary]["prefill_tokens_per_s"])
             for clock in ("wall", "cpu"):
-                assert engine[clock]["prefill_tokens_per_s"] > 0
-                assert engine[clock]["score_tokens_per_s"] > 0
-                assert engine[clock]["prefill_s"] == pytest.approx(
-                    2 * 6 / engine[clock]["prefill_tokens_per_s"])
-                assert all(len(engine["times_s"][clock][m]) == 2
-                           for m in ("prefill", "generate", "score"))
+                assert all(len(times[clock][m]) == 2 for m in ("prefill", "generate", "score"))
+            assert engine["wall_best"]["score_s"] == min(times["wall"]["score"])
+            assert engine["wall_best"]["decode_s"] == pytest.approx(
+                min(times["wall"]["generate"]) - min(times["wall"]["prefill"]))
     out = capsys.readouterr().out
-    assert "tokens per s" in out and "tokens per CPU s" in out and "ratio" in out
+    assert all(table in out for table in ("tokens per s (median", "tokens per CPU s",
+                                          "tokens per s (fastest", "ratio"))
 
 
 @pytest.mark.parametrize("broken", ["logits", "tokens"])

@@ -5,7 +5,8 @@ Trains every arm (vanilla, 2x depth, PonderLM-2 K=1, Pause, Loop, compute-matche
 cheaper PonderLM-2 training, continued pretraining from vanilla; two seeds of vanilla and
 PonderLM-2) with the same data order, learning-rate schedule and seed, keeps every checkpoint
 under --output-dir, evaluates each on the validation split (and --eval-text), and writes
-table.md, results.json and two PNGs. Run it again to resume after an interruption.
+table.md, results.json and three PNGs. Run it again to resume after an interruption;
+--report-only rewrites the report from whatever has finished.
 
     python tools/reproduce.py                          # --scale small: 2 CPU cores, ~90 min
     python tools/reproduce.py --arms vanilla ponderlm2-k1 --eval-text notes.txt
@@ -56,6 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "cores; 1 with GPUs)")
     parser.add_argument("--nproc-per-node", type=int, default=1,
                         help="processes (GPUs) per arm; > 1 launches arms with torchrun")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write table.md, results.json and the plots from "
+                             "every finished run in --output-dir (all arms and rates)")
+    parser.add_argument("--gap-plot-with", nargs="+", default=(), metavar="DIR",
+                        help="with --report-only: other scales' output directories, drawn "
+                             "beside this one in gap_vs_tokens.png (the gap to vanilla "
+                             "against training tokens)")
     data = parser.add_argument_group("data (GPU scales; small/long build their own)")
     data.add_argument("--data-path", nargs="+", default=None)
     data.add_argument("--split", default="969,30,1")
@@ -112,11 +120,38 @@ def choose_arms(recipe, names, rates, output_dir):
         for arm in arms]
 
 
+def report_only(args, recipe, output_dir) -> int:
+    """--report-only: the report of every finished run in output_dir (and the other scales')."""
+    from megatron_ponder.reproduction import report
+    from megatron_ponder.reproduction.runner import finished_runs
+
+    if not args.report_only:
+        print("error: --gap-plot-with goes with --report-only", file=sys.stderr)
+        return 2
+    order = [arm.name for arm in arms_for(recipe)]
+    directories = [output_dir, *map(os.path.abspath, args.gap_plot_with)]
+    runs = []
+    for directory in directories:
+        found = finished_runs(directory, order) if os.path.isdir(directory) else []
+        if not found:
+            print(f"error: no finished run (<arm>/result.json) in {directory}", file=sys.stderr)
+            return 2
+        runs.append(found)
+    others = [(os.path.basename(os.path.normpath(directory)), found)
+              for directory, found in zip(directories[1:], runs[1:])]
+    print(report.write_report(output_dir, runs[0], others))
+    print(f"table: {os.path.join(output_dir, 'table.md')}; plots: "
+          f"{', '.join(os.path.join(output_dir, name) for name in report.PLOTS)}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     recipe = RECIPES[args.scale]
     output_dir = os.path.abspath(args.output_dir or os.path.join(REPO_ROOT, "runs", "reproduce",
                                                                  recipe.name))
+    if args.report_only or args.gap_plot_with:
+        return report_only(args, recipe, output_dir)
     try:
         arms = choose_arms(recipe, args.arms, args.lr, output_dir)
     except ValueError as error:
@@ -127,6 +162,7 @@ def main(argv=None) -> int:
         return 2
     import torch
 
+    from megatron_ponder.reproduction import report
     from megatron_ponder.reproduction.driver import Reproduction
     from megatron_ponder.reproduction.runner import Setup
 
@@ -164,8 +200,7 @@ def main(argv=None) -> int:
         return 130
     print(reproduction.write_report())
     print(f"table: {os.path.join(output_dir, 'table.md')}; plots: "
-          f"{os.path.join(output_dir, 'valid_loss_vs_tokens.png')}, "
-          f"{os.path.join(output_dir, 'valid_loss_vs_flops.png')}")
+          f"{', '.join(os.path.join(output_dir, name) for name in report.PLOTS)}")
     return status
 
 

@@ -161,23 +161,5 @@ class Reproduction:
         return [read_json(self.result_path(arm)) for arm in self.arms if self.is_done(arm)]
 
     def write_report(self) -> str:
-        """results.json holds every run; the tables and plots compare each arm at its best
-        learning rate (with the sweep's own table when some arm ran at several)."""
-        every_run = self.results()
-        write_json(os.path.join(self.setup.output_dir, "results.json"), every_run)
-        results = report.at_best_rates(every_run)
-        with open(os.path.join(self.setup.output_dir, "table.md"), "w",
-                  encoding="utf-8") as handle:
-            handle.write(report.markdown_table(results) + "\n\n")
-            sweep = report.learning_rate_table(every_run)
-            if sweep:
-                handle.write("Final validation loss at each peak learning rate (the tables "
-                             "use each arm's best, in bold):\n\n" + sweep + "\n\n")
-            handle.write(report.claims_table(results) + "\n")
-            gaps = report.gap_table(results)
-            if gaps:
-                handle.write("\nValidation loss of vanilla minus each arm's during training "
-                             "(positive = better than vanilla; seeds averaged):\n\n" + gaps
-                             + "\n")
-        report.plot_curves(results, self.setup.output_dir)
-        return report.plain_table(results) + "\n\n" + report.claims_table(results)
+        """table.md, results.json and the plots from every finished arm (report.write_report)."""
+        return report.write_report(self.setup.output_dir, self.results())

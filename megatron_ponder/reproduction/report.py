@@ -3,11 +3,16 @@ training tokens and against training FLOPs)."""
 
 import math
 import os
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from megatron_ponder.reproduction.runner import write_json
 
 COLUMNS = ("arm", "lr", "parameters", "training tokens", "training FLOPs",
            "inference FLOPs/token", "wall time", "valid loss", "valid ppl", "held-out loss",
            "held-out ppl")
+
+
+PLOTS = ("valid_loss_vs_tokens.png", "valid_loss_vs_flops.png", "gap_vs_tokens.png")
 
 
 def _si(value: float) -> str:
@@ -136,73 +141,225 @@ CLAIMS = (
     ("two thoughts beat one", "ponderlm2-k2", "ponderlm2-k1"),
     ("continued: PonderLM-2 beats continuing vanilla", "ponderlm2-k1-continued",
      "vanilla-continued"),
-    ("cheaper: last 2 passes' gradients only", "ponderlm2-k1-grad2", "ponderlm2-k1"),
-    ("cheaper: first half as K=0", "ponderlm2-k1-warmup", "ponderlm2-k1"),
 )
-SEED_PAIRS = (("vanilla", "vanilla-seed2"), ("ponderlm2-k1", "ponderlm2-k1-seed2"))
+SECOND_SEED_SUFFIX = "-seed2"
+# The cheaper ways to train K=1 (label, arm), each set against full K=1 by cheaper_table.
+CHEAPER = (("last 2 passes' gradients", "ponderlm2-k1-grad2"),
+           ("first half as K=0", "ponderlm2-k1-warmup"),
+           ("both", "ponderlm2-k1-grad2-warmup"))
+
+
+def _by_arm(results: Sequence[dict]) -> dict:
+    return {result["arm"]: result for result in results}
+
+
+def seeds_of(by_arm: dict, arm: str) -> List[dict]:
+    """The finished runs of ``arm`` over its seeds: the arm and its second seed."""
+    return [by_arm[name] for name in (arm, arm + SECOND_SEED_SUFFIX) if name in by_arm]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _spread(runs: Sequence[dict]) -> Optional[float]:
+    return abs(runs[0]["valid_loss"] - runs[1]["valid_loss"]) if len(runs) > 1 else None
 
 
 def seed_spread(results: Sequence[dict]) -> Optional[float]:
     """The largest final validation loss difference between two seeds of the same arm."""
-    by_arm = {result["arm"]: result for result in results}
-    spreads = [abs(by_arm[a]["valid_loss"] - by_arm[b]["valid_loss"])
-               for a, b in SEED_PAIRS if a in by_arm and b in by_arm]
+    by_arm = _by_arm(results)
+    spreads = [_spread(seeds_of(by_arm, arm)) for arm in by_arm
+               if not arm.endswith(SECOND_SEED_SUFFIX)]
+    spreads = [spread for spread in spreads if spread is not None]
     return max(spreads) if spreads else None
 
 
 def claims_table(results: Sequence[dict]) -> str:
     """Markdown: per claim, the loss gain (compared arm minus arm, positive = the arm is
-    better), the held-out gain, the training-FLOPs ratio, and whether the gain exceeds twice the
-    seed-to-seed spread."""
-    by_arm = {result["arm"]: result for result in results}
-    spread = seed_spread(results)
-    lines = ["| claim | arm vs compared | valid loss gain | held-out gain | training FLOPs "
-             "ratio | beyond 2x seed spread |", "|---|---|---|---|---|---|"]
+    better; each side the mean over its seeds), the held-out gain, the training-FLOPs ratio, the
+    seed spread it is judged against (the larger of the two arms' own, else the largest measured)
+    and whether the gain exceeds twice that spread."""
+    by_arm = _by_arm(results)
+    largest = seed_spread(results)
+    lines = ["| claim | arm vs compared | seeds | valid loss gain | held-out gain | training "
+             "FLOPs ratio | seed spread | beyond 2x seed spread |",
+             "|---|---|---|---|---|---|---|---|"]
     for claim, arm, other in CLAIMS:
-        if arm not in by_arm or other not in by_arm:
+        mine, theirs = seeds_of(by_arm, arm), seeds_of(by_arm, other)
+        if not mine or not theirs:
             continue
-        mine, theirs = by_arm[arm], by_arm[other]
-        gain = theirs["valid_loss"] - mine["valid_loss"]
-        held_out = ("-" if mine.get("heldout_loss") is None or theirs.get("heldout_loss") is None
-                    else f"{theirs['heldout_loss'] - mine['heldout_loss']:+.4f}")
+        gain = (_mean([run["valid_loss"] for run in theirs])
+                - _mean([run["valid_loss"] for run in mine]))
+        held_out = "-"
+        if all(run.get("heldout_loss") is not None for run in mine + theirs):
+            held_out_gain = (_mean([run["heldout_loss"] for run in theirs])
+                             - _mean([run["heldout_loss"] for run in mine]))
+            held_out = f"{held_out_gain:+.4f}"
+        own = [spread for spread in (_spread(mine), _spread(theirs)) if spread is not None]
+        spread = max(own) if own else largest
         verdict = "-" if spread is None else ("yes" if abs(gain) > 2 * spread else "no")
-        lines.append(f"| {claim} | {arm} vs {other} | {gain:+.4f} | {held_out} | "
-                     f"{mine['training_flops'] / theirs['training_flops']:.2f}x | {verdict} |")
-    if spread is not None:
-        lines.append(f"\nSeed-to-seed spread (largest of vanilla and PonderLM-2 K=1): "
-                     f"{spread:.4f} nats.")
+        flops = (_mean([run["training_flops"] for run in mine])
+                 / _mean([run["training_flops"] for run in theirs]))
+        lines.append(f"| {claim} | {arm} vs {other} | {len(mine)} vs {len(theirs)} | "
+                     f"{gain:+.4f} | {held_out} | {flops:.2f}x | "
+                     f"{'-' if spread is None else f'{spread:.4f}'} | {verdict} |")
     return "\n".join(lines)
 
 
-GAP_ROWS = (("PonderLM-2 K=1", ("ponderlm2-k1", "ponderlm2-k1-seed2")),
-            ("vanilla 2x depth", ("vanilla-2x-depth",)),
-            ("Loop K=1", ("loop-k1",)))
+def cheaper_table(results: Sequence[dict]) -> str:
+    """Markdown: full K=1 and each cheaper way to train it, with its final losses, its gain over
+    vanilla, the share of full K=1's gain that it keeps and its training FLOPs against full K=1.
+    All from the first seed (the cheaper arms' one), so every run shares initialization and data
+    order. Empty without vanilla and full K=1."""
+    by_arm = _by_arm(results)
+    if "vanilla" not in by_arm or "ponderlm2-k1" not in by_arm:
+        return ""
+    vanilla, full = by_arm["vanilla"], by_arm["ponderlm2-k1"]
+    full_gain = vanilla["valid_loss"] - full["valid_loss"]
+    lines = ["| training | arm | valid loss | gain over vanilla | share of K=1's gain kept | "
+             "held-out gain over vanilla | training FLOPs vs full K=1 |",
+             "|---|---|---|---|---|---|---|"]
+    for label, arm in (("full K=1", "ponderlm2-k1"),) + CHEAPER:
+        if arm not in by_arm:
+            continue
+        run = by_arm[arm]
+        gain = vanilla["valid_loss"] - run["valid_loss"]
+        share = f"{gain / full_gain:.0%}" if full_gain > 0 else "- (no gain)"
+        held_out = ("-" if run.get("heldout_loss") is None or vanilla.get("heldout_loss") is None
+                    else f"{vanilla['heldout_loss'] - run['heldout_loss']:+.4f}")
+        lines.append(f"| {label} | {arm} | {run['valid_loss']:.4f} | {gain:+.4f} | {share} | "
+                     f"{held_out} | {run['training_flops'] / full['training_flops']:.2f}x |")
+    return "\n".join(lines)
+
+
+GAP_ROWS = (("PonderLM-2 K=1", "ponderlm2-k1"),
+            ("vanilla 2x depth", "vanilla-2x-depth"),
+            ("Loop K=1", "loop-k1"),
+            ("K=1, last 2 passes' gradients", "ponderlm2-k1-grad2"),
+            ("K=1, first half as K=0", "ponderlm2-k1-warmup"),
+            ("K=1, both cheaper ways", "ponderlm2-k1-grad2-warmup"))
+
+
+def _curve(run: dict, key: str) -> Dict[float, float]:
+    return {point[key]: point["loss"] for point in run.get("curve") or []}
+
+
+def gap_points(results: Sequence[dict], arm: str, key: str = "iteration"
+               ) -> List[Tuple[float, float, float, float]]:
+    """(x, gap, lowest, highest) at every evaluation after the first that vanilla's and the
+    arm's seeds share: gap is vanilla's mean in-training validation loss minus the arm's (positive
+    = the arm is better), lowest/highest the extremes of that difference over every pairing of a
+    vanilla seed with an arm seed (the seed spread). Empty without vanilla or the arm."""
+    by_arm = _by_arm(results)
+    vanilla = [_curve(run, key) for run in seeds_of(by_arm, "vanilla")]
+    mine = [_curve(run, key) for run in seeds_of(by_arm, arm)]
+    if not vanilla or not mine:
+        return []
+    shared = sorted(set.intersection(*(set(curve) for curve in vanilla + mine)) - {0, 0.0})
+    points = []
+    for x in shared:
+        pairs = [v[x] - a[x] for v in vanilla for a in mine]
+        points.append((x, _mean([v[x] for v in vanilla]) - _mean([a[x] for a in mine]),
+                       min(pairs), max(pairs)))
+    return points
 
 
 def gap_table(results: Sequence[dict]) -> str:
     """Markdown: the in-training validation loss of vanilla minus that of each arm, at every
-    evaluation of the recipe's iterations (positive = better than vanilla); arms with two seeds
-    (and vanilla) are the mean over their seeds. Empty without vanilla."""
-    by_arm = {result["arm"]: result for result in results}
-
-    def mean_curve(names):
-        curves = [{point["iteration"]: point["loss"] for point in by_arm[name]["curve"]}
-                  for name in names if name in by_arm]
-        if not curves:
-            return {}
-        shared = set.intersection(*(set(curve) for curve in curves))
-        return {it: sum(curve[it] for curve in curves) / len(curves) for it in shared}
-
-    vanilla = mean_curve(("vanilla", "vanilla-seed2"))
+    evaluation of the recipe's iterations (positive = better than vanilla); vanilla and arms
+    with two seeds are the mean over their seeds. Empty without vanilla."""
+    rows = [(label, {x: gap for x, gap, _, _ in gap_points(results, arm)})
+            for label, arm in GAP_ROWS]
+    vanilla = {point["iteration"] for run in seeds_of(_by_arm(results), "vanilla")
+               for point in run.get("curve") or []}
     iterations = sorted(it for it in vanilla if it > 0)
     if not iterations:
         return ""
     lines = ["| iteration | " + " | ".join(map(str, iterations)) + " |",
              "|---|" + "---|" * len(iterations)]
-    for label, names in GAP_ROWS:
-        curve = mean_curve(names)
-        if curve:
+    for label, gaps in rows:
+        if gaps:
             lines.append(f"| {label} | " + " | ".join(
-                f"{vanilla[it] - curve[it]:+.3f}" if it in curve else "-" for it in iterations)
-                + " |")
+                f"{gaps[it]:+.3f}" if it in gaps else "-" for it in iterations) + " |")
     return "\n".join(lines)
+
+
+# (label, arm, share of training before which the arm is not drawn): the K=0 warm-up arms train
+# without thoughts for the first half (recipes.py) while their in-training validation already
+# scores them with K=1, which measures nothing they have learned.
+GAP_PLOT_ARMS = (("vanilla 2x depth", "vanilla-2x-depth", 0.0),
+                 ("PonderLM-2 K=1", "ponderlm2-k1", 0.0),
+                 ("K=1, last 2 passes' gradients", "ponderlm2-k1-grad2", 0.0),
+                 ("K=1, both cheaper ways (after its K=0 half)", "ponderlm2-k1-grad2-warmup",
+                  0.5))
+
+
+def plot_gap(results_by_scale: Sequence[Tuple[str, Sequence[dict]]], path: str) -> Optional[str]:
+    """One plot of the gap to vanilla against training tokens for 2x depth, K=1 and its cheaper
+    variants at every scale given (a line style per scale): the mean over seeds, with the seed
+    spread shaded. Returns the path, or None when no scale has vanilla and one of the arms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    drawn = False
+    for scale_index, (scale, results) in enumerate(results_by_scale):
+        style = ("-", "--", ":", "-.")[scale_index % 4]
+        for arm_index, (label, arm, hidden_share) in enumerate(GAP_PLOT_ARMS):
+            points = gap_points(results, arm, key="tokens")
+            if not points:
+                continue
+            end = _by_arm(results)[arm]["training_tokens"]
+            points = [point for point in points if point[0] > hidden_share * end]
+            xs, gaps, lows, highs = zip(*points)
+            color = f"C{arm_index}"
+            ax.plot(xs, gaps, style, marker="o", markersize=2.5, color=color, linewidth=1.3,
+                    label=f"{label} ({scale})")
+            ax.fill_between(xs, lows, highs, color=color, alpha=0.12, linewidth=0)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("vanilla's validation loss minus the arm's (nats)")
+    ax.set_title("Gain over vanilla during training (mean of seeds; shaded: seed spread)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(output_dir: str, every_run: Sequence[dict],
+                 other_scales: Sequence[Tuple[str, Sequence[dict]]] = ()) -> str:
+    """table.md, results.json and the plots in ``output_dir`` from ``every_run`` (each arm at its
+    best learning rate, with the sweep's own table when some arm ran at several); the gap plot
+    also draws ``other_scales`` ((name, runs) of other recipes). Returns the plain-text table."""
+    write_json(os.path.join(output_dir, "results.json"), list(every_run))
+    results = at_best_rates(every_run)
+    sections = [markdown_table(results)]
+    sweep = learning_rate_table(every_run)
+    if sweep:
+        sections.append("Final validation loss at each peak learning rate (the tables use each "
+                        "arm's best, in bold):\n\n" + sweep)
+    sections.append(claims_table(results))
+    cheaper = cheaper_table(results)
+    if cheaper:
+        sections.append("Cheaper K=1 training (first seed):\n\n" + cheaper)
+    gaps = gap_table(results)
+    if gaps:
+        sections.append("Validation loss of vanilla minus each arm's during training "
+                        "(positive = better than vanilla; seeds averaged):\n\n" + gaps)
+    with open(os.path.join(output_dir, "table.md"), "w", encoding="utf-8") as handle:
+        handle.write("\n\n".join(sections) + "\n")
+    plot_curves(results, output_dir)
+    scale = os.path.basename(os.path.normpath(output_dir))
+    plot_gap([(scale, results)] + [(name, at_best_rates(runs)) for name, runs in other_scales],
+             os.path.join(output_dir, "gap_vs_tokens.png"))
+    return plain_table(results) + "\n\n" + claims_table(results)

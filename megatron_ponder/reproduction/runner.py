@@ -61,6 +61,20 @@ def write_json(path: str, value) -> None:
     os.replace(partial, path)
 
 
+def finished_runs(output_dir: str, arm_order: Sequence[str] = ()) -> List[dict]:
+    """The result.json of every finished arm under ``output_dir``: arms whose family is in
+    ``arm_order`` first, in that order (rates ascending), then the others by name."""
+    runs = [read_json(os.path.join(output_dir, name, "result.json"))
+            for name in sorted(os.listdir(output_dir))
+            if os.path.isfile(os.path.join(output_dir, name, "result.json"))]
+    rank = {name: index for index, name in enumerate(arm_order)}
+
+    def key(run: dict):
+        family = run.get("family", run["arm"])
+        return (rank.get(family, len(rank)), family, run.get("lr", 0.0))
+    return sorted(runs, key=key)
+
+
 def checkpointed_iteration(checkpoint_dir: str) -> Optional[int]:
     """The iteration of the latest complete checkpoint in ``checkpoint_dir``, or None."""
     return read_latest_iteration(checkpoint_dir)

@@ -192,37 +192,122 @@ def test_each_arm_is_compared_at_its_best_learning_rate():
     assert learning_rate_table(best) is None  # one rate per arm: no sweep to show
 
 
-def test_claims_table_states_gains_against_the_seed_spread():
+def test_claims_table_compares_seed_means_against_the_seed_spread():
     from megatron_ponder.reproduction.report import claims_table, seed_spread
 
     def row(arm, loss, flops=1.0):
         return dict(arm=arm, valid_loss=loss, heldout_loss=loss + 1, training_flops=flops)
 
-    results = [row("vanilla", 4.60), row("vanilla-seed2", 4.61), row("vanilla-2x-depth", 4.50),
-               row("ponderlm2-k1", 4.59, 8.0), row("ponderlm2-k1-seed2", 4.58, 8.0)]
-    assert seed_spread(results) == pytest.approx(0.01)
+    results = [row("vanilla", 4.60), row("vanilla-seed2", 4.62), row("vanilla-2x-depth", 4.50),
+               row("ponderlm2-k1", 4.59, 8.0), row("ponderlm2-k1-seed2", 4.55, 8.0),
+               row("loop-k1", 4.40, 2.0)]
+    assert seed_spread(results) == pytest.approx(0.04)
     lines = claims_table(results).splitlines()
+    # means: vanilla 4.61, K=1 4.57; judged against the larger of the two arms' own spreads
     assert lines[2] == ("| one thought beats vanilla of the same size | ponderlm2-k1 vs vanilla "
-                        "| +0.0100 | +0.0100 | 8.00x | no |")
-    assert lines[3].endswith("| -0.0900 | -0.0900 | 8.00x | yes |")
-    assert any(line.startswith("| 2x depth beats vanilla") and "+0.1000" in line
+                        "| 2 vs 2 | +0.0400 | +0.0400 | 8.00x | 0.0400 | no |")
+    assert lines[3] == ("| one thought beats 2x depth (equal inference FLOPs) | ponderlm2-k1 vs "
+                        "vanilla-2x-depth | 2 vs 1 | -0.0700 | -0.0700 | 8.00x | 0.0400 | no |")
+    assert lines[4].endswith("| 2 vs 1 | -0.1700 | -0.1700 | 4.00x | 0.0400 | yes |")
+    assert any(line.startswith("| 2x depth beats vanilla") and "+0.1100" in line
                for line in lines)
     assert not any("Pause" in line for line in lines)  # arms that did not run are left out
 
 
+def test_cheaper_table_reports_the_share_of_the_gain_kept_on_the_first_seed():
+    from megatron_ponder.reproduction.report import cheaper_table
+
+    def row(arm, loss, flops):
+        return dict(arm=arm, valid_loss=loss, heldout_loss=None, training_flops=flops)
+
+    results = [row("vanilla", 4.00, 1.0), row("vanilla-seed2", 3.00, 1.0),
+               row("ponderlm2-k1", 3.90, 8.0), row("ponderlm2-k1-grad2", 3.95, 4.0),
+               row("ponderlm2-k1-grad2-warmup", 4.02, 2.0)]
+    lines = cheaper_table(results).splitlines()
+    assert lines[2] == "| full K=1 | ponderlm2-k1 | 3.9000 | +0.1000 | 100% | - | 1.00x |"
+    assert lines[3] == ("| last 2 passes' gradients | ponderlm2-k1-grad2 | 3.9500 | +0.0500 | 50% "
+                        "| - | 0.50x |")
+    assert lines[4] == "| both | ponderlm2-k1-grad2-warmup | 4.0200 | -0.0200 | -20% | - | 0.25x |"
+    assert len(lines) == 5  # the warm-up alone did not run
+    no_gain = [row("vanilla", 3.8, 1.0), row("ponderlm2-k1", 3.9, 8.0)]
+    assert "- (no gain)" in cheaper_table(no_gain)
+    assert cheaper_table([row("vanilla", 3.8, 1.0)]) == ""
+
+
+def _curve_row(arm, losses, tokens_per_iteration=100):
+    return dict(arm=arm, training_tokens=tokens_per_iteration * 10 * (len(losses) - 1),
+                curve=[dict(iteration=i * 10, tokens=i * 10 * tokens_per_iteration,
+                            flops=i * 1e9, loss=loss) for i, loss in enumerate(losses)])
+
+
 def test_gap_table_subtracts_each_arm_from_the_mean_vanilla_curve():
-    from megatron_ponder.reproduction.report import gap_table
+    from megatron_ponder.reproduction.report import gap_points, gap_table
 
-    def row(arm, losses):
-        return dict(arm=arm, curve=[dict(iteration=i * 10, loss=loss)
-                                    for i, loss in enumerate(losses)])
-
-    results = [row("vanilla", [7.0, 5.0, 4.0]), row("vanilla-seed2", [7.0, 5.2, 4.2]),
-               row("ponderlm2-k1", [7.0, 5.3, 4.0]), row("ponderlm2-k1-seed2", [7.0, 5.1, 4.0]),
-               row("loop-k1", [7.0, 4.9])]
+    results = [_curve_row("vanilla", [7.0, 5.0, 4.0]), _curve_row("vanilla-seed2", [7.0, 5.2, 4.2]),
+               _curve_row("ponderlm2-k1", [7.0, 5.3, 4.0]),
+               _curve_row("ponderlm2-k1-seed2", [7.0, 5.1, 4.0]),
+               _curve_row("loop-k1", [7.0, 4.9])]
     lines = gap_table(results).splitlines()
     assert lines[0] == "| iteration | 10 | 20 |"
     assert lines[2] == "| PonderLM-2 K=1 | -0.100 | +0.100 |"
     assert lines[3] == "| Loop K=1 | +0.200 | - |"
     assert len(lines) == 4  # no 2x-depth arm ran
-    assert gap_table([row("loop-k1", [7.0, 4.9])]) == ""
+    assert gap_table([_curve_row("loop-k1", [7.0, 4.9])]) == ""
+    # the spread: every pairing of a vanilla seed with a K=1 seed
+    (x1, gap1, low1, high1), (x2, gap2, low2, high2) = gap_points(results, "ponderlm2-k1",
+                                                                    key="tokens")
+    assert (x1, x2) == (1000, 2000)
+    assert (gap1, low1, high1) == pytest.approx((-0.1, -0.3, 0.1))
+    assert (gap2, low2, high2) == pytest.approx((0.1, 0.0, 0.2))
+
+
+def test_gap_plot_draws_every_scale_and_needs_vanilla(tmp_path):
+    from megatron_ponder.reproduction.report import plot_gap
+
+    long = [_curve_row("vanilla", [7.0, 5.0, 4.0, 3.8]),
+            _curve_row("ponderlm2-k1", [7.0, 5.3, 4.0, 3.7]),
+            _curve_row("ponderlm2-k1-grad2-warmup", [7.0, 6.0, 4.1, 3.75])]
+    small = [_curve_row("vanilla", [7.0, 5.0]), _curve_row("vanilla-2x-depth", [7.0, 4.9])]
+    path = plot_gap([("long", long), ("small", small)], str(tmp_path / "gap.png"))
+    assert os.path.getsize(path) > 1000
+    assert plot_gap([("small", small[1:])], str(tmp_path / "none.png")) is None
+    assert not os.path.exists(tmp_path / "none.png")
+
+
+def test_report_only_rewrites_the_report_from_finished_runs(tmp_path, capsys):
+    import json
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "reproduce_tool", os.path.join(os.path.dirname(__file__), "..", "..", "tools",
+                                       "reproduce.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def finish(directory, arm, family, lr, loss):
+        os.makedirs(directory / arm)
+        run = dict(_curve_row(arm, [7.0, 5.0, loss]), family=family, lr=lr, parameters=1e6,
+                   training_flops=1e12, inference_flops_per_token=1e6, train_seconds=60.0,
+                   valid_loss=loss, heldout_loss=None)
+        (directory / arm / "result.json").write_text(json.dumps(run))
+
+    long, small = tmp_path / "long", tmp_path / "small"
+    finish(long, "ponderlm2-k1-lr0.004", "ponderlm2-k1", 0.004, 3.9)
+    finish(long, "vanilla-lr0.008", "vanilla", 0.008, 4.0)
+    finish(long, "vanilla", "vanilla", 0.002, 4.1)
+    os.makedirs(long / "unfinished-arm")
+    finish(small, "vanilla", "vanilla", 0.002, 4.5)
+    finish(small, "ponderlm2-k1", "ponderlm2-k1", 0.002, 4.4)
+    assert tool.main(["--scale", "long", "--output-dir", str(long), "--report-only",
+                      "--gap-plot-with", str(small)]) == 0
+    table = (long / "table.md").read_text()
+    assert table.splitlines()[2].startswith("| vanilla | 0.008 |")  # recipe order, best rate
+    assert "| vanilla | **4.0000** | - |" not in table and "| vanilla | 4.1000 | **4.0000** |" \
+        in table
+    assert [run["arm"] for run in json.loads((long / "results.json").read_text())] == [
+        "vanilla", "vanilla-lr0.008", "ponderlm2-k1-lr0.004"]
+    assert all(os.path.getsize(long / name) > 1000 for name in
+               ("valid_loss_vs_tokens.png", "valid_loss_vs_flops.png", "gap_vs_tokens.png"))
+    assert tool.main(["--output-dir", str(tmp_path / "empty"), "--report-only"]) == 2
+    assert "no finished run" in capsys.readouterr().err
+    assert tool.main(["--output-dir", str(long), "--gap-plot-with", str(small)]) == 2

@@ -60,8 +60,7 @@ def gpt_dataset_config(config: DataConfig, tokenizer: TextTokenizer):
     """megatron-core's GPTDatasetConfig for ``config`` (checks that every prefix exists)."""
     from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
 
-    check_data_files(config)
-    blends = data_blends(config)
+    blends = check_data_files(config)
     blend = blends["--data-path"]
     blend_per_split = None
     if blends["--train-data-path"] is not None:
@@ -178,15 +177,17 @@ def data_blends(config: DataConfig) -> Dict[str, Optional[Blend]]:
             for flag in ("--data-path",) + _PER_SPLIT_FLAGS}
 
 
-def check_data_files(config: DataConfig) -> None:
-    """DataConfigError (one line) unless every dataset named by ``config`` has a readable
-    ``.idx`` and a ``.bin`` of the size that index describes. Cheap (headers and sizes only),
-    so it runs before any process group or model is built."""
-    if config.mock_data:
-        return
-    for flag, blend in data_blends(config).items():
-        if blend is not None:
-            _check_prefixes_exist(blend[0], flag)
+def check_data_files(config: DataConfig) -> Dict[str, Optional[Blend]]:
+    """``data_blends(config)``, after checking that every dataset they name has a readable
+    ``.idx`` and a ``.bin`` of the size that index describes (else a one-line
+    DataConfigError). Cheap (headers and sizes only), so it runs before any process group or
+    model is built, and again where the datasets are built."""
+    blends = data_blends(config)
+    if not config.mock_data:
+        for flag, blend in blends.items():
+            if blend is not None:
+                _check_prefixes_exist(blend[0], flag)
+    return blends
 
 
 # The Megatron index format (megatron-core's IndexedDataset): magic, version, dtype code,

@@ -15,10 +15,12 @@ def arm_config(flags: List[str]) -> PretrainConfig:
     (--make-vocab-size-divisible-by at TP=1)."""
     from dataclasses import replace
 
-    from megatron_ponder.training.resolve import padded_vocab_size
+    from megatron_ponder.tokenizer import build_tokenizer
 
     config = parse_args(list(flags))
-    config.model = replace(config.model, vocab_size=padded_vocab_size(config.tokenizer, 1))
+    tokenizer = build_tokenizer(config.tokenizer.spec())
+    config.model = replace(config.model,
+                           vocab_size=config.tokenizer.padded_vocab_size(tokenizer, 1))
     return config
 
 

@@ -5,12 +5,16 @@ saying what to change, and every derived value is filled in one place.
 documented with the flags (global batch size, --train-iters from --train-samples, --min-lr,
 the padded vocabulary); the one setting it changes that a user gave, --sequence-parallel at
 tensor-parallel size 1, it states through ``note`` (Megatron-LM turns it off there too).
+``resolve_run`` also hands over what resolving computed on the way, so that a run computes it
+once: the ``ParallelLayout`` (data-parallel size, micro-batches per step, padded vocabulary)
+and the tokenizer it built to learn the vocabulary size.
 """
 
 import copy
 import importlib.util
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -20,13 +24,44 @@ from megatron_ponder.checkpoint.layout import TRACKER_FILE, checkpoint_dir, \
 from megatron_ponder.data.config import DataConfigError
 from megatron_ponder.data.datasets import check_data_files
 from megatron_ponder.flags import freeze
-from megatron_ponder.tokenizer import NULL_TOKENIZER, TIKTOKENIZER, TokenizerError, \
-    build_tokenizer, check_tokenizer_flags
-from megatron_ponder.training.config import PretrainConfig, TokenizerConfig
+from megatron_ponder.tokenizer import NULL_TOKENIZER, TIKTOKENIZER, TextTokenizer, \
+    TokenizerError, build_tokenizer, check_tokenizer_flags
+from megatron_ponder.training.config import PretrainConfig
 
 
 class ConfigError(ValueError):
     """An inconsistent combination of flags; the message names the flags to change."""
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """How a run's processes divide the work, and the sizes that follow from it: derived once,
+    by ``resolve_run``, and read everywhere else."""
+
+    world_size: int
+    tensor_parallel: int
+    pipeline_parallel: int
+    data_parallel: int
+    """world size / (tensor x pipeline parallel): the model replicas, each fed its own
+    micro-batches."""
+    micro_batches: int
+    """Micro-batches per step on each data-parallel rank at the full --global-batch-size. Every
+    step's count without --rampup-batch-size; with it, megatron-core's calculator gives each
+    step's count (``Trainer.num_microbatches``), which reaches this one when the ramp-up ends."""
+    padded_vocab_size: int
+    """Rows of the embedding and output layers (also ``config.model.vocab_size``): the
+    tokenizer's vocabulary padded to a multiple of --make-vocab-size-divisible-by x the
+    tensor-parallel size."""
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """``resolve_run``'s result: the frozen configuration and what resolving it built."""
+
+    config: PretrainConfig
+    layout: ParallelLayout
+    tokenizer: TextTokenizer
+    """The tokenizer built to learn the vocabulary size; the run uses this one."""
 
 
 def batch_size_calculator(train, data_parallel_size: int, rank: int = 0):
@@ -150,21 +185,21 @@ def _checkpoint_problem(ckpt) -> Optional[str]:
     return None
 
 
-def padded_vocab_size(tokenizer: TokenizerConfig, tensor_model_parallel_size: int) -> int:
-    """Rows of the embedding and output layers: the tokenizer's vocabulary padded to a multiple
-    of --make-vocab-size-divisible-by x the tensor-parallel size (builds the tokenizer)."""
-    return build_tokenizer(tokenizer.spec()).padded_vocab_size(
-        tensor_model_parallel_size=tensor_model_parallel_size,
-        make_vocab_size_divisible_by=tokenizer.make_vocab_size_divisible_by)
-
-
 def resolve_config(config: PretrainConfig, world_size: int,
                    note: Optional[Callable[[str], None]] = None) -> PretrainConfig:
-    """The run's configuration resolved for ``world_size`` processes and frozen; ``config``
-    itself is left as it is. Checks what needs the whole config (each dataclass already
-    checked its own fields) and reads dataset headers and the tokenizer, so that missing
-    files show up before any process group or model exists. A ConfigError lists every
-    problem, on one line. ``note`` (default: a warning) hears each setting that was changed."""
+    """The run's configuration resolved for ``world_size`` processes and frozen (see
+    ``resolve_run``)."""
+    return resolve_run(config, world_size, note).config
+
+
+def resolve_run(config: PretrainConfig, world_size: int,
+                note: Optional[Callable[[str], None]] = None) -> ResolvedRun:
+    """The run's configuration resolved for ``world_size`` processes and frozen, its layout and
+    its tokenizer; ``config`` itself is left as it is. Checks what needs the whole config (each
+    dataclass already checked its own fields) and reads dataset headers and the tokenizer, so
+    that missing files show up before any process group or model exists. A ConfigError lists
+    every problem, on one line. ``note`` (default: a warning) hears each setting that was
+    changed."""
     config = copy.deepcopy(config)
     note = note or (lambda message: warnings.warn(message, stacklevel=3))
     model, parallel, train = config.model, config.parallel, config.train
@@ -241,16 +276,16 @@ def resolve_config(config: PretrainConfig, world_size: int,
          f"--global-batch-size {train.global_batch_size} is not divisible by --micro-batch-size "
          f"x data-parallel size = {train.micro_batch_size} x {dp}; pick a multiple of "
          f"{train.micro_batch_size * dp}")
+    micro_batches = train.global_batch_size // max(train.micro_batch_size * dp, 1)
     if pp > 1 and train.micro_batch_size >= 1:
         # megatron's interleaved schedule (one virtual chunk per pass) runs micro-batches in
         # groups of PP; a partial group would stall the pipeline, and megatron refuses it.
-        num_microbatches = train.global_batch_size // (train.micro_batch_size * dp)
-        need(num_microbatches % pp == 0,
+        need(micro_batches % pp == 0,
              f"the number of micro-batches per step, --global-batch-size "
              f"{train.global_batch_size} / (--micro-batch-size {train.micro_batch_size} x "
-             f"data-parallel size {dp}) = {num_microbatches}, must be a multiple of "
+             f"data-parallel size {dp}) = {micro_batches}, must be a multiple of "
              f"--pipeline-model-parallel-size {pp}; use --global-batch-size "
-             f"{train.micro_batch_size * dp * pp * max(1, -(-num_microbatches // pp))}")
+             f"{train.micro_batch_size * dp * pp * max(1, -(-micro_batches // pp))}")
 
     optim = config.optim
     if optim.min_lr is None:
@@ -323,9 +358,13 @@ def resolve_config(config: PretrainConfig, world_size: int,
             errors.append(problem)
     if not errors:
         try:
-            model.vocab_size = padded_vocab_size(tokenizer, tp)
+            built = build_tokenizer(tokenizer.spec())
+            model.vocab_size = tokenizer.padded_vocab_size(built, tp)
         except (TokenizerError, OSError) as error:
             errors.append(f"tokenizer: {error}")
     if errors:  # one line, however many problems: it is what pretrain_ponder.py prints
         raise ConfigError("invalid configuration: " + "; ".join(errors))
-    return freeze(config)
+    layout = ParallelLayout(world_size=world_size, tensor_parallel=tp, pipeline_parallel=pp,
+                            data_parallel=dp, micro_batches=micro_batches,
+                            padded_vocab_size=model.vocab_size)
+    return ResolvedRun(freeze(config), layout, built)

@@ -26,9 +26,10 @@ class PonderForwardStep:
     here.
     """
 
-    def __init__(self, ponder: PonderConfig, seed: int):
+    def __init__(self, ponder: PonderConfig, seed: int, data_parallel_size: int):
         self.ponder = ponder
         self.seed = seed
+        self.data_parallel_size = data_parallel_size
         self.iteration = 0
         self.training = True
         self.microbatch = 0
@@ -46,8 +47,8 @@ class PonderForwardStep:
         choices = self.ponder.random_jacobi_iterations
         if not self.training or not choices:
             return self.ponder.jacobi_iterations
-        dp_size = parallel_state.get_data_parallel_world_size()
-        global_index = microbatch * dp_size + parallel_state.get_data_parallel_rank()
+        global_index = (microbatch * self.data_parallel_size
+                        + parallel_state.get_data_parallel_rank())
         return draw_jacobi_iterations(choices, self.seed, self.iteration, global_index)
 
     @staticmethod

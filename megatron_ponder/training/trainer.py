@@ -30,7 +30,6 @@ from megatron_ponder.devices import default_device
 from megatron_ponder.errors import FatalRunError
 from megatron_ponder.log import get_logger
 from megatron_ponder.model.build import build_model
-from megatron_ponder.tokenizer import build_tokenizer
 from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_ponder.training.config import PretrainConfig, TrainConfig
 from megatron_ponder.training.exit import ExitPolicy
@@ -40,7 +39,8 @@ from megatron_ponder.training.logger import TrainingLogger, WandbSettings
 from megatron_ponder.training.numerical_faults import NumericalFaultPolicy, find_non_finite
 from megatron_ponder.training.profiling import StepProfiler
 from megatron_ponder.training.step import PonderForwardStep, reduce_reported_loss
-from megatron_ponder.training.resolve import batch_size_calculator, resolve_config
+from megatron_ponder.training.resolve import ParallelLayout, ResolvedRun, \
+    batch_size_calculator, resolve_run
 
 
 @dataclass
@@ -73,28 +73,36 @@ logger = get_logger(__name__)
 
 
 class Trainer:
-    """Owns the objects of one run; ``pretrain`` below is the entry point."""
+    """Owns the objects of one run, built from a resolved one (``training_session`` below
+    resolves, starts megatron-core and builds it; ``pretrain`` is the entry point)."""
 
-    def __init__(self, config: PretrainConfig, start_time: Optional[float] = None):
+    def __init__(self, run: ResolvedRun, start_time: Optional[float] = None):
         from megatron.core import parallel_state
 
-        self.config = config
+        config, layout = run.config, run.layout
+        self.config, self.layout, self.tokenizer = config, layout, run.tokenizer
+        if layout.data_parallel != parallel_state.get_data_parallel_world_size():
+            raise RuntimeError(
+                f"the run was resolved for {layout.world_size} processes (data-parallel size "
+                f"{layout.data_parallel}), but megatron-core's data-parallel size is "
+                f"{parallel_state.get_data_parallel_world_size()}: resolve it for the world "
+                f"that runs it")
         self.start_time = time.time() if start_time is None else start_time
         train = config.train
-        self.tokenizer = build_tokenizer(config.tokenizer.spec())
-        self.dp_size = parallel_state.get_data_parallel_world_size()
-        self.num_microbatches = train.global_batch_size // (train.micro_batch_size * self.dp_size)
-        self.batch_sizes = batch_size_calculator(train, self.dp_size, dist.get_rank())
+        self.num_microbatches = layout.micro_batches
+        """This step's micro-batches per data-parallel rank (megatron-core's calculator's
+        count during --rampup-batch-size)."""
+        self.batch_sizes = batch_size_calculator(train, layout.data_parallel, dist.get_rank())
         self.current_global_batch_size = train.global_batch_size
         self.model = self._build_model()
         self.pipeline = None
-        if config.parallel.pipeline_model_parallel_size > 1:
+        if layout.pipeline_parallel > 1:
             from megatron_ponder.parallel.pipeline import PonderPipeline
 
             self.pipeline = PonderPipeline(self.model, config.data.seq_length,
                                            train.micro_batch_size)
         self.optimizer, self.scheduler = self._build_optimizer()
-        self.forward_step = PonderForwardStep(config.ponder, train.seed)
+        self.forward_step = PonderForwardStep(config.ponder, train.seed, layout.data_parallel)
         self.iteration = 0
         self.consumed_samples = 0
         self.non_finite: Optional[str] = None
@@ -109,7 +117,7 @@ class Trainer:
             log_config.profile_ranks, log_config.use_pytorch_profiler,
             log_config.profile_dir or log_config.tensorboard_dir or "profile")
         self.logger = TrainingLogger(
-            train.train_iters, config.logging.log_interval, dist.get_world_size(),
+            train.train_iters, config.logging.log_interval, layout.world_size,
             train.global_batch_size, config.data.seq_length,
             enabled=_is_logging_rank(), tensorboard_dir=config.logging.tensorboard_dir,
             wandb=_wandb_settings(config))
@@ -228,7 +236,8 @@ class Trainer:
             (self.train_dataset, None, None), self.config.data,
             self.config.train.micro_batch_size,
             data_parallel_rank=parallel_state.get_data_parallel_rank(),
-            data_parallel_size=self.dp_size, consumed_train_samples=self.consumed_samples)
+            data_parallel_size=self.layout.data_parallel,
+            consumed_train_samples=self.consumed_samples)
         return train_iter
 
     def _forward_backward(self, data_iterator, forward_only: bool):
@@ -292,7 +301,7 @@ class Trainer:
         _, valid_iter, _ = build_iterators(
             (None, self.valid_dataset, None), self.config.data, self.config.train.micro_batch_size,
             data_parallel_rank=parallel_state.get_data_parallel_rank(),
-            data_parallel_size=self.dp_size)
+            data_parallel_size=self.layout.data_parallel)
         self.model.eval()
         totals = torch.zeros(2, dtype=torch.float64)
         with torch.no_grad():
@@ -470,7 +479,7 @@ class Trainer:
         from megatron.core import parallel_state
 
         local = torch.tensor(self.forward_step.jacobi_used, dtype=torch.int64)
-        gathered = [torch.empty_like(local) for _ in range(self.dp_size)]
+        gathered = [torch.empty_like(local) for _ in range(self.layout.data_parallel)]
         dist.all_gather(gathered, local, group=parallel_state.get_data_parallel_group())
         return torch.cat(gathered).tolist()
 
@@ -552,11 +561,9 @@ def _is_logging_rank() -> bool:
             and parallel_state.get_data_parallel_rank() == 0)
 
 
-def run_summary(config: PretrainConfig, world_size: int) -> str:
+def run_summary(config: PretrainConfig, layout: ParallelLayout) -> str:
     """What the run will do, in a few lines: printed once at the start."""
-    model, ponder, train, parallel = config.model, config.ponder, config.train, config.parallel
-    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
-    dp = world_size // (tp * pp)
+    model, ponder, train = config.model, config.ponder, config.train
     jacobi = (f"drawn from {list(ponder.random_jacobi_iterations)} per micro-batch"
               if ponder.random_jacobi_iterations else str(ponder.jacobi_iterations))
     seq = config.data.seq_length
@@ -567,10 +574,11 @@ def run_summary(config: PretrainConfig, world_size: int) -> str:
         f"{model.num_layers} layers, hidden {model.hidden_size}, vocabulary {model.vocab_size}",
         f"method: {ponder.method.name}, K = {ponder.thoughts} latent thoughts, J = {jacobi}; "
         f"training FLOPs per token over all passes: {flops:.3e}",
-        f"layout: {world_size} processes = TP {tp} x PP {pp} x DP {dp}"
-        f"{', sequence parallel' if parallel.sequence_parallel else ''}; micro-batch "
+        f"layout: {layout.world_size} processes = TP {layout.tensor_parallel} x PP "
+        f"{layout.pipeline_parallel} x DP {layout.data_parallel}"
+        f"{', sequence parallel' if config.parallel.sequence_parallel else ''}; micro-batch "
         f"{train.micro_batch_size}, global batch {train.global_batch_size} "
-        f"({train.global_batch_size // (train.micro_batch_size * dp)} micro-batches per rank)"
+        f"({layout.micro_batches} micro-batches per rank)"
         + (" after a ramp-up from {} by {} over {} samples".format(*train.rampup_batch_size)
            if train.rampup_batch_size else ""),
         f"plan: {train.train_iters} iterations x {train.global_batch_size} samples x {seq} "
@@ -590,8 +598,8 @@ def training_session(config: PretrainConfig, world_size: Optional[int] = None, *
     Resolves ``config`` for ``world_size`` processes (default: torchrun's WORLD_SIZE, else 1)
     before any process group or model exists, so a bad flag costs nothing; with ``announce``
     logs each note and the run summary; starts megatron-core (process groups, the CPU layer,
-    seeds); builds the Trainer (tokenizer, model, optimizer, schedule); and shuts megatron-core
-    down on the way out, also after an error (``keep_process_group``: its parallel groups
+    seeds); builds the Trainer (model, optimizer, schedule; the tokenizer and the layout are
+    the ones resolving made); and shuts megatron-core down on the way out, also after an error (``keep_process_group``: its parallel groups
     only, for several layouts in one world). ``note`` hears each setting that was changed
     (default: a warning, or a log line with ``announce``).
     """
@@ -600,12 +608,12 @@ def training_session(config: PretrainConfig, world_size: Optional[int] = None, *
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if note is None and announce:
         note = lambda message: logger.info(f"note: {message}")  # noqa: E731
-    config = resolve_config(config, world_size, note=note)
+    run = resolve_run(config, world_size, note=note)
     if announce:
-        logger.info(run_summary(config, world_size))
-    mcore.init(config.parallel, config.train.seed)
+        logger.info(run_summary(run.config, run.layout))
+    mcore.init(run.config.parallel, run.config.train.seed)
     try:
-        yield Trainer(config, start_time=start_time)
+        yield Trainer(run, start_time=start_time)
     finally:
         mcore.shutdown(keep_process_group=keep_process_group)
 

@@ -177,3 +177,31 @@ def save_on_a_full_disk(root, how):
         mcore.shutdown()
     with open(os.path.join(root, TRACKER_FILE)) as f:
         return message, sorted(os.listdir(root)), f.read()
+
+
+def tokenizer_builds_and_world_check(flags):
+    """(tokenizers built during one ``pretrain_from_flags`` run, the error of a session resolved
+    for two processes in this one-process world). Every build from flags goes through
+    ``megatron_ponder.tokenizer.build.build_tokenizer``, which calls the builder counted here
+    for the flags' NullTokenizer."""
+    from megatron_ponder.tokenizer import build
+    from megatron_ponder.training.arguments import parse_args
+    from megatron_ponder.training.trainer import training_session
+
+    real, builds = build.build_megatron_core_tokenizer, []
+
+    def counted(spec):
+        builds.append(spec.tokenizer_type)
+        return real(spec)
+
+    build.build_megatron_core_tokenizer = counted
+    try:
+        pretrain_from_flags(flags)
+    finally:
+        build.build_megatron_core_tokenizer = real
+    try:
+        with training_session(parse_args(flags), 2):
+            refusal = None
+    except RuntimeError as error:
+        refusal = str(error)
+    return builds, refusal

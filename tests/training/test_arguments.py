@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from megatron_ponder.training.arguments import parse_args
-from megatron_ponder.training.resolve import ConfigError, resolve_config
+from megatron_ponder.training.resolve import ConfigError, ParallelLayout, resolve_config, \
+    resolve_run
 
 MOCK = ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "100"]
 
@@ -189,6 +190,24 @@ def test_train_samples_set_the_number_of_steps():
     assert resolve_config(_config(), 1).train.train_iters == 100
 
 
+def test_the_layout_is_derived_once_with_the_config():
+    run = resolve_run(_config("--tensor-model-parallel-size", "2", "--sequence-parallel",
+                              "--pipeline-model-parallel-size", "2", "--micro-batch-size", "1",
+                              "--global-batch-size", "12"), 12)
+    # NullTokenizer --vocab-size 100: 101 ids with its end-of-document, padded to 128 x TP 2.
+    assert run.layout == ParallelLayout(world_size=12, tensor_parallel=2, pipeline_parallel=2,
+                                        data_parallel=3, micro_batches=4, padded_vocab_size=256)
+    assert run.config.model.vocab_size == run.layout.padded_vocab_size
+    assert run.tokenizer.vocab_size == 101
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.layout.data_parallel = 1  # type: ignore[misc]
+    # Under --rampup-batch-size the layout keeps the count at the full global batch; each
+    # step's count is megatron-core's calculator's.
+    ramped = resolve_run(_config("--micro-batch-size", "2", "--global-batch-size", "16",
+                                 "--rampup-batch-size", "4", "4", "64"), 2).layout
+    assert (ramped.data_parallel, ramped.micro_batches) == (2, 4)
+
+
 def test_recompute_flags_reach_the_transformer_config():
     from megatron_ponder.training.trainer import recompute_overrides
 
@@ -296,10 +315,11 @@ def test_run_summary_states_what_will_run():
     from megatron_ponder.training.flops import step_flops
     from megatron_ponder.training.trainer import run_summary
 
-    config = resolve_config(_config("--num-latent-thoughts", "2", "--jacobi-iterations", "3",
-                                    "--micro-batch-size", "2", "--global-batch-size", "8",
-                                    "--train-iters", "5", "--tensor-model-parallel-size", "2"), 4)
-    summary = run_summary(config, 4)
+    run = resolve_run(_config("--num-latent-thoughts", "2", "--jacobi-iterations", "3",
+                              "--micro-batch-size", "2", "--global-batch-size", "8",
+                              "--train-iters", "5", "--tensor-model-parallel-size", "2"), 4)
+    config = run.config
+    summary = run_summary(config, run.layout)
     per_token = step_flops(config.model, config.ponder, 32, 1, [3]) / 32
     assert f"training FLOPs per token over all passes: {per_token:.3e}" in summary
     assert "K = 2 latent thoughts, J = 3" in summary

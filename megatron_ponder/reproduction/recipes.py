@@ -79,13 +79,16 @@ RECIPES: Dict[str, Recipe] = {
     # minutes of two-at-a-time arm time on an idle 2-core machine: over budget.)
     "small": Recipe(
         name="small",
-        description="tiny GPT-NeoX (H=128, 4 layers), BPE-2048, 240 x 16 x 128 tokens",
+        description="tiny GPT-NeoX (H=128, 4 layers), BPE-2048, 240 x 16 x 128 tokens (every "
+                    "arm: about 40 minutes of one core)",
         model_flags=("--model-preset", "tiny"), num_layers=4, seq_length=128,
         micro_batch_size=16, global_batch_size=16, train_iters=240, lr=2e-3, eval_points=8),
-    # The same arms 3.75 times longer (about 1.8M tokens, half an epoch): 4-5 hours on 2 cores.
+    # The same arms 3.75 times longer (about 1.8M tokens, half an epoch): about 140 minutes of
+    # one core for every default arm (docs/results.md, "How long it takes").
     "long": Recipe(
         name="long",
-        description="as small, 900 iterations (1.84M tokens)",
+        description="as small, 900 iterations (1.84M tokens; every arm: about 140 minutes of one "
+                    "core)",
         model_flags=("--model-preset", "tiny"), num_layers=4, seq_length=128,
         micro_batch_size=16, global_batch_size=16, train_iters=900, lr=2e-3),
     # GPU scale: the paper's Pythia-70M ablation model on 2B tokens of the user's corpus

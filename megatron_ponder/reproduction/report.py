@@ -312,7 +312,7 @@ def plot_gap(results_by_scale: Sequence[Tuple[str, Sequence[dict]]], path: str) 
             points = gap_points(results, arm, key="tokens")
             if not points:
                 continue
-            end = _by_arm(results)[arm]["training_tokens"]
+            end = seeds_of(_by_arm(results), arm)[0]["training_tokens"]
             points = [point for point in points if point[0] > hidden_share * end]
             xs, gaps, lows, highs = zip(*points)
             color = f"C{arm_index}"

@@ -271,6 +271,9 @@ def test_gap_plot_draws_every_scale_and_needs_vanilla(tmp_path):
     path = plot_gap([("long", long), ("small", small)], str(tmp_path / "gap.png"))
     assert os.path.getsize(path) > 1000
     assert plot_gap([("small", small[1:])], str(tmp_path / "none.png")) is None
+    only_second_seeds = [_curve_row("vanilla-seed2", [7.0, 5.0]),
+                         _curve_row("ponderlm2-k1-seed2", [7.0, 4.9])]
+    assert plot_gap([("small", only_second_seeds)], str(tmp_path / "seed2.png"))
     assert not os.path.exists(tmp_path / "none.png")
 
 

@@ -40,7 +40,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf import save_pretrained
-from megatron_ponder.hf.causal_lm import PonderForCausalLM
 from megatron_ponder.model import build_model
 from megatron_ponder import mcore
 
@@ -61,7 +60,7 @@ model = build_model(ModelConfig(arch="gpt_neox", num_layers=2, hidden_size=32,
 save_pretrained(model, folder, tokenizer_file=tokenizer_file)
 ids = [tokenizer.encode("Once upon a time").ids]
 with torch.no_grad():
-    logits = PonderForCausalLM(model)(torch.tensor(ids)).logits
+    logits = model(torch.tensor(ids))  # the training forward: logits [B, L, V]
 with open(expected, "w") as f:
     json.dump({"ids": ids, "logits": logits.tolist()}, f)
 PY

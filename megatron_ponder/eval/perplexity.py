@@ -88,20 +88,18 @@ def stream_windows(documents: Iterable[Sequence[int]], seq_length: int,
 
 @torch.no_grad()
 def held_out_perplexity(model, data_prefix: str, seq_length: int = 2048, batch_size: int = 4,
-                        max_sequences: Optional[int] = None, show_progress: bool = True,
-                        **jacobi_options) -> PerplexityResult:
-    """Perplexity of ``model`` (a PonderForCausalLM) on the dataset at ``data_prefix``
-    (path without .bin/.idx). ``max_sequences`` caps the number of full windows;
-    ``jacobi_options`` go to the model's forward (``jacobi_iterations``, ...)."""
+                        max_sequences: Optional[int] = None,
+                        show_progress: bool = True) -> PerplexityResult:
+    """Perplexity of ``model`` (the transformers-native ``PonderLM2ForCausalLM``, with its
+    Jacobi settings) on the dataset at ``data_prefix`` (path without .bin/.idx).
+    ``max_sequences`` caps the number of full windows."""
     return windows_perplexity(model, token_windows(data_prefix, seq_length, max_sequences),
-                              data_prefix, seq_length, batch_size, show_progress,
-                              **jacobi_options)
+                              data_prefix, seq_length, batch_size, show_progress)
 
 
 @torch.no_grad()
 def windows_perplexity(model, windows: Iterable[numpy.ndarray], name: str, seq_length: int,
-                       batch_size: int = 4, show_progress: bool = True,
-                       **jacobi_options) -> PerplexityResult:
+                       batch_size: int = 4, show_progress: bool = True) -> PerplexityResult:
     """Perplexity of ``model`` over token ``windows`` (each scored on its own; see
     ``stream_windows``); ``name`` labels the result."""
     device = next(model.parameters()).device
@@ -120,7 +118,8 @@ def windows_perplexity(model, windows: Iterable[numpy.ndarray], name: str, seq_l
             ids[row, :len(window)] = torch.from_numpy(window)
             mask[row, :len(window)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(ids[:, :-1], attention_mask=mask[:, :-1], **jacobi_options).logits
+        # Scoring only: no KV cache to build.
+        logits = model(ids[:, :-1], attention_mask=mask[:, :-1], use_cache=False).logits
         nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         real_targets = mask[:, 1:].bool()
         total_nll += float(nll[real_targets].double().sum())

@@ -19,8 +19,8 @@ import torch
 from megatron_ponder.checkpoint.storage import save_model_only_checkpoint
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf.export import save_pretrained
-from megatron_ponder.hf.loading import checkpoint_tokenizer, from_pretrained, load_hf_config, \
-    load_training_checkpoint, resolve_dtype
+from megatron_ponder.hf.loading import checkpoint_tokenizer, load_hf_config, \
+    load_training_model, resolve_dtype
 from megatron_ponder.tokenizer import HuggingFaceTokenizer, MegatronCoreTokenizer
 
 
@@ -40,7 +40,7 @@ def checkpoint_to_hf(root: str, folder: str, iteration: Optional[int] = None,
     run's tokenizer goes along when it is a Hugging Face tokenizer (unless ``tokenizer_file``
     names another): its tokenizer.json, and for megatron-core's HuggingFaceTokenizer
     transformers' own tokenizer files too."""
-    model = load_training_checkpoint(root, iteration)
+    model = load_training_model(root, iteration)
     with tempfile.TemporaryDirectory() as scratch:
         transformers_files = os.path.join(scratch, "transformers")
         from_transformers = False
@@ -62,10 +62,10 @@ def checkpoint_to_hf(root: str, folder: str, iteration: Optional[int] = None,
 
 def hf_to_checkpoint(hf_folder: str, root: str, **overrides) -> str:
     """Write ``hf_folder``'s weights as a model-only training checkpoint (iteration 0)."""
-    model = from_pretrained(hf_folder, engine="megatron", **overrides)
+    model = load_training_model(hf_folder, **overrides)
     os.makedirs(root, exist_ok=True)
     return save_model_only_checkpoint(
-        root, model.model, ConvertedModelConfig(model.model_config, model.ponder_config))
+        root, model, ConvertedModelConfig(model.model_config, model.ponder_config))
 
 
 def official_to_hf(source: str, output: str, dtype_name: Optional[str] = None) -> str:
@@ -73,6 +73,6 @@ def official_to_hf(source: str, output: str, dtype_name: Optional[str] = None) -
     dtype unless ``dtype_name`` (a ``DTYPES`` name) says otherwise."""
     dtype = resolve_dtype(dtype_name or "auto", load_hf_config(source))
     tokenizer = os.path.join(source, "tokenizer.json")
-    model = from_pretrained(source, engine="megatron")
+    model = load_training_model(source)
     return save_pretrained(model, output, dtype=dtype,
                            tokenizer_file=tokenizer if os.path.isfile(tokenizer) else None)

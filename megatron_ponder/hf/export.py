@@ -17,8 +17,8 @@ Two layouts, both with ``model.safetensors`` under the parameter names of transf
   ``GPTNeoXForCausalLM`` plus the PonderLM-2 fields (``config_mapping.hf_config_from``).
   Stock transformers loads such a folder as a vanilla model (wrong logits unless vanilla).
 
-``from_pretrained`` of either folder rebuilds the same model (with either engine: the
-transformers-native model or ours).
+``from_pretrained`` of either folder rebuilds the same model (the transformers-native model;
+``load_training_model`` ours).
 Checkpoints saved with other parallel layouts are converted to a full model first (the
 training-checkpoint converter's job).
 """
@@ -26,13 +26,12 @@ training-checkpoint converter's job).
 import json
 import os
 import shutil
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from megatron.core import parallel_state
 
 from megatron_ponder.hf.adapters import megatron_to_hf, native_weight_names
-from megatron_ponder.hf.causal_lm import PonderForCausalLM
 from megatron_ponder.hf.config_mapping import DTYPES, dtype_name, hf_config_from, \
     native_config_from
 from megatron_ponder.model.gpt_model import PonderGPTModel
@@ -49,7 +48,7 @@ _EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 _PAD_CANDIDATES = ("<|padding|>", "<pad>", "[PAD]")
 
 
-def save_pretrained(model: Union[PonderGPTModel, PonderForCausalLM], folder: str,
+def save_pretrained(model: PonderGPTModel, folder: str,
                     dtype: Optional[torch.dtype] = None,
                     tokenizer_file: Optional[str] = None,
                     format: str = "transformers") -> str:
@@ -62,14 +61,11 @@ def save_pretrained(model: Union[PonderGPTModel, PonderForCausalLM], folder: str
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {FORMATS}")
-    if isinstance(model, PonderForCausalLM):
-        model = model.model
     if type(model).__name__ == "PonderLM2ForCausalLM":
         raise TypeError("this is already a transformers model: use its own "
                         "model.save_pretrained(folder)")
     if not isinstance(model, PonderGPTModel):
-        raise TypeError(f"save_pretrained takes a PonderGPTModel or PonderForCausalLM, got "
-                        f"{type(model).__name__}")
+        raise TypeError(f"save_pretrained takes a PonderGPTModel, got {type(model).__name__}")
     if (parallel_state.get_tensor_model_parallel_world_size() != 1
             or not (model.pre_process and model.post_process)):
         raise ValueError("save_pretrained needs the full model (tensor and pipeline parallel "

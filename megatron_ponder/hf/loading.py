@@ -3,16 +3,14 @@
 A source is a Hugging Face folder (ours, an official PonderLM-2 release, or a stock
 ``LlamaForCausalLM`` / ``GPTNeoXForCausalLM`` folder) or a training checkpoint directory
 (``pretrain_ponder.py --save DIR``, any parallel layout; told apart by its tracker file), which
-the transformers-native model reads through an in-memory conversion. ``engine`` picks what comes back:
+is converted in memory. What comes back is the transformers-native ``PonderLM2ForCausalLM`` (a
+``transformers.PreTrainedModel``, the class ``AutoModelForCausalLM`` builds with
+``trust_remote_code=True``): the one inference engine, behind ``tools/generate.py``,
+``tools/evaluate.py``, lm-eval and the reproduction's final evaluation.
 
-* ``"transformers"`` (the default): the transformers-native ``PonderLM2ForCausalLM`` (a
-  ``transformers.PreTrainedModel``, the class ``AutoModelForCausalLM`` builds with
-  ``trust_remote_code=True``): the model to use from Python.
-* ``"megatron"``: our megatron-core model (``PonderForCausalLM``), the engine of
-  ``tools/generate.py`` / ``tools/evaluate.py`` and the lm-eval adapter, and the start of
-  ``from-hf`` conversion to a training checkpoint.
-
-Both read the same config and weights with the same checks and give the same logits.
+``load_training_model`` gives the same weights as our megatron-core training model
+(``PonderGPTModel``, one process), the start of ``from-hf`` conversion to a training checkpoint
+and the reference the native model is tested against.
 """
 
 import dataclasses
@@ -28,16 +26,13 @@ from megatron_ponder.checkpoint.layout import is_checkpoint_root
 from megatron_ponder.checkpoint.storage import load_model_weights, read_saved_config
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf.adapters import check_weights, hf_to_megatron, megatron_to_hf
-from megatron_ponder.hf.causal_lm import PonderForCausalLM
 from megatron_ponder.hf.config_mapping import DTYPES, model_config_from_hf, \
     native_config_from, ponder_config_from_hf
-from megatron_ponder.hf.native import dispatch, native_model
+from megatron_ponder.hf.native import JACOBI_OVERRIDES, dispatch, native_model
 from megatron_ponder.model.build import build_model
 from megatron_ponder.model.gpt_model import PonderGPTModel
 from megatron_ponder.devices import default_device
 from megatron_ponder.tokenizer import TokenizerSpec, build_tokenizer
-
-ENGINES = ("transformers", "megatron")
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -76,22 +71,17 @@ def load_hf_config(folder: str) -> dict:
         return json.load(f)
 
 
-def megatron_from_folder(path: str, hf_config: dict, overrides: Dict[str, Any]
-                         ) -> PonderForCausalLM:
-    """A Hugging Face folder as our model: float32 on CPU, in eval mode (sets up megatron-core
-    in this process with ``mcore.init`` when not done yet). Overrides: ``num_latent_thoughts``,
-    ``jacobi_iterations``, ``vanilla``, ``scale_embeds``."""
+def _training_model_from_folder(path: str, hf_config: dict, overrides: Dict[str, Any]
+                                ) -> PonderGPTModel:
     model_config = model_config_from_hf(hf_config)
     ponder_config = ponder_config_from_hf(hf_config, model_config.arch, overrides)
-    hf_state = load_hf_state_dict(path)
-    state = hf_to_megatron(model_config, hf_state)
-
+    state = hf_to_megatron(model_config, load_hf_state_dict(path))
     mcore.init(single_process=True)
     # Weights are overwritten right away: skip the random initialisation.
     model = build_model(model_config, ponder_config, perform_initialization=False)
     check_weights(state, model.state_dict())
     model.load_state_dict({n: t.float() for n, t in state.items()}, strict=False)
-    return PonderForCausalLM(model, hf_config).eval()
+    return model
 
 
 def _config_section(cls, values: dict):
@@ -100,9 +90,8 @@ def _config_section(cls, values: dict):
                   for k, v in values.items() if k in names})
 
 
-def load_training_checkpoint(root: str, iteration: Optional[int] = None) -> PonderForCausalLM:
-    """A training checkpoint's weights (any parallel layout) in one float32 model (TP=PP=1) on
-    CPU, in eval mode; ``iteration``: default the latest intact one."""
+def _training_model_from_checkpoint(root: str, iteration: Optional[int] = None
+                                    ) -> PonderGPTModel:
     mcore.init(single_process=True)
     saved = read_saved_config(root, iteration)
     model_values = dict(saved["model"])
@@ -112,7 +101,23 @@ def load_training_checkpoint(root: str, iteration: Optional[int] = None) -> Pond
                         _config_section(PonderConfig, saved["ponder"]),
                         perform_initialization=False)
     load_model_weights(root, model, iteration)
-    return PonderForCausalLM(model).eval()
+    return model
+
+
+def load_training_model(path: str, iteration: Optional[int] = None,
+                        **overrides) -> PonderGPTModel:
+    """A Hugging Face folder or a training checkpoint directory (any parallel layout;
+    ``iteration``: default the latest intact one) as our megatron-core training model in one
+    process (TP = PP = 1): float32 on the CPU, in eval mode; sets up megatron-core in this
+    process (``mcore.init``) when not done yet. Overrides (folders only):
+    ``num_latent_thoughts``, ``jacobi_iterations``, ``vanilla``, ``scale_embeds``."""
+    if is_checkpoint_root(path):
+        if overrides:
+            raise ValueError(f"overrides {sorted(overrides)} apply to Hugging Face folders only")
+        return _training_model_from_checkpoint(path, iteration).eval()
+    if iteration is not None:
+        raise ValueError("iteration applies to training checkpoints only")
+    return _training_model_from_folder(path, load_hf_config(path), overrides).eval()
 
 
 # ------------------------------------------------------------------ the front door
@@ -157,93 +162,83 @@ def resolve_device_map(device_map) -> Union[torch.device, Dict[str, Any]]:
                     f"{type(device_map).__name__}")
 
 
-def _one_device(device, device_map) -> torch.device:
-    """The megatron engine runs on one device."""
-    if device_map is None:
-        return torch.device(device or "cpu")
-    target = resolve_device_map(device_map)
-    if isinstance(target, dict):
-        if set(target) == {""}:  # "auto" with several GPUs: the first one
-            return default_device()
-        raise ValueError("engine='megatron' runs on one device: give device or a device_map "
-                         "naming one device")
-    return target
-
-
-def from_pretrained(path: str, *, engine: str = "transformers", torch_dtype=None, dtype=None,
+def from_pretrained(path: str, *, torch_dtype=None, dtype=None,
                     device: Union[str, torch.device, None] = None, device_map=None,
                     **overrides):
-    """A model folder or a training checkpoint directory (any parallel layout) -> an eval-mode
-    model: with ``engine="transformers"`` the transformers-native ``PonderLM2ForCausalLM`` (a
-    training checkpoint is converted in memory), with ``engine="megatron"`` our
-    ``PonderForCausalLM``.
+    """A model folder or a training checkpoint directory (any parallel layout; converted in
+    memory) -> the transformers-native ``PonderLM2ForCausalLM``, in eval mode.
 
     Folders: ours, an official PonderLM-2 release, Pythia/GPT-NeoX or Llama, vanilla or
     PonderLM-2; safetensors or pytorch_model.bin, sharded or not. ``torch_dtype`` (or
     ``dtype``): float32 (default), bfloat16, float16, a ``torch.dtype`` or ``"auto"`` (the
     folder's ``torch_dtype``). ``device`` or ``device_map`` (a device, ``"auto"``: the first GPU
     if any, else the CPU; a dict of module names to devices, several devices through
-    accelerate for the native model); default the CPU. Overrides (Hugging Face folders only):
-    ``num_latent_thoughts`` (K), ``jacobi_iterations`` (J; for the native model also
-    ``"adaptive"`` with ``jacobi_tolerance`` / ``max_jacobi_iterations``), ``vanilla``,
-    ``scale_embeds``.
+    accelerate); default the CPU. Overrides: ``jacobi_iterations`` (J, or ``"adaptive"`` with
+    ``jacobi_tolerance`` / ``max_jacobi_iterations``); for Hugging Face folders also
+    ``num_latent_thoughts`` (K), ``vanilla`` and ``scale_embeds``.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+    if "engine" in overrides:
+        raise TypeError("from_pretrained has one engine, the transformers-native model; for "
+                        "our megatron-core training model use load_training_model(path)")
     if torch_dtype is not None and dtype is not None:
         raise ValueError("give torch_dtype or dtype, not both")
     if device is not None and device_map is not None:
         raise ValueError("give device or device_map, not both")
     requested_dtype = dtype if dtype is not None else torch_dtype
     if is_checkpoint_root(path):
-        if overrides:
-            raise ValueError(f"overrides {sorted(overrides)} apply to Hugging Face folders only")
-        model, hf_config = load_training_checkpoint(path), {}
-        if engine == "transformers":
-            return _native_from_training_checkpoint(model.model, requested_dtype, device,
-                                                    device_map)
-    else:
-        hf_config = load_hf_config(path)
-        if engine == "transformers":
-            return _native_from_folder(path, hf_config, requested_dtype, device, device_map,
-                                       overrides)
-        model = megatron_from_folder(path, hf_config, overrides)
-    # Rotary frequencies are not a buffer, so they stay float32 (see model/rotary.py).
-    return model.to(device=_one_device(device, device_map),
-                    dtype=resolve_dtype(requested_dtype, hf_config)).eval()
+        model_only = sorted(set(overrides) - set(JACOBI_OVERRIDES))
+        if model_only:
+            raise ValueError(f"overrides {model_only} apply to Hugging Face folders only (a "
+                             f"training checkpoint takes {list(JACOBI_OVERRIDES)})")
+        model = _training_model_from_checkpoint(path)
+        return _native_from_training_model(model, requested_dtype, device, device_map,
+                                           overrides)
+    return _native_from_folder(path, load_hf_config(path), requested_dtype, device, device_map,
+                               overrides)
 
 
-def _native_from_training_checkpoint(model: PonderGPTModel, requested_dtype, device,
-                                    device_map):
-    """The transformers-native model of a training checkpoint's weights, converted in memory
+def _native_from_training_model(model: PonderGPTModel, requested_dtype, device, device_map,
+                                overrides: Dict[str, Any]):
+    """The transformers-native model of a training model's weights, converted in memory
     (what ``tools/convert_checkpoint.py to-hf`` writes, without the folder)."""
     state = {name: tensor for name, tensor in model.state_dict().items()
              if not name.endswith("_extra_state")}  # TE's non-tensor entries
     hf_config = native_config_from(model.model_config, model.ponder_config)
+    return _place(native_model(hf_config, megatron_to_hf(model.model_config, state),
+                               resolve_dtype(requested_dtype, hf_config), _device(device,
+                                                                                  device_map),
+                               overrides), device_map)
+
+
+def _device(device, device_map) -> torch.device:
+    """Where the weights are loaded: the one device asked for (the CPU before accelerate
+    spreads them over several)."""
     target = None if device_map is None else resolve_device_map(device_map)
-    place = target if isinstance(target, torch.device) else torch.device(device or "cpu")
-    native = native_model(hf_config, megatron_to_hf(model.model_config, state),
-                          resolve_dtype(requested_dtype, hf_config), place, {})
-    return (dispatch(native, target) if isinstance(target, dict) else native).eval()
+    return target if isinstance(target, torch.device) else torch.device(device or "cpu")
+
+
+def _place(model, device_map):
+    """``model`` in eval mode, spread by accelerate when ``device_map`` names several
+    devices."""
+    target = None if device_map is None else resolve_device_map(device_map)
+    return (dispatch(model, target) if isinstance(target, dict) else model).eval()
 
 
 def _native_from_folder(path: str, hf_config: dict, requested_dtype, device, device_map,
                         overrides: Dict[str, Any]):
-    target_dtype = resolve_dtype(requested_dtype, hf_config)
-    target = None if device_map is None else resolve_device_map(device_map)
-    place = target if isinstance(target, torch.device) else torch.device(device or "cpu")
-    model = native_model(hf_config, load_hf_state_dict(path), target_dtype, place, overrides)
-    if isinstance(target, dict):
-        model = dispatch(model, target)
+    model = native_model(hf_config, load_hf_state_dict(path),
+                         resolve_dtype(requested_dtype, hf_config), _device(device, device_map),
+                         overrides)
+    model = _place(model, device_map)
     generation_file = os.path.join(path, "generation_config.json")
     if os.path.isfile(generation_file):
         from transformers import GenerationConfig
 
         model.generation_config = GenerationConfig.from_pretrained(path)
-    return model.eval()
+    return model
 
 
-# ------------------------------------------------------------------ for the inference tools
+# ------------------------------------------------------------------ for the tools
 def checkpoint_tokenizer(root: str, iteration: Optional[int] = None):
     """The tokenizer a training run used (from the config its checkpoint stores)."""
     saved = read_saved_config(root, iteration).get("tokenizer", {})
@@ -268,18 +263,28 @@ def load_tokenizer(source: Optional[str] = None, tokenizer: Optional[str] = None
     return build_tokenizer(TokenizerSpec(tokenizer_model=tokenizer))
 
 
-def load_engine(source: str, device: Optional[str] = None, dtype: Optional[str] = None
-                ) -> PonderForCausalLM:
-    """``from_pretrained(source, engine="megatron")`` on ``device`` (default: the first GPU if
-    any, else the CPU) in ``dtype`` (a ``DTYPES`` name; default float32)."""
-    return from_pretrained(source, engine="megatron", dtype=dtype, device=device,
-                           device_map=None if device else "auto")
-
-
 def load_model_and_tokenizer(source: str, tokenizer: Optional[str] = None,
-                             device: Optional[str] = None, dtype: Optional[str] = None):
-    """(model, tokenizer) from a HF folder or a training checkpoint directory."""
-    return load_engine(source, device=device, dtype=dtype), load_tokenizer(source, tokenizer)
+                             device: Optional[str] = None, dtype: Optional[str] = None,
+                             **overrides):
+    """(transformers-native model, ``TextTokenizer``) from a HF folder or a training checkpoint
+    directory, on ``device`` (default: the first GPU if any, else the CPU) in ``dtype`` (a
+    ``DTYPES`` name; default float32); ``overrides`` as ``from_pretrained``'s."""
+    model = from_pretrained(source, dtype=dtype, device=device,
+                            device_map=None if device else "auto", **overrides)
+    return model, load_tokenizer(source, tokenizer)
+
+
+def jacobi_overrides(args) -> Dict[str, Any]:
+    """The Jacobi flags of ``add_model_arguments`` as ``from_pretrained`` overrides."""
+    overrides = {}
+    if args.jacobi_iterations is not None:
+        value = args.jacobi_iterations
+        overrides["jacobi_iterations"] = int(value) if str(value).isdigit() else value
+    if args.jacobi_tolerance is not None:
+        overrides["jacobi_tolerance"] = args.jacobi_tolerance
+    if args.max_jacobi_iterations is not None:
+        overrides["max_jacobi_iterations"] = args.max_jacobi_iterations
+    return overrides
 
 
 def add_model_arguments(parser) -> None:

@@ -1,5 +1,5 @@
 """The transformers-native ``PonderLM2ForCausalLM`` (``megatron_ponder/hf/remote/``) built from a
-folder's config and weights: the model ``from_pretrained`` returns with the default engine."""
+folder's config and weights: the model ``from_pretrained`` returns."""
 
 from typing import Any, Dict, Tuple
 
@@ -17,6 +17,8 @@ from megatron_ponder.hf.config_mapping import (
 )
 
 NATIVE_OVERRIDES = PONDER_OVERRIDES + ("jacobi_tolerance", "max_jacobi_iterations")
+JACOBI_OVERRIDES = ("jacobi_iterations", "jacobi_tolerance", "max_jacobi_iterations")
+"""The overrides that change how the model runs, not what it is (any source takes them)."""
 ADAPTIVE = "adaptive"
 # Fields of a folder's config.json that the native config keeps as they are.
 _CARRIED_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings",

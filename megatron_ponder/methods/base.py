@@ -1,6 +1,6 @@
 """What every method of the registry provides; the rest is read off its passes."""
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from megatron_ponder.methods.plan import Pass, PassInput, PassPlan
 
@@ -36,9 +36,10 @@ class Method:
             return ONE_PASS
         return self.extra_passes(num_latent_thoughts, jacobi_iterations)
 
-    def plan(self, num_latent_thoughts: int, jacobi_iterations: int, **hooks) -> PassPlan:
-        """The ``PassPlan`` of one forward; ``hooks`` are ``PassPlan``'s optional fields."""
-        return PassPlan(self.passes(num_latent_thoughts, jacobi_iterations), **hooks)
+    def plan(self, num_latent_thoughts: int, jacobi_iterations: int,
+             grad_passes: Optional[int] = None) -> PassPlan:
+        """The ``PassPlan`` of one forward (``grad_passes``: see ``PassPlan``)."""
+        return PassPlan(self.passes(num_latent_thoughts, jacobi_iterations), grad_passes)
 
     def scale_factor(self, num_latent_thoughts: int) -> float:
         return self.embedding_scale if num_latent_thoughts else 2.5
@@ -51,19 +52,6 @@ class Method:
     def draws_jacobi(self, num_latent_thoughts: int) -> bool:
         """Whether J changes the passes (so --random-jacobi-iterations changes them)."""
         return any(step.jacobi for step in self.passes(num_latent_thoughts, 1))
-
-    def decode_slot_input(self, num_latent_thoughts: int) -> PassInput:
-        """What slots 1..K of a token hold when generating one slot at a time with a KV cache:
-        the previous slot's output (SPLICE) or the pause embedding (PAUSE). ValueError for a
-        method whose final pass does not hold every slot of a token (the Loop baseline: each
-        loop would need its own cache)."""
-        final = self.passes(num_latent_thoughts, 0)[-1]
-        if final.slots != num_latent_thoughts + 1 or final.input is PassInput.PREVIOUS:
-            raise ValueError(f"generation with a KV cache is not supported for "
-                             f"--ponder-method {self.name} with K > 0: each pass over the "
-                             f"tokens would need its own cache; score sequences with the "
-                             f"model's forward instead")
-        return final.input
 
     def official_config_fields(self) -> Dict[str, str]:
         """Fields the authors' config.json format records for this method (PonderLM-2 is that

@@ -1,4 +1,4 @@
-"""What one forward runs: its passes, in order, and the hooks its drivers hang on them.
+"""What one forward runs: its passes, in order.
 
 A ``PassPlan`` is pure description. The method registry (``megatron_ponder.methods``) builds it,
 the pass driver (``megatron_ponder.model.ponder``) and the pipeline
@@ -8,7 +8,7 @@ the pass driver (``megatron_ponder.model.ponder``) and the pipeline
 import contextlib
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, ContextManager, Optional, Tuple
+from typing import ContextManager, Optional, Tuple
 
 import torch
 
@@ -37,9 +37,8 @@ class Pass:
     final_norm: bool = True
     """Whether the stack's final norm is applied (the Loop baseline skips it between loops)."""
     jacobi: bool = False
-    """A Jacobi pass: a stopping rule may end the Jacobi passes after it (adaptive Jacobi),
-    and under pipeline parallelism pass-through chunks stand in for the ones a micro-batch
-    with a smaller J does not run."""
+    """A Jacobi pass: under pipeline parallelism pass-through chunks stand in for the ones a
+    micro-batch with a smaller J does not run."""
 
     def __post_init__(self):
         if self.slots < 1:
@@ -50,17 +49,12 @@ class Pass:
 
 @dataclass(frozen=True)
 class PassPlan:
-    """The passes of one forward and the hooks its callers hang on them. The last pass is the
-    final one: the output layer reads its last slot of every token."""
+    """The passes of one forward. The last pass is the final one: the output layer reads its
+    last slot of every token."""
 
     passes: Tuple[Pass, ...]
     grad_passes: Optional[int] = None
     """Build a graph for the last N passes only (None: all)."""
-    stop_jacobi: Optional[Callable[[torch.Tensor, torch.Tensor], bool]] = None
-    """Called after each Jacobi pass with the previous pass's output and its own; True skips
-    the remaining Jacobi passes (adaptive Jacobi). None: run them all."""
-    around_final_pass: Callable[[], ContextManager] = contextlib.nullcontext
-    """Entered around the final pass only (inference attaches the KV cache there)."""
 
     def __post_init__(self):
         if not self.passes:
@@ -69,9 +63,6 @@ class PassPlan:
             raise ValueError("the first pass has no previous pass to read")
         if self.grad_passes is not None and self.grad_passes < 1:
             raise ValueError(f"grad_passes must be >= 1, got {self.grad_passes}")
-        if self.grad_passes is not None and self.stop_jacobi is not None:
-            # grad_passes counts back from the planned final pass; an early stop would move it.
-            raise ValueError("a PassPlan takes grad_passes or stop_jacobi, not both")
 
     @property
     def slots(self) -> Tuple[int, ...]:
@@ -92,11 +83,6 @@ class PassPlan:
         """Index of the first Jacobi pass (the final pass's index when there is none): where
         the passes a larger J would add go."""
         return next((i for i, step in enumerate(self.passes) if step.jacobi), self.final)
-
-    def ends_jacobi(self, index: int, previous, output) -> bool:
-        """Whether the stopping rule ends the Jacobi passes after pass ``index``."""
-        return (self.passes[index].jacobi and self.stop_jacobi is not None
-                and self.stop_jacobi(previous, output))
 
     def builds_graph(self, index: int) -> bool:
         """Whether pass ``index`` is among the last ``grad_passes`` (every pass without it)."""

@@ -2,9 +2,7 @@
 
 megatron-core's local DotProductAttention allocates from a CUDA global buffer, so it cannot run
 on CPU; this module runs on CPU and GPU alike (SDPA picks flash / memory-efficient kernels on
-GPU). It sees query/key/value after the rotary embedding, which is also where inference attaches
-its key/value hook: the KV cache during generation, or the padding mask of a left-padded batch
-(see ``megatron_ponder.inference.attention_hooks``).
+GPU). Inference (KV cache, padded batches) is the transformers-native model's, not this one's.
 """
 
 import math
@@ -38,10 +36,6 @@ class SDPACoreAttention(MegatronModule):
         self.attn_mask_type = attn_mask_type
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         self.softmax_scale = softmax_scale or 1.0 / math.sqrt(config.kv_channels)
-        # Set by megatron_ponder.inference (None in training): ``hook.update(layer_number, key,
-        # value)`` returns the keys/values to attend to (e.g. the cache including this step) and
-        # their boolean mask, which replaces ``attention_mask``.
-        self.key_value_hook = None
 
     def forward(
         self,
@@ -55,8 +49,6 @@ class SDPACoreAttention(MegatronModule):
     ) -> torch.Tensor:
         if packed_seq_params is not None or attention_bias is not None:
             raise NotImplementedError("packed sequences / attention bias are not supported")
-        if self.key_value_hook is not None:
-            key, value, attention_mask = self.key_value_hook.update(self.layer_number, key, value)
         seq_q, batch, num_heads, head_dim = query.shape
         groups = key.shape[2]
         # [s, b, n, d] -> [b, n, s, d]; query heads of one group share that group's key/value.

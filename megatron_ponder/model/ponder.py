@@ -18,10 +18,11 @@ truncated gradient, and no backward (nor saved activations) for the early passes
 
 The passes are a ``PassPlan`` built by the method registry (``megatron_ponder.methods``; the
 Pause and Loop baselines are other plans over the same model), and ``ponder_forward`` is the
-one driver that runs any plan: training and scoring here, inference
-(``megatron_ponder.inference.passes`` hangs adaptive Jacobi stopping and the KV cache on the
-plan's hooks) and, pass by pass, the pipeline (``megatron_ponder.parallel.pipeline`` runs each
-pass as one round through the stages with ``pass_inputs`` on the first stage).
+one driver that runs any plan: training and validation here and, pass by pass, the pipeline
+(``megatron_ponder.parallel.pipeline`` runs each pass as one round through the stages with
+``pass_inputs`` on the first stage). Inference (KV cache, adaptive Jacobi, padded batches) is
+the transformers-native model's (``megatron_ponder/hf/remote/modeling_ponderlm2.py``), tested
+against this forward.
 """
 
 from typing import Sequence
@@ -45,12 +46,9 @@ def ponder_forward(model, input_ids, plan: PassPlan, **stack_kwargs):
     hidden = None
     for index, step in enumerate(plan.passes[:plan.final]):  # every pass before the final one
         with plan.graph(index):
-            new = run_pass(model, step, embeddings, hidden, **stack_kwargs)
-        stop, hidden = plan.ends_jacobi(index, hidden, new), new
-        if stop:
-            break
+            hidden = run_pass(model, step, embeddings, hidden, **stack_kwargs)
     final = plan.passes[plan.final]
-    with plan.graph(plan.final), plan.around_final_pass():
+    with plan.graph(plan.final):
         hidden = run_pass(model, final, embeddings, hidden, **stack_kwargs)
     return select_slot(hidden, final.slots, final.slots - 1)
 

@@ -49,7 +49,8 @@ def evaluate_checkpoint(load: str, valid_prefix: str, seq_length: int, eval_text
                         batch_size: int = 16) -> dict:
     from megatron_ponder.hf.loading import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(load)  # on a GPU when there is one
+    # The transformers-native model (converted in memory), on a GPU when there is one.
+    model, tokenizer = load_model_and_tokenizer(load)
     start = time.time()
     result = {}
     valid = held_out_perplexity(model, valid_prefix, seq_length=seq_length,

@@ -71,6 +71,15 @@ class TextTokenizer(abc.ABC):
     def detokenize(self, ids: Sequence[int]) -> str:
         """The text of ``ids``."""
 
+    def transformers_tokenizer(self):
+        """The same tokenizer as a ``transformers.PreTrainedTokenizerBase`` (for lm-eval's
+        ``hf`` backend and ``AutoTokenizer`` users). TokenizerError for a type that has
+        none."""
+        raise TokenizerError(
+            f"{type(self).__name__} {self.name!r} has no transformers equivalent; give a "
+            "tokenizer.json (tools' --tokenizer) to evaluate with lm-eval"
+        )
+
     def padded_vocab_size(
         self, tensor_model_parallel_size: int = 1, make_vocab_size_divisible_by: int = 128
     ) -> int:

@@ -115,6 +115,23 @@ class HuggingFaceTokenizer(TextTokenizer):
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
+    def transformers_tokenizer(self):
+        """A ``PreTrainedTokenizerFast`` on a copy of this tokenizer: the end-of-document token
+        as its bos/eos/unk (GPT-NeoX-20B's convention), its pad when there is one, and no
+        specials added to encoded text (``add_special_tokens`` has nothing to add)."""
+        import copy
+
+        from transformers import PreTrainedTokenizerFast
+
+        eod = self._tokenizer.id_to_token(self._eod)
+        specials = dict(bos_token=eod, eos_token=eod, unk_token=eod)
+        if self._pad != NO_PAD_ID:
+            specials["pad_token"] = self._tokenizer.id_to_token(self._pad)
+        inner = copy.deepcopy(self._tokenizer)
+        inner.post_processor = None  # encoded text gets no BOS, as in ``tokenize``
+        return PreTrainedTokenizerFast(tokenizer_object=inner, name_or_path=self.name,
+                                       clean_up_tokenization_spaces=False, **specials)
+
     def _resolve_eod(self, eod_token: Optional[str]) -> int:
         candidates = (eod_token,) if eod_token is not None else _EOD_CANDIDATES
         for token in candidates:

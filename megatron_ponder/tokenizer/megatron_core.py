@@ -162,6 +162,18 @@ class MegatronCoreTokenizer(TextTokenizer):
         self.core.save_pretrained(folder)
         return True
 
+    def transformers_tokenizer(self):
+        """megatron-core's HuggingFaceTokenizer: its transformers tokenizer, reloaded from the
+        files it writes; the other types have none (TokenizerError)."""
+        import tempfile
+
+        from transformers import AutoTokenizer
+
+        with tempfile.TemporaryDirectory() as folder:
+            if self.save_hugging_face_files(folder):
+                return AutoTokenizer.from_pretrained(folder)
+        return super().transformers_tokenizer()
+
     @property
     def unique_identifiers(self):
         identifiers = super().unique_identifiers

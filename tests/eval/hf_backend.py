@@ -1,5 +1,4 @@
-"""A tiny exported model, tokenizer and local lm-eval tasks shared by the comparisons of
-lm-eval's stock ``hf`` backend with our evaluator."""
+"""A tiny exported model, tokenizer and local lm-eval tasks shared by the lm-eval tests."""
 
 import json
 import os
@@ -8,7 +7,6 @@ import textwrap
 import torch
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.hf.causal_lm import PonderForCausalLM
 from megatron_ponder.hf.export import save_pretrained
 from megatron_ponder.model import build_model
 from tests.eval.char_tokenizer import save_char_tokenizer
@@ -50,7 +48,7 @@ def export_tiny(folder, arch: str = "gpt_neox", k: int = 1, seed: int = 0):
     os.makedirs(tokenizer_dir, exist_ok=True)
     tokenizer = save_char_tokenizer(tokenizer_dir)
     save_pretrained(model, str(folder), tokenizer_file=tokenizer)
-    return PonderForCausalLM(model).eval(), str(folder)
+    return model, str(folder)
 
 
 def _jsonl(path, docs):

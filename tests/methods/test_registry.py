@@ -42,10 +42,6 @@ def test_what_is_read_off_the_passes():
     assert [m.scale_factor(1) for m in (PONDERLM2, PAUSE, LOOP, VANILLA)] == [2.5, 1.0, 2.5, 0.0]
     assert [m.uses_pause_embedding(1) for m in (PONDERLM2, PAUSE, LOOP)] == [False, True, False]
     assert [m.draws_jacobi(1) for m in (PONDERLM2, PAUSE, LOOP)] == [True, False, False]
-    assert PONDERLM2.decode_slot_input(2) is S and PAUSE.decode_slot_input(2) is P
-    with pytest.raises(ValueError, match="ponder-method loop"):
-        LOOP.decode_slot_input(1)
-    assert LOOP.decode_slot_input(0) is E  # K = 0: an ordinary model decodes
     assert PAUSE.official_config_fields() == {"ponder_method": "pause"}
     assert PONDERLM2.official_config_fields() == {} == VANILLA.official_config_fields()
 

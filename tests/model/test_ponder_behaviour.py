@@ -1,7 +1,6 @@
 """Behaviour of the PonderLM-2 forward: pass schedule, positions, loss slots, gradient flow,
 J draws, and the paper's initialisation."""
 
-import contextlib
 import math
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 import megatron_ponder.model.ponder as ponder_module
 from megatron_ponder.config import ModelConfig, PonderConfig, output_init_std
 from megatron_ponder.methods import PONDERLM2
-from megatron_ponder.model import build_model, draw_jacobi_iterations, ponder_forward
+from megatron_ponder.model import build_model, draw_jacobi_iterations
 from megatron_ponder.model.rotary import RotaryAngles
 
 pytestmark = pytest.mark.usefixtures("single_process")
@@ -52,36 +51,6 @@ def test_pass_lengths(k, j, expected):
     model(_ids(length))
     handle.remove()
     assert [rows for rows, _, _ in calls] == [length * s for s in expected]
-
-
-def test_plan_hooks_end_the_jacobi_passes_and_wrap_the_final_pass_only():
-    model, ids, length = _model(k=2, j=4), _ids(), 5
-    in_final_pass, seen, stop_calls = [False], [], []
-
-    @contextlib.contextmanager
-    def around_final_pass():
-        in_final_pass[0] = True
-        yield
-        in_final_pass[0] = False
-
-    def stop_after_two(previous, output):
-        stop_calls.append((previous.shape[0], output.shape[0]))
-        return len(stop_calls) == 2
-
-    handle = model.decoder.register_forward_hook(
-        lambda module, args, kwargs, output: seen.append(
-            (kwargs["hidden_states"].shape[0], in_final_pass[0])), with_kwargs=True)
-    plan = PONDERLM2.plan(2, 4, stop_jacobi=stop_after_two, around_final_pass=around_final_pass)
-    stopped = ponder_forward(model, ids, plan)
-    handle.remove()
-    # Growth passes (L, 2L), two Jacobi passes, then the final pass, the only one wrapped.
-    assert seen == [(length, False), (2 * length, False), (3 * length, False),
-                    (3 * length, False), (3 * length, True)]
-    assert stop_calls == [(2 * length, 3 * length), (3 * length, 3 * length)]
-    fixed = ponder_forward(model, ids, PONDERLM2.plan(2, 2))
-    torch.testing.assert_close(stopped, fixed, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="not both"):
-        PONDERLM2.plan(2, 4, grad_passes=1, stop_jacobi=stop_after_two)
 
 
 def test_every_slot_of_a_token_sits_at_its_position():

@@ -1,0 +1,92 @@
+"""lm-evaluation-harness (0.4.13) on the transformers-native model: lm-eval's own ``hf`` backend.
+
+``PonderHFLM`` is lm-eval's ``HFLM`` with three differences, all about where the model and the
+tokenizer come from, none about how requests are scored:
+
+* ``pretrained`` may be anything ``megatron_ponder.hf.from_pretrained`` reads (a training
+  checkpoint of any layout, an official PonderLM-2 release, one of our folders), or a loaded
+  model; the Jacobi options (``jacobi_iterations``, ``"adaptive"`` with ``jacobi_tolerance`` /
+  ``max_jacobi_iterations``) are the model's.
+* the tokenizer is the run's own (``load_tokenizer``) as a transformers tokenizer;
+* scoring forwards build no KV cache (``use_cache=False``), and the Jacobi passes they ran are
+  counted (``mean_jacobi_iterations``).
+
+Registered as ``megatron_ponder``: ``lm_eval --model megatron_ponder --model_args
+pretrained=DIR`` works once this module is imported (``tools/evaluate.py`` does).
+"""
+
+from typing import Optional
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from megatron_ponder.hf.loading import from_pretrained, load_tokenizer
+
+MODEL_NAME = "megatron_ponder"
+_JACOBI_OPTIONS = ("jacobi_iterations", "jacobi_tolerance", "max_jacobi_iterations")
+
+
+def _jacobi_overrides(options: dict) -> dict:
+    """lm-eval's ``--model_args`` arrive as strings: J as an int unless ``"adaptive"``."""
+    overrides = {name: options[name] for name in _JACOBI_OPTIONS if options.get(name) is not None}
+    if "jacobi_iterations" in overrides and str(overrides["jacobi_iterations"]).isdigit():
+        overrides["jacobi_iterations"] = int(overrides["jacobi_iterations"])
+    if "jacobi_tolerance" in overrides:
+        overrides["jacobi_tolerance"] = float(overrides["jacobi_tolerance"])
+    if "max_jacobi_iterations" in overrides:
+        overrides["max_jacobi_iterations"] = int(overrides["max_jacobi_iterations"])
+    return overrides
+
+
+@register_model(MODEL_NAME)
+class PonderHFLM(HFLM):
+    """lm-eval's ``HFLM`` on a ``PonderLM2ForCausalLM``."""
+
+    def __init__(self, pretrained, tokenizer=None, batch_size=8,
+                 max_length: Optional[int] = 2048, device: Optional[str] = None,
+                 dtype: Optional[str] = None, **kwargs):
+        """``pretrained``: a path for ``from_pretrained`` (then ``device`` / ``dtype`` /
+        the Jacobi options apply) or a loaded ``PonderLM2ForCausalLM``. ``tokenizer``: a
+        transformers tokenizer, a ``TextTokenizer``, or a tokenizer.json / folder / hub name
+        for ``load_tokenizer`` (default: the source's own). ``max_length``: the token context
+        (Pythia: 2048)."""
+        overrides = _jacobi_overrides(kwargs)
+        for name in _JACOBI_OPTIONS:
+            kwargs.pop(name, None)
+        source = pretrained if isinstance(pretrained, str) else None
+        if source is not None:
+            pretrained = from_pretrained(source, dtype=None if dtype in (None, "auto") else dtype,
+                                         device=device, device_map=None if device else "auto",
+                                         **overrides)
+        elif overrides:
+            raise ValueError(f"{sorted(overrides)} are the model's settings: give them to "
+                             f"from_pretrained when loading it")
+        if tokenizer is None or isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(source, tokenizer)
+        if hasattr(tokenizer, "transformers_tokenizer"):  # one of ours
+            tokenizer = tokenizer.transformers_tokenizer()
+        super().__init__(pretrained=pretrained, tokenizer=tokenizer, backend="causal",
+                         batch_size=8 if batch_size in (None, "auto") else int(batch_size),
+                         max_length=None if max_length is None else int(max_length), **kwargs)
+        self.jacobi_counts = {"forwards": 0, "jacobi_iterations": 0}
+        self._counter = self.model.register_forward_hook(self._count_jacobi)
+
+    def _count_jacobi(self, module, inputs, output) -> None:
+        """A forward that ran the Jacobi passes (scoring, or a generation's prefill)."""
+        iterations = getattr(output, "jacobi_iterations", None)
+        if iterations is not None:
+            self.jacobi_counts["forwards"] += 1
+            self.jacobi_counts["jacobi_iterations"] += int(iterations)
+
+    @property
+    def mean_jacobi_iterations(self) -> Optional[float]:
+        """Average Jacobi passes per scoring forward / prefill so far (None before the
+        first)."""
+        forwards = self.jacobi_counts["forwards"]
+        return self.jacobi_counts["jacobi_iterations"] / forwards if forwards else None
+
+    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
+        # Scoring never continues from a cache: building one would only cost memory.
+        with torch.no_grad():
+            return self.model(inps, use_cache=False).logits

@@ -1,7 +1,7 @@
 """Imports between the parts of megatron_ponder go one way: no cycle between subpackages (and
 top-level modules), and no edge that points up the layering:
-the model never depends on training, parallelism, interop or inference; the kernels never on
-the model; data and tokenizers never on the model; inference, evaluation, interop, the
+the model never depends on training, parallelism or interop (where inference lives); the
+kernels never on the model; data and tokenizers never on the model; evaluation, interop, the
 parallel schedules and checkpoint storage never on training."""
 
 import ast
@@ -13,15 +13,14 @@ import megatron_ponder
 
 PACKAGE = pathlib.Path(megatron_ponder.__file__).parent
 FORBIDDEN = {
-    "model": {"training", "parallel", "hf", "inference"},
+    "model": {"training", "parallel", "hf"},
     "ops": {"model"},
     "data": {"model"},
     "tokenizer": {"model"},
-    "inference": {"training"},
     "eval": {"training"},
     "hf": {"training"},
     "parallel": {"training"},
-    "checkpoint": {"training", "hf", "inference", "eval", "model"},
+    "checkpoint": {"training", "hf", "eval", "model"},
 }
 
 
@@ -135,7 +134,7 @@ LAYERS = {
     "process_lifetime": 0, "local_ranks": 0, "methods": 0,
     "ops": 1, "tokenizer": 1, "mcore": 1, "checkpoint": 1,
     "model": 2, "data": 2,
-    "parallel": 3, "inference": 3,
+    "parallel": 3,
     "hf": 4, "training": 4,
     "eval": 5, "planning": 5,
     "reproduction": 6,

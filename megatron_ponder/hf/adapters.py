@@ -1,7 +1,7 @@
 """Hugging Face <-> megatron parameter mapping, one adapter per architecture.
 
-Used by ``from_pretrained`` (import, both engines) and by export and conversion. Names
-on the megatron side are those of ``PonderGPTModel`` with TP=PP=1 (full, unsharded tensors);
+Used by ``from_pretrained`` and ``load_training_model`` (import) and by export and
+conversion. Names on the megatron side are those of ``PonderGPTModel`` with TP=PP=1 (full, unsharded tensors);
 dist_checkpointing handles any other layout.
 """
 

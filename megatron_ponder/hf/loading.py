@@ -13,6 +13,7 @@ is converted in memory. What comes back is the transformers-native ``PonderLM2Fo
 and the reference the native model is tested against.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -190,11 +191,25 @@ def from_pretrained(path: str, *, torch_dtype=None, dtype=None,
         if model_only:
             raise ValueError(f"overrides {model_only} apply to Hugging Face folders only (a "
                              f"training checkpoint takes {list(JACOBI_OVERRIDES)})")
-        model = _training_model_from_checkpoint(path)
-        return _native_from_training_model(model, requested_dtype, device, device_map,
-                                           overrides)
+        with _megatron_while_loading():
+            return _native_from_training_model(_training_model_from_checkpoint(path),
+                                               requested_dtype, device, device_map, overrides)
     return _native_from_folder(path, load_hf_config(path), requested_dtype, device, device_map,
                                overrides)
+
+
+@contextlib.contextmanager
+def _megatron_while_loading():
+    """megatron-core set up for reading a training checkpoint and, when this process had not
+    set it up before, torn down afterwards: the native model then runs as in a process that
+    never loaded megatron-core (outside the CPU layer, which would see every torch call)."""
+    started_here = not torch.distributed.is_initialized()
+    mcore.init(single_process=True)
+    try:
+        yield
+    finally:
+        if started_here:
+            mcore.shutdown()
 
 
 def _native_from_training_model(model: PonderGPTModel, requested_dtype, device, device_map,

@@ -198,3 +198,31 @@ def test_unique_identifiers_are_json_without_paths(neox):
     identifiers = json.loads(json.dumps(neox.unique_identifiers))
     assert identifiers == {"class": "HuggingFaceTokenizer", "name": "EleutherAI/gpt-neox-20b",
                            "vocab_size": 50277, "eod": 0, "pad": 1}
+
+
+def test_transformers_tokenizer_encodes_and_decodes_like_ours(neox, tmp_path):
+    """lm-eval's hf backend sees the run's tokenizer through ``transformers_tokenizer``: the
+    same ids with or without ``add_special_tokens`` (no BOS is ever added), the end-of-text token
+    as bos/eos, and the same text back."""
+    vocab, _, _ = write_gpt2_files(str(tmp_path))
+    gpt2_files = build_tokenizer(TokenizerSpec(
+        tokenizer_type=GPT2_BPE_TOKENIZER, vocab_file=str(tmp_path / "vocab.json"),
+        merge_file=str(tmp_path / "merges.txt")))
+    for ours, texts in ((neox, SAMPLE_TEXTS + ["a<|endoftext|>b"]),
+                        (gpt2_files, ["hello world the hell", "héllo wörld ✓"])):
+        theirs = ours.transformers_tokenizer()
+        assert theirs.eos_token_id == theirs.bos_token_id == ours.eod
+        assert len(theirs) == ours.vocab_size
+        for text in texts:
+            ids = ours.tokenize(text)
+            assert theirs.encode(text) == theirs.encode(text, add_special_tokens=False) == ids
+            assert theirs.decode(ids) == ours.detokenize(ids)
+    assert neox.transformers_tokenizer().pad_token_id == neox.pad
+
+
+def test_tokenizers_without_a_transformers_equivalent_say_what_to_do():
+    for tokenizer in (build_tokenizer(TokenizerSpec(tokenizer_type=GPT2_BPE_TOKENIZER)),
+                      build_tokenizer(TokenizerSpec(tokenizer_type=NULL_TOKENIZER,
+                                                    vocab_size=1000))):
+        with pytest.raises(TokenizerError, match="tokenizer.json"):
+            tokenizer.transformers_tokenizer()

@@ -223,7 +223,7 @@ def state():
                         sorted("random." + n for n, f in ORIGINAL_RANDOM.items()
                                if getattr(cuda_random, n) is not f)}
 
-import megatron_ponder, megatron_ponder.hf, megatron_ponder.inference, megatron_ponder.mcore
+import megatron_ponder, megatron_ponder.hf, megatron_ponder.mcore
 import megatron_ponder.training.trainer, megatron_ponder.parallel.pipeline
 from megatron.core.tensor_parallel import random as mcore_random
 MCORE_RNG = mcore_random._get_cuda_rng_state

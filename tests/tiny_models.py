@@ -1,4 +1,5 @@
-"""Tiny random Hugging Face models saved to folders, for import/parity tests."""
+"""Tiny random Hugging Face models saved to folders, and prompts, for import/parity and
+inference tests."""
 
 import json
 import os
@@ -62,3 +63,31 @@ def edit_config(folder, **changes):
             data[key] = value
     with open(path, "w") as f:
         json.dump(data, f)
+
+
+def ponder_fields(k: int, j: int = 3) -> dict:
+    """config.json fields of an official PonderLM-2 release with K = k, J = j."""
+    return dict(recurrent_model=True, num_latent_thoughts=k, num_jacobi_iterations=j,
+                scale_embeds=True, interpolation=False)
+
+
+def save_tiny_ponder(folder, arch: str, k: int, seed: int = 0) -> str:
+    """A random tiny HF folder of a PonderLM-2 model with K = k (k = 0: vanilla) -> its path."""
+    save_tiny_hf(folder, arch, seed=seed, ponder_fields=ponder_fields(k) if k else None)
+    return str(folder)
+
+
+def prompt(length: int, seed: int) -> torch.Tensor:
+    """Random token ids [length] of the tiny vocabulary."""
+    return torch.randint(0, VOCAB, (length,), generator=torch.Generator().manual_seed(seed))
+
+
+def left_padded(prompts, pad_id: int = 0):
+    """1-D prompt tensors -> (ids [B, T], attention_mask [B, T]) padded on the left."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = p
+        mask[row, width - len(p):] = 1
+    return ids, mask

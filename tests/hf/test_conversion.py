@@ -27,7 +27,7 @@ def test_checkpoint_to_hf_round_trip(tmp_path):
     assert from_checkpoint.shape == (2, 6, 256)  # NullTokenizer 200 (+EOD) padded to 256
     assert torch.equal(from_checkpoint, from_hf)
     # The transformers-native model reads the training checkpoint itself (converted in
-    # memory): the exported folder's model, and the megatron engine's logits.
+    # memory): the exported folder's model, and the training model's logits.
     native, native_from_folder = run_ranks(native_logits, 1, save, exported,
                                            [row[:6] for row in IDS])[0]
     assert torch.equal(native, native_from_folder)

@@ -1,5 +1,5 @@
-"""save_pretrained: round trip through the megatron engine (both architectures, K in {0, 1, 2}, both
-formats), vanilla official folders load in stock transformers, dtype and tokenizer options.
+"""save_pretrained: round trip through load_training_model (both architectures, K in {0, 1, 2},
+both formats), vanilla official folders load in stock transformers, dtype and tokenizer options.
 The transformers-native format itself: test_transformers_native.py."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.hf import from_pretrained
+from megatron_ponder.hf import load_training_model
 from megatron_ponder.hf.export import save_pretrained
 from megatron_ponder.model import build_model
 
@@ -34,11 +34,11 @@ def _ids():
 def test_round_trip_gives_identical_logits(tmp_path, arch, k, export_format):
     model = _model(arch, k, jacobi_iterations=2)
     save_pretrained(model, str(tmp_path), format=export_format)
-    loaded = from_pretrained(str(tmp_path), engine="megatron")
+    loaded = load_training_model(str(tmp_path))
     assert loaded.ponder_config.thoughts == k
     assert loaded.ponder_config.jacobi_iterations == 2
     with torch.no_grad():
-        torch.testing.assert_close(loaded(_ids()).logits, model(_ids()), atol=0, rtol=0)
+        torch.testing.assert_close(loaded(_ids()), model(_ids()), atol=0, rtol=0)
     with open(tmp_path / "config.json") as f:
         config = json.load(f)
     assert config["recurrent_model"] is (k > 0)
@@ -64,9 +64,9 @@ def test_vanilla_official_folder_loads_in_transformers(tmp_path, arch):
         torch.testing.assert_close(reference(_ids()).logits, model(_ids()), atol=1e-5, rtol=0)
 
 
-def test_wrapper_dtype_and_tokenizer(tmp_path):
+def test_loaded_model_dtype_and_tokenizer(tmp_path):
     folder = save_pretrained(_model("gpt_neox", 1), str(tmp_path / "a"))
-    model = from_pretrained(str(folder), engine="megatron")
+    model = load_training_model(str(folder))
     tokenizer = tmp_path / "tokenizer.json"
     tokenizer.write_text('{"not": "checked here"}')
     folder = save_pretrained(model, str(tmp_path / "b"), dtype=torch.bfloat16,
@@ -78,9 +78,9 @@ def test_wrapper_dtype_and_tokenizer(tmp_path):
 
     weights = load_file(f"{folder}/model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}
-    reloaded = from_pretrained(folder, engine="megatron")  # loads as float32 from the bf16 file
+    reloaded = load_training_model(folder)  # loads as float32 from the bf16 file
     with torch.no_grad():
-        diff = (reloaded(_ids()).logits - model(_ids()).logits).abs().max()
+        diff = (reloaded(_ids()) - model(_ids())).abs().max()
     assert 0 < diff < 0.5
     with pytest.raises(ValueError, match="cannot read tokenizer"):  # the native format parses it
         save_pretrained(model, str(tmp_path / "c"), tokenizer_file=str(tokenizer))

@@ -1,8 +1,10 @@
 """The transformers-native export (hf/remote/*_ponderlm2.py): stock transformers with
-trust_remote_code runs the real PonderLM-2 (logits equal ours, both architectures, K in 0..2,
-Pause and Loop), generate with its KV cache equals uncached recomputation and our engine (greedy,
-padded batches, beam search), loading without trust_remote_code raises, the round trip
-ours -> HF -> ours is bit-exact, and the modeling files need neither megatron nor this project."""
+trust_remote_code runs the real PonderLM-2 (logits equal our training model's, both
+architectures, K in 0..2, Pause and Loop), generate with its KV cache equals uncached
+recomputation and greedy recomputation by the training model (padded batches, beam search),
+loading without trust_remote_code raises, the round trip ours -> HF -> ours is bit-exact, and the
+modeling files need neither megatron nor this project. Generation, padding and Jacobi in more
+detail: tests/hf/remote/."""
 
 import json
 import math
@@ -16,7 +18,7 @@ import pytest
 import torch
 
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.hf import from_pretrained
+from megatron_ponder.hf import from_pretrained, load_training_model
 from megatron_ponder.hf.export import save_pretrained
 from megatron_ponder.model import build_model
 
@@ -53,6 +55,18 @@ def _converged(k, length=12):
                 max_jacobi_iterations=k * length + 1)
 
 
+def _greedy_recomputation(training_model, prompt, new_tokens):
+    """Greedy continuation by the training forward of the whole sequence for every token, with
+    enough Jacobi passes (K*L + 1) to be the exact sequential computation."""
+    k = training_model.ponder_config.thoughts
+    sequence = prompt
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            logits = training_model(sequence, jacobi_iterations=k * sequence.shape[1] + 1)
+            sequence = torch.cat([sequence, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return sequence
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(arch, k) -> (our model, export folder), built once per module."""
@@ -81,15 +95,14 @@ def test_logits_equal_ours(exported, arch, k):
     ids = _ids()
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding
-    ours = from_pretrained(folder, engine="megatron")
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-5, rtol=0)
+        # A left-padded row scores as the training model scores the row without its padding.
         torch.testing.assert_close(hf(ids, attention_mask=mask).logits[1, 3:],
-                                   ours(ids, attention_mask=mask).logits[1, 3:],
-                                   atol=1e-5, rtol=0)
+                                   model(ids[1:, 3:])[0], atol=1e-5, rtol=0)
         out = hf(ids, labels=ids)
-        reference = ours(ids, labels=ids)
-    torch.testing.assert_close(out.loss, reference.loss, atol=1e-5, rtol=0)
+        token_losses = model(ids, labels=ids.roll(-1, dims=1))[:, :-1]  # shifted targets
+    torch.testing.assert_close(out.loss, token_losses.mean(), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("arch,k", CASES)
@@ -98,14 +111,14 @@ def test_round_trip_is_bit_exact(exported, tmp_path, arch, k):
     # ours -> HF folder -> transformers (its own save_pretrained) -> ours
     _load(folder).save_pretrained(str(tmp_path))
     assert {"configuration_ponderlm2.py", "modeling_ponderlm2.py"} <= set(os.listdir(tmp_path))
-    back = from_pretrained(str(tmp_path), engine="megatron")
+    back = load_training_model(str(tmp_path))
     assert back.ponder_config.thoughts == k and back.ponder_config.jacobi_iterations == 2
     state = {n: t for n, t in model.state_dict().items() if not n.endswith("_extra_state")}
-    for name, tensor in back.model.state_dict().items():
+    for name, tensor in back.state_dict().items():
         if not name.endswith("_extra_state"):
             assert torch.equal(tensor, state[name]), name
     with torch.no_grad():
-        torch.testing.assert_close(back(_ids()).logits, model(_ids()), atol=0, rtol=0)
+        torch.testing.assert_close(back(_ids()), model(_ids()), atol=0, rtol=0)
 
 
 def test_loading_without_trust_remote_code_raises(exported):
@@ -173,22 +186,22 @@ def test_an_export_with_vanilla_weight_names_still_loads(exported, tmp_path):
     assert "gpt_neox.embed_in.weight" in old_names
     save_file(old_names, weights)
     with torch.no_grad():
-        for engine in ("transformers", "megatron"):
-            torch.testing.assert_close(from_pretrained(str(tmp_path), engine=engine)(_ids()).logits,
-                                       model(_ids()), atol=1e-5, rtol=0, msg=engine)
+        torch.testing.assert_close(from_pretrained(str(tmp_path))(_ids()).logits,
+                                   model(_ids()), atol=1e-5, rtol=0)
+        torch.testing.assert_close(load_training_model(str(tmp_path))(_ids()), model(_ids()),
+                                   atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("arch,k", CASES)
-def test_cached_generate_equals_uncached_and_ours(exported, arch, k):
-    _, folder = exported(arch, k)
-    hf, ours = _load(folder), from_pretrained(folder, engine="megatron")
+def test_cached_generate_equals_uncached_and_the_training_model(exported, arch, k):
+    model, folder = exported(arch, k)
+    hf = _load(folder)
     ids = _ids(batch=1, length=5)
     settings = _converged(k)
     cached = hf.generate(ids, max_new_tokens=6, do_sample=False, **settings)
     uncached = hf.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False, **settings)
-    engine = ours.generate(ids, max_new_tokens=6, **settings)
     assert torch.equal(cached, uncached)
-    assert torch.equal(cached, engine.sequences if hasattr(engine, "sequences") else engine)
+    assert torch.equal(cached, _greedy_recomputation(model, ids, 6))
     assert len(set(cached[0, 5:].tolist())) > 1  # not a degenerate model
 
 
@@ -216,14 +229,22 @@ def test_cache_buffers_regrown_while_decoding(exported, monkeypatch):
 
 
 @pytest.mark.parametrize("arch,k", [("llama", 2), ("gpt_neox", 1)])
-def test_fixed_j_generate_equals_our_engine(exported, arch, k):
-    """Not converged (J = 0): the prefill's thoughts are approximate, as in our engine."""
-    _, folder = exported(arch, k)
-    hf, ours = _load(folder), from_pretrained(folder, engine="megatron")
+def test_fixed_j_reaches_the_prefill_of_generate(exported, arch, k):
+    """generate(jacobi_iterations=J): the prefill runs J Jacobi passes (not converged at J =
+    0), so the first new token's logits are the training forward's with that J."""
+    model, folder = exported(arch, k)
+    hf = _load(folder)
     ids = _ids(batch=2, length=7)
-    cached = hf.generate(ids, max_new_tokens=5, do_sample=False, jacobi_iterations=0)
-    engine = ours.generate(ids, max_new_tokens=5, jacobi_iterations=0)
-    assert torch.equal(cached, engine.sequences if hasattr(engine, "sequences") else engine)
+    first_logits = {}
+    for j in (0, 1):
+        out = hf.generate(ids, max_new_tokens=3, do_sample=False, jacobi_iterations=j,
+                          output_logits=True, return_dict_in_generate=True)
+        assert out.sequences.shape == (2, 10)
+        with torch.no_grad():
+            expected = model(ids, jacobi_iterations=j)[:, -1]
+        torch.testing.assert_close(out.logits[0], expected, atol=1e-5, rtol=0)
+        first_logits[j] = out.logits[0]
+    assert not torch.allclose(first_logits[0], first_logits[1], atol=1e-4)
 
 
 @pytest.mark.parametrize("arch,k", CASES)
@@ -269,16 +290,19 @@ def test_beam_search_and_sampling_use_the_cache(exported, monkeypatch):
                                             use_cache=False))
 
 
-def test_adaptive_jacobi_matches_our_engine(exported):
+def test_adaptive_jacobi_is_the_fixed_j_forward_where_it_stopped(exported):
     model, folder = exported("gpt_neox", 2)
-    hf, ours = _load(folder), from_pretrained(folder, engine="megatron")
+    hf = _load(folder)
     ids = _ids()
     with torch.no_grad():
         out = hf(ids, jacobi_iterations="adaptive", jacobi_tolerance=1e-3)
-        reference = ours(ids, jacobi_iterations="adaptive", jacobi_tolerance=1e-3)
-    assert out.jacobi_iterations == reference.passes.jacobi_iterations
-    torch.testing.assert_close(out.thought_change, reference.passes.thought_change)
-    torch.testing.assert_close(out.logits, reference.logits, atol=1e-5, rtol=0)
+        stopped = out.jacobi_iterations
+        expected = model(ids, jacobi_iterations=stopped)
+        # One pass fewer had not reached the tolerance yet: it stopped at the first J that did.
+        earlier = hf(ids, jacobi_iterations="adaptive", jacobi_tolerance=1e-3,
+                     max_jacobi_iterations=stopped - 1)
+    assert stopped >= 2 and out.thought_change <= 1e-3 < earlier.thought_change
+    torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="adaptive"):
         hf(ids, jacobi_tolerance=1e-3)
 
@@ -295,9 +319,7 @@ def test_baselines(exported, method):
     cached = hf.generate(prompt, max_new_tokens=5, do_sample=False)
     assert torch.equal(cached, hf.generate(prompt, max_new_tokens=5, do_sample=False,
                                            use_cache=False))
-    if method == "pause":
-        engine = from_pretrained(folder, engine="megatron").generate(prompt, max_new_tokens=5)
-        assert torch.equal(cached, engine.sequences if hasattr(engine, "sequences") else engine)
+    assert torch.equal(cached, _greedy_recomputation(model, prompt, 5))
 
 
 def test_dtype_and_tokenizer_files(tmp_path):
@@ -369,13 +391,13 @@ def test_official_to_hf(tmp_path, arch):
                                                  "--output", output]) == 0
     hf = _load(output)
     assert hf.config.model_type == "ponderlm2" and hf.dtype == torch.bfloat16
-    reference = from_pretrained(official, engine="megatron")  # float32 of the same bf16 weights
+    reference = load_training_model(official)  # float32 of the same bf16 weights
     ids = _ids()
     with torch.no_grad():
-        torch.testing.assert_close(_load(output, dtype=torch.float32)(ids).logits,
-                                   reference(ids).logits, atol=1e-5, rtol=0)
-        torch.testing.assert_close(from_pretrained(output, engine="megatron")(ids).logits,
-                                   reference(ids).logits, atol=0, rtol=0)
+        expected = reference(ids)
+        torch.testing.assert_close(_load(output, dtype=torch.float32)(ids).logits, expected,
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(load_training_model(output)(ids), expected, atol=0, rtol=0)
 
 
 def test_dtype_device_map_and_save_pretrained_through_auto(tmp_path):
@@ -383,10 +405,10 @@ def test_dtype_device_map_and_save_pretrained_through_auto(tmp_path):
     CPU-only machine, a dict) of AutoModelForCausalLM, then save_pretrained and reload."""
     model = _model("llama", 1)
     folder = save_pretrained(model, str(tmp_path / "bf16"), dtype=torch.bfloat16)
-    reference = from_pretrained(folder, engine="megatron")  # float32 of the same bf16 weights
+    reference = load_training_model(folder)  # float32 of the same bf16 weights
     ids = _ids(length=6)
     with torch.no_grad():
-        expected = reference(ids).logits
+        expected = reference(ids)
     cases = [(dict(torch_dtype=torch.float32), torch.float32),
              (dict(torch_dtype="float32"), torch.float32),
              (dict(torch_dtype=torch.bfloat16), torch.bfloat16),

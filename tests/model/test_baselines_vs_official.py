@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from megatron_ponder.hf import from_pretrained
+from megatron_ponder.hf import load_training_model
 from megatron_ponder.hf.adapters import PAUSE_EMBEDDING
 from megatron_ponder.hf.export import save_pretrained
 from tests.model.reference_parity import assert_gradients_match, reference_checkpoint, token_ids
@@ -89,15 +89,14 @@ def test_training_model_losses_and_gradients_equal_the_official_definition(
                                         ids)
     ref_losses.mean().backward()
 
-    loaded = from_pretrained(folder, engine="megatron")
-    model = loaded.model  # what build_model(ModelConfig, PonderConfig(ponder_method=...)) built
+    model = load_training_model(folder)  # build_model(..., PonderConfig(ponder_method=...))
     assert (model.ponder_config.ponder_method, model.ponder_config.thoughts) == (method, k)
     # Labels are the targets already shifted; the last position's target is not a real one.
     losses = model(ids, labels=ids.roll(-1, dims=1))[:, :-1]
     losses.mean().backward()
 
     torch.testing.assert_close(losses, ref_losses.detach(), atol=1e-5, rtol=0)
-    assert_gradients_match(model, loaded.model_config,
+    assert_gradients_match(model, model.model_config,
                            _reference_gradients(arch, method, ref_state))
 
 
@@ -109,7 +108,7 @@ def test_transformers_native_model_equals_the_official_definition(
     with torch.no_grad():
         ref_logits = _official(method, hf_config, hf_state, ids, k)["logits"]
 
-    save_pretrained(from_pretrained(folder, engine="megatron"), str(tmp_path))
+    save_pretrained(load_training_model(folder), str(tmp_path))
     native = transformers.AutoModelForCausalLM.from_pretrained(
         str(tmp_path), trust_remote_code=True).eval()
     assert (native.config.ponder_method, native.config.thoughts) == (method, k)

@@ -35,15 +35,15 @@ def pretrain_signalled(flags, signalled_rank, iteration):
 
 
 def checkpoint_and_hf_logits(checkpoint_dir, hf_folder, token_ids):
-    """Logits of a training checkpoint loaded for inference and of a HF folder."""
+    """Logits of the training model of a training checkpoint and of a HF folder."""
     import torch
 
-    from megatron_ponder.hf import from_pretrained
+    from megatron_ponder.hf import load_training_model
 
     ids = torch.tensor(token_ids)
     with torch.no_grad():
-        from_checkpoint = from_pretrained(checkpoint_dir, engine="megatron")(ids).logits
-        from_hf = from_pretrained(hf_folder, engine="megatron")(ids).logits
+        from_checkpoint = load_training_model(checkpoint_dir)(ids)
+        from_hf = load_training_model(hf_folder)(ids)
     return from_checkpoint, from_hf
 
 

@@ -158,13 +158,16 @@ def test_generate_until_is_greedy_and_stops_at_stop_strings_and_eod(tiny):
                 for c in contexts]
     # The model ends some rows with its end-of-text token and some at a stop string.
     assert {ended for _, ended in expected} >= {"eod", "stop"}, expected
-    lm = PonderHFLM(tiny.folder, device="cpu", batch_size=2,  # left-padded batches
-                    jacobi_iterations=exact)
-    got = lm.generate_until(_requests("generate_until", [(c, settings) for c in contexts]),
-                            disable_tqdm=True)
-    assert got == [text for text, _ in expected]
-    # Two batches: each prefill ran the Jacobi passes once; decoding steps run none.
-    assert lm.jacobi_counts == {"forwards": 2, "jacobi_iterations": 2 * exact}
+    # A model converted from a training checkpoint stops at the tokenizer's end-of-text too.
+    for source in (tiny.folder, tiny.checkpoint):
+        lm = PonderHFLM(source, tokenizer=tiny.folder, device="cpu", batch_size=2,
+                        jacobi_iterations=exact)  # left-padded batches
+        got = lm.generate_until(_requests("generate_until",
+                                          [(c, settings) for c in contexts]),
+                                disable_tqdm=True)
+        assert got == [text for text, _ in expected], source
+        # Two batches: each prefill ran the Jacobi passes once; decoding steps run none.
+        assert lm.jacobi_counts == {"forwards": 2, "jacobi_iterations": 2 * exact}
 
 
 def test_lm_eval_scores_tiny_local_tasks_offline(tiny, tmp_path):

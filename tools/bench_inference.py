@@ -1,15 +1,19 @@
 #!/usr/bin/env python
-"""Time the two inference engines on the same random-weight model: prefill, decode, scoring.
+"""Time the inference engine, the transformers-native model, on a random-weight model: prefill,
+decode, scoring.
 
-The engines: ``megatron`` (``from_pretrained(folder, engine="megatron")``: the megatron-core
-model with ``megatron_ponder/inference``) and ``transformers`` (``from_pretrained(folder)``:
-the transformers-native ``PonderLM2ForCausalLM`` of ``megatron_ponder/hf/remote``, the class
-``AutoModelForCausalLM`` loads with ``trust_remote_code=True``). For each K the tool builds a
-model from a seed (no download), exports it to a temporary folder, loads it with both engines
-and, before any timing, checks that they agree: the same greedy tokens, and scoring logits and
-loss within ``--atol`` (a fast wrong engine must not produce a number; exit status 1).
+The model is ``from_pretrained(folder)``: the transformers-native ``PonderLM2ForCausalLM`` of
+``megatron_ponder/hf/remote`` (the class ``AutoModelForCausalLM`` loads with
+``trust_remote_code=True``). For each K the tool builds a model from a seed (no download),
+exports it to a temporary folder, loads it and, before any timing, checks it against our
+megatron-core training model of the same folder (``load_training_model``): the scoring logits
+and loss within ``--atol`` of the training forward's, and greedy tokens equal to greedy decoding
+by repeated full training forwards (a fast wrong model must not produce a number; exit status
+1). The greedy check runs on short left-padded prompts (rows of 8, 7, ... tokens, 4 new tokens)
+with K * length + 1 Jacobi passes for both: the KV-cached decoding gives each new token its
+exact thoughts, which full forwards reach only once the Jacobi passes have converged.
 
-What is timed (float32, ``torch.inference_mode``, greedy, KV cache):
+What is timed (float32 on the CPU, ``torch.inference_mode``, greedy, KV cache):
   prefill   ``generate`` of 1 new token from ``--batch`` prompts of ``--prompt-length``
             tokens: all passes over the prompts plus one next-token choice.
             prefill tokens/s = batch * prompt length / that time.
@@ -19,16 +23,14 @@ What is timed (float32, ``torch.inference_mode``, greedy, KV cache):
   scoring   the forward over ``--batch`` sequences of ``--score-length`` tokens returning
             logits and loss. scoring tokens/s = batch * score length / that time.
 Each is timed ``--repeats`` times after ``--warmup`` untimed runs, on two clocks: wall time and
-the process's CPU time (all threads). The engines' runs alternate (A B, then B A, ...) so that
-other load on the machine hits both alike. The tables give medians (decode: the median over
-repeats of generate - prefill of the same repeat) and, for wall time, the fastest run of each
-(decode: fastest generate - fastest prefill), which is the better estimate where other
-programs take the cores in bursts; every time is in the JSON.
+the process's CPU time (all threads). The tables give medians (decode: the median over repeats
+of generate - prefill of the same repeat) and, for wall time, the fastest run of each (decode:
+fastest generate - fastest prefill), which is the better estimate where other programs take the
+cores in bursts; every time is in the JSON.
 
-The megatron engine runs inside megatron-core's CPU layer (``mcore.cuda_as_cpu``: on a
-machine without CUDA, ``from_pretrained(engine="megatron")`` switches it on and it sees every
-torch call), as it always does there; the transformers engine outside it, as in a process that
-never loads megatron-core (``--native-cpu-layer``: inside it too).
+The model is timed outside megatron-core's CPU layer (``mcore.cuda_as_cpu``), as in a process
+that never loads megatron-core; building the model and the training forwards of the check run
+inside it, as megatron-core does on a machine without CUDA.
 
 Examples:
   python tools/bench_inference.py                                    # llama, small, K = 0 1 2
@@ -51,11 +53,12 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 import torch
+import torch.nn.functional as F
 
 from megatron_ponder import mcore
 from megatron_ponder.mcore import cpu
 from megatron_ponder.config import ModelConfig, PonderConfig
-from megatron_ponder.hf import from_pretrained, save_pretrained
+from megatron_ponder.hf import from_pretrained, load_training_model, save_pretrained
 from megatron_ponder.model import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,53 +70,32 @@ SIZES = {
 MEASURES = ("prefill", "generate", "score")
 CLOCKS = ("wall", "cpu")
 RATES = ("prefill_tokens_per_s", "decode_tokens_per_s", "score_tokens_per_s")
+# The greedy check: short prompts (Jacobi passes to convergence grow with their length).
+CHECK_PROMPT_LENGTH = 8
+CHECK_NEW_TOKENS = 4
 
 
-class MegatronEngine:
-    """``from_pretrained(folder, engine="megatron")``: PonderForCausalLM, run as megatron-core
-    runs on a machine without CUDA: inside the CPU layer (``mcore.cuda_as_cpu``), which
-    ``from_pretrained`` switches on for the whole process and which sees every torch call."""
-
-    name = "megatron"
-
-    def __init__(self, folder: str):
-        self.model = from_pretrained(folder, engine="megatron")
-        self.conditions = mcore.cuda_as_cpu
-
-    def generate(self, ids, mask, new_tokens: int) -> torch.Tensor:
-        return self.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens)
-
-    def score(self, ids):
-        out = self.model(ids, labels=ids)
-        return out.logits, out.loss
-
-
-class TransformersEngine:
+class NativeModel:
     """``from_pretrained(folder)``: the transformers-native PonderLM2ForCausalLM."""
 
-    name = "transformers"
-
-    def __init__(self, folder: str, cpu_layer: bool = False):
+    def __init__(self, folder: str):
         self.model = from_pretrained(folder)
-        # As in a process that never loads megatron-core, unless asked otherwise.
-        self.conditions = mcore.cuda_as_cpu if cpu_layer else contextlib.nullcontext
         # Random weights may pick the end-of-text id; no row may stop early.
         self.model.generation_config.eos_token_id = None
 
-    def generate(self, ids, mask, new_tokens: int) -> torch.Tensor:
+    def generate(self, ids, mask, new_tokens: int, **jacobi) -> torch.Tensor:
         return self.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                   do_sample=False, pad_token_id=0)
+                                   do_sample=False, pad_token_id=0, **jacobi)
 
     def score(self, ids):
-        out = self.model(ids, labels=ids)
+        out = self.model(ids, labels=ids, use_cache=False)
         return out.logits, out.loss
 
 
 @contextlib.contextmanager
 def outside_cpu_layer():
     """megatron-core's CPU layer off inside the block (``mcore.init`` switches it on for the
-    whole process), back as it was after it; each engine's ``conditions`` switch it on where
-    that engine needs it."""
+    whole process), back as it was after it."""
     was_off = cpu.activate()
     cpu.deactivate()
     try:
@@ -139,22 +121,44 @@ def make_inputs(args, vocab_size: int):
     return prompts, torch.ones_like(prompts), scored
 
 
-def check_agreement(engines, prompts, mask, scored, new_tokens: int, atol: float) -> dict:
-    """Greedy tokens equal and scoring logits / loss within ``atol`` (first engine as the
-    reference)."""
-    tokens, scores = [], []
-    for engine in engines:
-        with engine.conditions():
-            tokens.append(engine.generate(prompts, mask, new_tokens))
-            scores.append(engine.score(scored))
-    (logits_a, loss_a), (logits_b, loss_b) = scores
-    expected_shape = (prompts.shape[0], prompts.shape[1] + new_tokens)
-    logit_diff = float((logits_a - logits_b).abs().max())
-    loss_diff = float((loss_a - loss_b).abs())
+def training_greedy(reference, row, new_tokens: int):
+    """Greedy decoding of one unpadded prompt by repeated full forwards of the training
+    model."""
+    ids = list(row)
+    for _ in range(new_tokens):
+        ids.append(int(reference(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(row):]
+
+
+def check_model(native, folder: str, thoughts: int, prompts, scored, atol: float) -> dict:
+    """The native model against the training model of the same folder: scoring logits and
+    loss within ``atol``; greedy tokens of left-padded short prompts equal greedy decoding by
+    full training forwards, both with Jacobi converged (K * length + 1 passes)."""
+    rows = [prompts[i, :max(1, CHECK_PROMPT_LENGTH - i)].tolist()
+            for i in range(prompts.shape[0])]
+    exact = thoughts * (CHECK_PROMPT_LENGTH + CHECK_NEW_TOKENS) + 1
+    width = max(len(row) for row in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    logits, loss = native.score(scored)
+    jacobi = {"jacobi_iterations": exact} if thoughts else {}  # vanilla: no Jacobi passes
+    generated = native.generate(ids, mask, CHECK_NEW_TOKENS, **jacobi)
+    with mcore.cuda_as_cpu():  # the training model runs as megatron-core does here
+        reference = load_training_model(folder)
+        reference_logits = reference(scored)
+        reference_loss = F.cross_entropy(reference_logits[:, :-1].flatten(0, 1),
+                                         scored[:, 1:].flatten())
+        exact_reference = load_training_model(folder, **jacobi) if thoughts else reference
+        expected = [training_greedy(exact_reference, row, CHECK_NEW_TOKENS) for row in rows]
+    logit_diff = float((logits - reference_logits).abs().max())
+    loss_diff = float((loss - reference_loss).abs())
     check = {
-        "greedy_tokens_equal": all(tuple(t.shape) == expected_shape for t in tokens)
-        and torch.equal(tokens[0], tokens[1]),
-        "greedy_tokens_compared": expected_shape[0] * new_tokens,
+        "greedy_tokens_equal": generated[:, width:].tolist() == expected,
+        "greedy_tokens_compared": len(rows) * CHECK_NEW_TOKENS,
+        "greedy_check_jacobi_iterations": exact if thoughts else 0,
         "max_abs_logit_diff": logit_diff, "abs_loss_diff": loss_diff, "atol": atol,
     }
     check["passed"] = (check["greedy_tokens_equal"] and logit_diff <= atol
@@ -162,42 +166,37 @@ def check_agreement(engines, prompts, mask, scored, new_tokens: int, atol: float
     return check
 
 
-def timed(engine, fn):
-    """(wall, CPU) seconds of ``fn(engine)`` in the engine's conditions (entered outside the
-    clocks). CPU time is this process's, all threads: less sensitive than wall time to other
-    programs taking the cores."""
-    with engine.conditions():
-        wall, cpu_time = time.perf_counter(), time.process_time()
-        fn(engine)
-        return time.perf_counter() - wall, time.process_time() - cpu_time
+def timed(fn):
+    """(wall, CPU) seconds of ``fn()``. CPU time is this process's, all threads: less
+    sensitive than wall time to other programs taking the cores."""
+    wall, cpu_time = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu_time
 
 
-def measure(engines, prompts, mask, scored, args) -> dict:
-    """{engine: {clock: {measure: [seconds per repeat]}}}: in each repeat every engine runs
-    prefill, generate and score back to back (so generate - prefill of one repeat saw the
-    same load), the engines' order alternating between repeats."""
+def measure(native, prompts, mask, scored, args) -> dict:
+    """{clock: {measure: [seconds per repeat]}}: each repeat runs prefill, generate and score
+    back to back (so generate - prefill of one repeat saw the same load)."""
     calls = {
-        "prefill": lambda e: e.generate(prompts, mask, 1),
-        "generate": lambda e: e.generate(prompts, mask, args.new_tokens),
-        "score": lambda e: e.score(scored),
+        "prefill": lambda: native.generate(prompts, mask, 1),
+        "generate": lambda: native.generate(prompts, mask, args.new_tokens),
+        "score": lambda: native.score(scored),
     }
     for _ in range(args.warmup):
-        for engine in engines:
-            for measure_name in MEASURES:
-                timed(engine, calls[measure_name])
-    times = {e.name: {clock: {m: [] for m in MEASURES} for clock in CLOCKS} for e in engines}
-    for repeat in range(args.repeats):
-        for engine in (engines if repeat % 2 == 0 else engines[::-1]):
-            for measure_name in MEASURES:
-                for clock, seconds in zip(CLOCKS, timed(engine, calls[measure_name])):
-                    times[engine.name][clock][measure_name].append(seconds)
+        for measure_name in MEASURES:
+            timed(calls[measure_name])
+    times = {clock: {m: [] for m in MEASURES} for clock in CLOCKS}
+    for _ in range(args.repeats):
+        for measure_name in MEASURES:
+            for clock, seconds in zip(CLOCKS, timed(calls[measure_name])):
+                times[clock][measure_name].append(seconds)
     return times
 
 
 def summarize(times: dict, args, best: bool = False) -> dict:
-    """Seconds and tokens/s of one engine's timings on one clock: medians (decode: the median
-    over repeats of generate - prefill), or with ``best`` the fastest run of each (decode:
-    fastest generate - fastest prefill)."""
+    """Seconds and tokens/s of the timings on one clock: medians (decode: the median over
+    repeats of generate - prefill), or with ``best`` the fastest run of each (decode: fastest
+    generate - fastest prefill)."""
     if best:
         prefill, score = min(times["prefill"]), min(times["score"])
         decode = min(times["generate"]) - prefill
@@ -220,20 +219,18 @@ def bench_thoughts(args, thoughts: int) -> dict:
         with mcore.cuda_as_cpu():
             build_folder(folder, args.arch, args.size, thoughts, args.jacobi_iterations,
                          args.seed)
-            engines = [MegatronEngine(folder),
-                       TransformersEngine(folder, args.native_cpu_layer)]
+        native = NativeModel(folder)
         prompts, mask, scored = make_inputs(args, SIZES[args.size]["vocab_size"])
         load_before = os.getloadavg()
         with torch.inference_mode():
-            check = check_agreement(engines, prompts, mask, scored, args.new_tokens, args.atol)
-            times = measure(engines, prompts, mask, scored, args) if check["passed"] else None
+            check = check_model(native, folder, thoughts, prompts, scored, args.atol)
+            times = measure(native, prompts, mask, scored, args) if check["passed"] else None
     result = {"K": thoughts, "J": args.jacobi_iterations if thoughts else 0, "check": check,
               "load_average_1min": [load_before[0], os.getloadavg()[0]]}
     if times is not None:
-        result["engines"] = {
-            name: dict({clock: summarize(t[clock], args) for clock in CLOCKS},
-                       wall_best=summarize(t["wall"], args, best=True), times_s=t)
-            for name, t in times.items()}
+        result["timings"] = dict({clock: summarize(times[clock], args) for clock in CLOCKS},
+                                 wall_best=summarize(times["wall"], args, best=True),
+                                 times_s=times)
     return result
 
 
@@ -243,31 +240,25 @@ TABLES = {"wall": "tokens per s (median of the repeats)",
 
 
 def print_table(results, summary: str) -> None:
-    """Tokens per second of each engine (one of ``TABLES``) and the ratio transformers /
-    megatron."""
-    print(f"{TABLES[summary]}; ratio: transformers / megatron")
-    header = (f"{'K':>2} {'J':>2} {'engine':>12} {'prefill':>10} {'decode':>10} {'scoring':>10} "
+    """Tokens per second for each K (one of ``TABLES``) and the check's largest logit
+    difference from the training forward."""
+    print(TABLES[summary])
+    header = (f"{'K':>2} {'J':>2} {'prefill':>10} {'decode':>10} {'scoring':>10} "
               f"{'max|dlogit|':>12}")
     print(header)
     print("-" * len(header))
     for result in results:
         check = result["check"]
-        if "engines" not in result:
-            print(f"{result['K']:>2} {result['J']:>2} {'MISMATCH':>12}  greedy equal: "
-                  f"{check['greedy_tokens_equal']}, max |dlogit| "
+        if "timings" not in result:
+            print(f"{result['K']:>2} {result['J']:>2} MISMATCH with the training model: greedy "
+                  f"equal: {check['greedy_tokens_equal']}, max |dlogit| "
                   f"{check['max_abs_logit_diff']:.2e}, |dloss| {check['abs_loss_diff']:.2e} "
                   f"(atol {check['atol']:.0e}): not timed")
             continue
-        rows = {name: engine[summary] for name, engine in result["engines"].items()}
-        for name, row in rows.items():
-            print(f"{result['K']:>2} {result['J']:>2} {name:>12} " + " ".join(
-                f"{(f'{row[key]:.1f}' if row[key] else '-'):>10}" for key in RATES)
-                + f" {check['max_abs_logit_diff']:>12.1e}")
-        ratios = [rows["transformers"][key] / rows["megatron"][key]
-                  if rows["transformers"][key] and rows["megatron"][key] else None
-                  for key in RATES]
-        print(f"{'':>5} {'ratio':>12} " + " ".join(
-            f"{(f'{r:.2f}x' if r else '-'):>10}" for r in ratios))
+        row = result["timings"][summary]
+        print(f"{result['K']:>2} {result['J']:>2} " + " ".join(
+            f"{(f'{row[key]:.1f}' if row[key] else '-'):>10}" for key in RATES)
+            + f" {check['max_abs_logit_diff']:>12.1e}")
 
 
 def git_commit() -> dict:
@@ -318,11 +309,8 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: all cores)")
     parser.add_argument("--atol", type=float, default=1e-4,
-                        help="largest logit / loss difference the engines may show (default: "
-                             "%(default)s)")
-    parser.add_argument("--native-cpu-layer", action="store_true",
-                        help="run the transformers engine inside megatron-core's CPU layer too "
-                             "(default: outside it, as in a process without megatron-core)")
+                        help="largest logit / loss difference from the training forward "
+                             "allowed (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=os.path.join("runs", "bench_inference.json"),
                         help="JSON results (default: runs/bench_inference.json)")
@@ -365,7 +353,8 @@ def run(args, argv) -> int:
     print(f"load average (1, 5, 15 min): start {load_start}, end {load_end}")
     passed = all(r["check"]["passed"] for r in results)
     if not passed:
-        print("ERROR: the engines disagree (greedy tokens or logits); those K were not timed")
+        print("ERROR: the model disagrees with the training model (greedy tokens or logits); "
+              "those K were not timed")
     report = {
         "command": " ".join(["tools/bench_inference.py"] + argv),
         "started": started, **git_commit(), "machine": facts,

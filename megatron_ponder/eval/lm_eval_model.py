@@ -7,7 +7,9 @@ tokenizer come from, none about how requests are scored:
   checkpoint of any layout, an official PonderLM-2 release, one of our folders), or a loaded
   model; the Jacobi options (``jacobi_iterations``, ``"adaptive"`` with ``jacobi_tolerance`` /
   ``max_jacobi_iterations``) are the model's.
-* the tokenizer is the run's own (``load_tokenizer``) as a transformers tokenizer;
+* the tokenizer is the run's own (``load_tokenizer``) as a transformers tokenizer, and its
+  end-of-text id ends generation where the model names none (one converted from a training
+  checkpoint);
 * scoring forwards build no KV cache (``use_cache=False``), and the Jacobi passes they ran are
   counted (``mean_jacobi_iterations``).
 
@@ -69,6 +71,11 @@ class PonderHFLM(HFLM):
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, backend="causal",
                          batch_size=8 if batch_size in (None, "auto") else int(batch_size),
                          max_length=None if max_length is None else int(max_length), **kwargs)
+        generation = self.model.generation_config
+        if generation.eos_token_id is None:
+            # A model converted from a training checkpoint knows no end-of-text id: without
+            # the tokenizer's, rows would run past it (lm-eval decodes skipping it).
+            generation.eos_token_id = self.tokenizer.eos_token_id
         self.jacobi_counts = {"forwards": 0, "jacobi_iterations": 0}
         self._counter = self.model.register_forward_hook(self._count_jacobi)
 

@@ -3,6 +3,7 @@
 import json
 import os
 import textwrap
+from typing import Optional
 
 import torch
 
@@ -34,9 +35,12 @@ TEXT_DOCS = [{"text": "Rolling windows cover every token exactly once."},
              {"text": "x"}]
 
 
-def export_tiny(folder, arch: str = "gpt_neox", k: int = 1, seed: int = 0):
+def export_tiny(folder, arch: str = "gpt_neox", k: int = 1, seed: int = 0,
+                eod_like: Optional[int] = None):
     """A random tiny PonderLM-2 (our megatron model, eval mode) and its export to ``folder``
-    with the character tokenizer (tokenizer.json + tokenizer_config.json)."""
+    with the character tokenizer (tokenizer.json + tokenizer_config.json). ``eod_like``: a
+    token id whose output row, scaled up, becomes the end-of-text token's, so that greedy
+    generation ends where it would have picked that token (random weights never pick id 0)."""
     torch.manual_seed(seed)
     model = build_model(ModelConfig(arch=arch, num_layers=2, hidden_size=32,
                                     num_attention_heads=4, vocab_size=VOCAB),
@@ -44,6 +48,9 @@ def export_tiny(folder, arch: str = "gpt_neox", k: int = 1, seed: int = 0):
     with torch.no_grad():  # a sharper random model: log-likelihoods far from uniform
         for param in model.parameters():
             param.mul_(3.0)
+        if eod_like is not None:
+            head = model.output_layer.weight
+            head[0] = 1.05 * head[eod_like]
     tokenizer_dir = f"{folder}_tokenizer"
     os.makedirs(tokenizer_dir, exist_ok=True)
     tokenizer = save_char_tokenizer(tokenizer_dir)

@@ -1,6 +1,6 @@
 """lm-eval's stock ``hf`` backend on an exported folder (AutoModelForCausalLM with
-trust_remote_code, AutoTokenizer) scores local tasks exactly as our evaluator does on the same
-checkpoint with our megatron-core model: every request's log-likelihood within 1e-4,
+trust_remote_code, AutoTokenizer) scores local tasks exactly as our evaluator (``PonderHFLM``:
+our loader and tokenizer) does on the same folder: every request's log-likelihood within 1e-4,
 accuracies equal. The quick test runs both in this process; the slow one runs the two command
 lines (``lm_eval --model hf ...`` and ``tools/evaluate.py``)."""
 
@@ -12,9 +12,8 @@ import sys
 
 import pytest
 
-from megatron_ponder.eval.lm_eval_adapter import PonderEvalLM
+from megatron_ponder.eval.lm_eval_model import PonderHFLM
 from megatron_ponder.eval.suite import run_suite
-from megatron_ponder.hf.loading import load_tokenizer
 from tests.eval.hf_backend import TASKS, assert_same_scores, export_tiny, metrics, write_tasks
 
 pytestmark = pytest.mark.usefixtures("single_process")
@@ -34,14 +33,13 @@ def _responses(results: dict) -> dict:
 
 def test_hf_backend_equals_our_evaluator(tmp_path):
     import lm_eval
-    import lm_eval.models  # noqa: F401  (registers "hf"; our adapter's import filled the registry)
+    import lm_eval.models  # noqa: F401  (registers "hf")
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
-    model, folder = export_tiny(tmp_path / "model")
+    _, folder = export_tiny(tmp_path / "model")
     tasks = write_tasks(tmp_path)
-    ours = run_suite(PonderEvalLM(model=model, tokenizer=load_tokenizer(folder),
-                                  batch_size=3),
+    ours = run_suite(PonderHFLM(folder, batch_size=3, device="cpu"),
                      TASKS, include_path=tasks, bootstrap_iters=0, log_samples=True)
     # What `lm_eval --model hf --model_args pretrained=FOLDER,trust_remote_code=True` builds.
     hf = get_model("hf").create_from_arg_string(

@@ -12,21 +12,26 @@ import torch
 import torch.nn.functional as F
 
 from megatron_ponder.eval.perplexity import held_out_perplexity, token_windows
-from megatron_ponder.inference.generation import left_pad
+from megatron_ponder.hf import from_pretrained, load_training_model
+from megatron_ponder.hf.loading import load_tokenizer
 from tests.eval.char_tokenizer import save_char_tokenizer
-from tests.inference.helpers import tiny_ponder
-from tests.tiny_models import VOCAB
+from tests.tiny_models import VOCAB, save_tiny_hf
 
 pytestmark = pytest.mark.usefixtures("single_process")
+J = 3
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
 def folder_and_model(tmp_path_factory):
+    """A tiny random Llama folder made a PonderLM-2 (K=1, J=3) with the character tokenizer,
+    and its transformers-native model."""
     folder = tmp_path_factory.mktemp("llama")
-    _, model = tiny_ponder(folder, "llama", 1)
+    save_tiny_hf(folder, "llama", ponder_fields=dict(
+        recurrent_model=True, num_latent_thoughts=1, num_jacobi_iterations=J,
+        scale_embeds=True, interpolation=False))
     save_char_tokenizer(folder)
-    return str(folder), model
+    return str(folder), from_pretrained(str(folder))
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +57,38 @@ def test_windows_cover_the_stream_once(dataset):
     assert len(list(token_windows(prefix, seq_length=6, max_sequences=2))) == 2
 
 
-def test_perplexity_equals_direct_scoring(folder_and_model, dataset):
-    _, model = folder_and_model
+def _training_nll(reference, stream, seq_length):
+    """Mean loss of the training model's forward over the stream's windows of ``seq_length +
+    1`` tokens overlapping by one (each scored on its own, the last one shorter)."""
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(stream) - 1, seq_length):
+            window = torch.tensor(stream[start:start + seq_length + 1])[None]
+            logits = reference(window[:, :-1])
+            total += F.cross_entropy(logits[0], window[0, 1:], reduction="sum").item()
+    return total / (len(stream) - 1)
+
+
+@pytest.mark.parametrize("jacobi_iterations", [None, 1])
+def test_perplexity_equals_the_training_models_loss(folder_and_model, dataset,
+                                                    jacobi_iterations):
+    """The windows batched (the last one shorter, right-padded) score as the training
+    forward scores each alone; the Jacobi setting is the model's."""
+    folder, model = folder_and_model
+    override = {} if jacobi_iterations is None else {"jacobi_iterations": jacobi_iterations}
+    if override:
+        model = from_pretrained(folder, **override)
     prefix, stream = dataset
     result = held_out_perplexity(model, prefix, seq_length=6, batch_size=2,
                                  show_progress=False)
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, len(stream) - 1, 6):
-            window = torch.tensor(stream[start:start + 7])[None]
-            logits = model(window[:, :-1]).logits
-            total += F.cross_entropy(logits[0], window[0, 1:], reduction="sum").item()
+    expected = _training_nll(load_training_model(folder, **override), stream, 6)
     assert result.tokens == len(stream) - 1
-    assert result.nll == pytest.approx(total / (len(stream) - 1), abs=1e-5)
+    assert result.nll == pytest.approx(expected, abs=1e-5)
     assert result.perplexity == pytest.approx(math.exp(result.nll))
+    if override:  # another J, another loss: the setting took effect
+        default = held_out_perplexity(folder_and_model[1], prefix, seq_length=6,
+                                      show_progress=False)
+        assert default.nll != pytest.approx(result.nll, abs=1e-5)
 
 
 def _tool(name):
@@ -76,20 +99,32 @@ def _tool(name):
     return module
 
 
-def test_generate_tool_prints_the_models_completions(folder_and_model, capsys):
-    folder, model = folder_and_model
-    prompts = ["Hello", "Hi there"]
-    assert _tool("generate").main(["--hf", folder, "--prompt", prompts[0], "--prompt",
-                                   prompts[1], "--max-new-tokens", "6", "--no-eos-stop"]) == 0
-    printed = capsys.readouterr().out.splitlines()
-    from tests.eval.char_tokenizer import char_tokenizer
+def test_left_pad():
+    ids, mask = _tool("generate").left_pad([[5, 6, 7], [8], []], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
 
-    tokenizer = char_tokenizer(folder)
-    ids, mask = left_pad([tokenizer.tokenize(p) for p in prompts], tokenizer.eod)
-    new = model.generate(ids, attention_mask=mask, max_new_tokens=6)[:, ids.shape[1]:]
+
+def test_generate_tool_prints_greedy_completions(folder_and_model, capsys):
+    """Prompts of different lengths in one left-padded batch, decoded with the KV cache,
+    equal greedy decoding of each prompt alone by full forwards of the training model (with
+    enough Jacobi passes to converge: K * length + 1)."""
+    folder, _ = folder_and_model
+    prompts, new_tokens = ["Hello", "Hi there"], 6
+    exact = 1 * (max(map(len, prompts)) + new_tokens) + 1
+    assert _tool("generate").main([
+        "--hf", folder, "--prompt", prompts[0], "--prompt", prompts[1], "--max-new-tokens",
+        str(new_tokens), "--no-eos-stop", "--jacobi-iterations", str(exact)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    tokenizer = load_tokenizer(folder)
+    reference = load_training_model(folder, jacobi_iterations=exact)
     for row, text in enumerate(prompts):
+        ids = tokenizer.tokenize(text)
+        with torch.no_grad():
+            for _ in range(new_tokens):
+                ids.append(int(reference(torch.tensor([ids]))[0, -1].argmax()))
         assert printed[2 * row] == f"=== {text!r}"
-        assert printed[2 * row + 1] == text + tokenizer.detokenize(new[row].tolist())
+        assert printed[2 * row + 1] == text + tokenizer.detokenize(ids[len(text):])
 
 
 def test_evaluate_tool_writes_table_and_json(folder_and_model, dataset, tmp_path, capsys):
@@ -109,7 +144,7 @@ def test_evaluate_tool_writes_table_and_json(folder_and_model, dataset, tmp_path
     assert rows[("piqa", "acc")]["value"] in (0.0, 1 / 3, 2 / 3, 1.0)
     expected = held_out_perplexity(model, prefix, seq_length=6, show_progress=False)
     assert report["perplexity"]["perplexity"] == pytest.approx(expected.perplexity)
-    assert report["mean_jacobi_iterations"] == model.ponder_config.jacobi_iterations
+    assert report["mean_jacobi_iterations"] == model.config.num_jacobi_iterations == J
 
 
 def test_text_perplexity_scores_plain_text_with_the_models_tokenizer(folder_and_model, tmp_path,
@@ -119,7 +154,6 @@ def test_text_perplexity_scores_plain_text_with_the_models_tokenizer(folder_and_
     exactly like the same token stream in a .bin/.idx dataset."""
     from megatron_ponder.eval.perplexity import stream_windows, text_documents, \
         windows_perplexity
-    from megatron_ponder.hf.loading import load_tokenizer
 
     folder, model = folder_and_model
     tokenizer = load_tokenizer(folder)

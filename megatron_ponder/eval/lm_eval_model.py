@@ -64,6 +64,9 @@ class PonderHFLM(HFLM):
         elif overrides:
             raise ValueError(f"{sorted(overrides)} are the model's settings: give them to "
                              f"from_pretrained when loading it")
+        elif tokenizer is None:
+            raise ValueError("a loaded model needs its tokenizer: pass tokenizer= (ours, a "
+                             "transformers one, or a tokenizer.json path)")
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = load_tokenizer(source, tokenizer)
         if hasattr(tokenizer, "transformers_tokenizer"):  # one of ours
@@ -71,15 +74,9 @@ class PonderHFLM(HFLM):
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, backend="causal",
                          batch_size=8 if batch_size in (None, "auto") else int(batch_size),
                          max_length=None if max_length is None else int(max_length), **kwargs)
-        generation = self.model.generation_config
-        if generation.eos_token_id is None:
-            # A model converted from a training checkpoint knows no end-of-text id: without
-            # the tokenizer's, rows would run past it (lm-eval decodes skipping it).
-            generation.eos_token_id = self.tokenizer.eos_token_id
         self.jacobi_counts = {"forwards": 0, "jacobi_iterations": 0}
-        self._counter = self.model.register_forward_hook(self._count_jacobi)
 
-    def _count_jacobi(self, module, inputs, output) -> None:
+    def _count_jacobi(self, output) -> None:
         """A forward that ran the Jacobi passes (scoring, or a generation's prefill)."""
         iterations = getattr(output, "jacobi_iterations", None)
         if iterations is not None:
@@ -96,4 +93,19 @@ class PonderHFLM(HFLM):
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         # Scoring never continues from a cache: building one would only cost memory.
         with torch.no_grad():
-            return self.model(inps, use_cache=False).logits
+            output = self.model(inps, use_cache=False)
+        self._count_jacobi(output)
+        return output.logits
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        if self.model.generation_config.eos_token_id is None:
+            # A model converted from a training checkpoint knows no end-of-text id: without
+            # the tokenizer's, rows would run past it (lm-eval decodes skipping it).
+            generation_kwargs.setdefault("eos_token_id", self.eot_token_id)
+        # generate's own forwards: the prefill's Jacobi passes are counted.
+        hook = self.model.register_forward_hook(
+            lambda module, inputs, output: self._count_jacobi(output))
+        try:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        finally:
+            hook.remove()

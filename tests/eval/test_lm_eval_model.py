@@ -242,6 +242,12 @@ def test_mean_jacobi_iterations_counts_the_models_passes(tiny):
                        max_jacobi_iterations="5")
     _loglikelihoods(loose)
     assert loose.mean_jacobi_iterations == 1  # any change is within tolerance: one pass
+    # Two evaluators of one loaded model count their own forwards only.
+    model = from_pretrained(tiny.folder)
+    first = PonderHFLM(model, tokenizer=tiny.folder, batch_size=len(PAIRS))
+    second = PonderHFLM(model, tokenizer=tiny.folder, batch_size=len(PAIRS))
+    _loglikelihoods(first)
+    assert first.jacobi_counts["forwards"] >= 1 and second.jacobi_counts["forwards"] == 0
 
 
 def test_clear_errors(tiny):
@@ -250,6 +256,8 @@ def test_clear_errors(tiny):
     model = from_pretrained(tiny.folder)
     with pytest.raises(ValueError, match="jacobi_iterations.*model's settings"):
         PonderHFLM(model, tokenizer=tiny.tokenizer, jacobi_iterations=3)
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        PonderHFLM(model)
     with pytest.raises(TokenizerError, match="TiktokenTokenizer .*no transformers "
                                              "equivalent; give a tokenizer.json"):
         PonderHFLM(model, tokenizer=TiktokenTokenizer())

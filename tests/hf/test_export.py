@@ -105,3 +105,22 @@ def test_every_exported_file_has_the_same_mode(tmp_path):
     modes = {name: stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode)
              for name in os.listdir(folder)}
     assert set(modes.values()) == {0o644}, modes  # safetensors alone writes 0600
+
+
+def test_committed_result_models_carry_the_current_modeling_files():
+    """docs/results/models/ are exports users load with trust_remote_code: their modeling files
+    must be today's (copy megatron_ponder/hf/remote/*.py there after changing them, once the
+    folders' logits are checked unchanged)."""
+    import filecmp
+    import glob
+    import os
+
+    from megatron_ponder.hf.export import REMOTE_DIR, REMOTE_FILES
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    folders = sorted(glob.glob(os.path.join(repo, "docs", "results", "models", "*", "")))
+    assert folders
+    for folder in folders:
+        for name in REMOTE_FILES:
+            assert filecmp.cmp(os.path.join(REMOTE_DIR, name), os.path.join(folder, name),
+                               shallow=False), f"{folder}{name} is an old copy"

@@ -44,6 +44,9 @@ from .configuration_ponderlm2 import PonderLM2Config
 ADAPTIVE = "adaptive"
 PONDER_BASE_NAME = "ponderlm2"
 """The base model's attribute (and weight-name prefix) of a model that is not vanilla."""
+# scaled_dot_product_attention shares a key/value head among query heads itself from 2.5 on
+# (no copy of the keys and values per query head).
+_SDPA_SHARES_KV_HEADS = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 # ------------------------------------------------------------------------------ building blocks
@@ -72,37 +75,61 @@ def _activation(name: str):
     raise ValueError(f"unsupported hidden_act {name!r}")
 
 
-def _rotary_tables(positions: torch.Tensor, rotary_dim: int, theta: float, dtype):
-    """positions [B, S] -> cos, sin [B, 1, S, rotary_dim] (angles in float32)."""
-    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=positions.device)
-    inv_freq = 1.0 / (theta ** (exponent.float() / rotary_dim))
+def _inverse_frequencies(rotary_dim: int, theta: float, device) -> torch.Tensor:
+    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=device)
+    return 1.0 / (theta ** (exponent.float() / rotary_dim))
+
+
+def _rotary_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype):
+    """positions [B, S] -> cos, signed sin [B, 1, S, rotary_dim] (angles in float32); the
+    first half of the signed sin is negated, which ``_rotate`` needs (computed once here
+    instead of negating half of every query and key)."""
     angles = positions.float()[..., None] * inv_freq
     angles = torch.cat([angles, angles], dim=-1)[:, None]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    sin = angles.sin().to(dtype)
+    half = sin.shape[-1] // 2
+    return angles.cos().to(dtype), torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary on the first rotary_dim channels of every head ("rotate half" pairing)."""
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary on the first rotary_dim channels of every head ("rotate half" pairing:
+    x * cos + [-x2, x1] * sin, written [x2, x1] * signed sin)."""
     rotary_dim = cos.shape[-1]
-    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
     half = rotary_dim // 2
-    rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
-    return torch.cat([rot * cos + rotated * sin, rest], dim=-1)
+    if rotary_dim == x.shape[-1]:
+        return x * cos + torch.cat([x[..., half:], x[..., :half]], dim=-1) * signed_sin
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    swapped = torch.cat([rot[..., half:], rot[..., :half]], dim=-1)
+    return torch.cat([rot * cos + swapped * signed_sin, rest], dim=-1)
 
 
-def _attend(q, k, v, mask, past: Optional[Tuple[torch.Tensor, torch.Tensor]]):
-    """q [B, h, S, d], k/v [B, g, S, d] (this call's slots), past (k, v) of earlier slots or None;
-    mask [B, 1, S, past + S] bool (True = may attend). Returns the attention output
-    [B, S, h * d] and the keys/values including this call's."""
-    if past is not None:
-        k = torch.cat([past[0], k], dim=2)
-        v = torch.cat([past[1], v], dim=2)
+@dataclass
+class _Attention:
+    """What a stack call's slots attend to. ``mask`` [B, 1, S, keys] bool (True = may attend)
+    or None: then ``causal`` over this call's S slots (a pass without padding), or every key
+    (one new slot after a cache without padding). With ``cache``, the keys are the cache's
+    slots (from index ``cache_offset`` + layer) followed by this call's, which it stores."""
+
+    mask: Optional[torch.Tensor] = None
+    causal: bool = False
+    cache: Optional["PonderLM2Cache"] = None
+    cache_offset: int = 0
+
+
+def _attend(q, k, v, attention: _Attention, layer: int):
+    """q [B, h, S, d], k/v [B, g, S, d] (this call's slots) -> [B, S, h * d]."""
+    if attention.cache is not None:
+        k, v = attention.cache.append(attention.cache_offset + layer, k, v)
     group = q.shape[1] // k.shape[1]
-    keys = k.repeat_interleave(group, dim=1) if group > 1 else k
-    values = v.repeat_interleave(group, dim=1) if group > 1 else v
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    shared = {}
+    if group > 1 and _SDPA_SHARES_KV_HEADS:
+        shared = {"enable_gqa": True}
+    elif group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention.mask,
+                                         is_causal=attention.causal, **shared)
     batch, heads, length, width = out.shape
-    return out.transpose(1, 2).reshape(batch, length, heads * width), (k, v)
+    return out.transpose(1, 2).reshape(batch, length, heads * width)
 
 
 class LlamaAttention(nn.Module):
@@ -117,13 +144,13 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(width, self.groups * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.heads * self.head_dim, width, bias=bias)
 
-    def forward(self, x, cos, sin, mask, past):
+    def forward(self, x, cos, sin, attention, layer):
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.groups, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.groups, self.head_dim).transpose(1, 2)
-        out, kv = _attend(_rotate(q, cos, sin), _rotate(k, cos, sin), v, mask, past)
-        return self.o_proj(out), kv
+        return self.o_proj(_attend(_rotate(q, cos, sin), _rotate(k, cos, sin), v, attention,
+                                   layer))
 
 
 class GPTNeoXAttention(nn.Module):
@@ -134,13 +161,13 @@ class GPTNeoXAttention(nn.Module):
         self.query_key_value = nn.Linear(width, 3 * width, bias=bool(config.attention_bias))
         self.dense = nn.Linear(width, width, bias=bool(config.attention_bias))
 
-    def forward(self, x, cos, sin, mask, past):
+    def forward(self, x, cos, sin, attention, layer):
         batch, length, _ = x.shape
         # Fused projection laid out per head as [q, k, v].
         qkv = self.query_key_value(x).view(batch, length, self.heads, 3 * self.head_dim)
         q, k, v = qkv.transpose(1, 2).chunk(3, dim=-1)
-        out, kv = _attend(_rotate(q, cos, sin), _rotate(k, cos, sin), v, mask, past)
-        return self.dense(out), kv
+        return self.dense(_attend(_rotate(q, cos, sin), _rotate(k, cos, sin), v, attention,
+                                  layer))
 
 
 class LlamaMLP(nn.Module):
@@ -177,10 +204,9 @@ class PonderLM2LlamaLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, x, cos, sin, mask, past=None):
-        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
-        x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x)), kv
+    def forward(self, x, cos, sin, attention, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attention, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class PonderLM2GPTNeoXLayer(nn.Module):
@@ -194,37 +220,62 @@ class PonderLM2GPTNeoXLayer(nn.Module):
         self.attention = GPTNeoXAttention(config)
         self.mlp = GPTNeoXMLP(config)
 
-    def forward(self, x, cos, sin, mask, past=None):
-        attn, kv = self.attention(self.input_layernorm(x), cos, sin, mask, past)
+    def forward(self, x, cos, sin, attention, layer):
+        attn = self.attention(self.input_layernorm(x), cos, sin, attention, layer)
         if self.parallel:
-            return x + attn + self.mlp(self.post_attention_layernorm(x)), kv
+            return x + attn + self.mlp(self.post_attention_layernorm(x))
         x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x)), kv
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 # ------------------------------------------------------------------------------------ the cache
 class PonderLM2Cache:
     """Keys and values of every slot fed so far, per layer (per loop and layer for the Loop
     baseline), plus what decoding needs: which slots are real (not padding), each row's next
-    position, and the token ids consumed (to follow beam reordering)."""
+    position, and the token ids consumed (to follow beam reordering).
+
+    Each layer's keys and values live in a buffer [B, groups, capacity, head_dim] with room
+    for more slots, so that a decoding step writes its slot in place instead of copying the
+    whole cache; a full buffer grows by a quarter of its length (at least ``SLACK`` slots)."""
+
+    SLACK = 64
 
     def __init__(self):
-        self.keys: List[Optional[torch.Tensor]] = []
+        self.keys: List[Optional[torch.Tensor]] = []  # buffers; slots [:length] are filled
         self.values: List[Optional[torch.Tensor]] = []
+        self.lengths: List[int] = []
         self.slot_is_real: Optional[torch.Tensor] = None  # [B, slots]
+        self.padded = False  # whether some slot is padding (then attention needs a mask)
         self.next_position: Optional[torch.Tensor] = None  # [B]
         self.tokens: Optional[torch.Tensor] = None  # [B, tokens]
 
-    def get(self, index: int):
-        if index < len(self.keys) and self.keys[index] is not None:
-            return self.keys[index], self.values[index]
-        return None
-
-    def set(self, index: int, kv):
+    def append(self, index: int, key: torch.Tensor, value: torch.Tensor):
+        """Store one call's keys/values [B, g, S, d] after cache ``index``'s slots; returns
+        all of that cache's keys and values so far (views of the buffers)."""
         while len(self.keys) <= index:
             self.keys.append(None)
             self.values.append(None)
-        self.keys[index], self.values[index] = kv
+            self.lengths.append(0)
+        start = self.lengths[index]
+        end = start + key.shape[2]
+        if self.keys[index] is None or self.keys[index].shape[2] < end:
+            capacity = end + max(self.SLACK, end // 4)
+            self.keys[index] = self._grown(self.keys[index], start, capacity, key)
+            self.values[index] = self._grown(self.values[index], start, capacity, value)
+        keys, values = self.keys[index], self.values[index]
+        keys[:, :, start:end] = key
+        values[:, :, start:end] = value
+        self.lengths[index] = end
+        return keys[:, :, :end], values[:, :, :end]
+
+    @staticmethod
+    def _grown(buffer: Optional[torch.Tensor], filled: int, capacity: int,
+               like: torch.Tensor) -> torch.Tensor:
+        batch, groups, _, width = like.shape
+        grown = like.new_empty(batch, groups, capacity, width)
+        if buffer is not None:
+            grown[:, :, :filled] = buffer[:, :, :filled]
+        return grown
 
     def get_seq_length(self) -> int:
         return 0 if self.tokens is None else self.tokens.shape[1]
@@ -236,6 +287,7 @@ class PonderLM2Cache:
                     for k in self.keys]
         out.values = [None if v is None else v.index_select(0, rows.to(v.device))
                       for v in self.values]
+        out.lengths, out.padded = list(self.lengths), self.padded
         for name in ("slot_is_real", "next_position", "tokens"):
             tensor = getattr(self, name)
             setattr(out, name, tensor.index_select(0, rows.to(tensor.device)))
@@ -298,6 +350,7 @@ class PonderLM2Model(PonderLM2PreTrainedModel):
         setattr(self, self._embedding_name, embedding)
         setattr(self, self._norm_name, norm)
         self.rotary_dim = int(config.head_dim * config.partial_rotary_factor)
+        self._inv_freq: Optional[torch.Tensor] = None  # made on first use, on its device
         self.post_init()
 
     def get_input_embeddings(self):
@@ -310,16 +363,20 @@ class PonderLM2Model(PonderLM2PreTrainedModel):
     def final_norm(self):
         return getattr(self, self._norm_name)
 
-    def stack(self, x, positions, mask, cache: Optional[PonderLM2Cache] = None,
-              cache_offset: int = 0, final_norm: bool = True):
-        """All layers (+ the final norm) on slots x [B, S, H] at positions [B, S]; ``mask``
-        [B, 1, S, cached + S]. With ``cache``, attends to its slots too and appends these."""
-        cos, sin = _rotary_tables(positions, self.rotary_dim, self.config.rope_theta, x.dtype)
+    def rotary(self, positions: torch.Tensor, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed sin [B, 1, S, rotary_dim] of positions [B, S] (``_rotary_tables``)."""
+        if self._inv_freq is None or self._inv_freq.device != positions.device:
+            self._inv_freq = _inverse_frequencies(self.rotary_dim, self.config.rope_theta,
+                                                  positions.device)
+        return _rotary_tables(positions, self._inv_freq, dtype)
+
+    def stack(self, x, rotary: Tuple[torch.Tensor, torch.Tensor], attention: _Attention,
+              final_norm: bool = True):
+        """All layers (+ the final norm) on slots x [B, S, H] with their rotary tables,
+        attending as ``attention`` says."""
+        cos, sin = rotary
         for index, layer in enumerate(self.layers):
-            past = cache.get(cache_offset + index) if cache is not None else None
-            x, kv = layer(x, cos, sin, mask, past)
-            if cache is not None:
-                cache.set(cache_offset + index, kv)
+            x = layer(x, cos, sin, attention, index)
         return self.final_norm(x) if final_norm else x
 
 
@@ -328,16 +385,14 @@ def _token_positions(token_is_real: torch.Tensor) -> torch.Tensor:
     return (token_is_real.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def _pass_mask(slot_is_real: torch.Tensor, past_is_real: Optional[torch.Tensor] = None):
-    """[B, 1, S, past + S] bool: causal over the S new slots, padded keys hidden, every query
-    sees itself (so padded queries stay finite), all real past slots visible."""
-    batch, length = slot_is_real.shape
+def _pass_mask(slot_is_real: torch.Tensor) -> torch.Tensor:
+    """[B, 1, S, S] bool: causal, padded keys hidden, every query sees itself (so padded
+    queries stay finite)."""
+    length = slot_is_real.shape[1]
     device = slot_is_real.device
     causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
     mask = (causal[None] & slot_is_real[:, None, :]) | torch.eye(length, dtype=torch.bool,
                                                                  device=device)[None]
-    if past_is_real is not None:
-        mask = torch.cat([past_is_real[:, None, :].expand(batch, length, -1), mask], dim=-1)
     return mask[:, None]
 
 
@@ -443,15 +498,25 @@ class PonderLM2ForCausalLM(PonderLM2PreTrainedModel, GenerationMixin):
         decoder, k = self._ponder_base, self.config.thoughts
         method = self.config.forward_method
         embeddings = self._ponder_embed(input_ids)
-        positions = _token_positions(token_is_real)
+        padded = not bool(token_is_real.all())
+        token_rotary = decoder.rotary(_token_positions(token_is_real), embeddings.dtype)
+        tables = {}  # slots per token -> (rotary, mask) of the passes with that many
 
         def run(inputs, num_slots, cache=None, cache_offset=0, final_norm=True):
-            real = token_is_real.repeat_interleave(num_slots, dim=1)
-            return decoder.stack(inputs, positions.repeat_interleave(num_slots, dim=1),
-                                 _pass_mask(real), cache, cache_offset, final_norm)
+            if num_slots not in tables:
+                tables.clear()  # growth passes differ; the Jacobi and final passes share
+                mask = (_pass_mask(token_is_real.repeat_interleave(num_slots, dim=1))
+                        if padded else None)
+                rotary = tuple(table.repeat_interleave(num_slots, dim=2) if num_slots > 1
+                               else table for table in token_rotary)
+                tables[num_slots] = rotary, mask
+            rotary, mask = tables[num_slots]
+            return decoder.stack(inputs, rotary,
+                                 _Attention(mask, not padded, cache, cache_offset), final_norm)
 
         if cache is not None:
             slots = 1 if method == "loop" else k + 1
+            cache.padded = padded
             cache.slot_is_real = token_is_real.repeat_interleave(slots, dim=1)
             cache.next_position = token_is_real.long().sum(dim=1)
             cache.tokens = input_ids
@@ -500,22 +565,30 @@ class PonderLM2ForCausalLM(PonderLM2PreTrainedModel, GenerationMixin):
         decoder, k = self._ponder_base, self.config.thoughts
         method = self.config.forward_method
         hidden = self._ponder_embed(token_ids[:, None])
-        positions = cache.next_position[:, None]
-        real = torch.ones_like(positions, dtype=torch.bool)
-        if method == "loop":
-            mask = _pass_mask(real, cache.slot_is_real)
+        # The K+1 steps share the token's position: one rotary table.
+        rotary = decoder.rotary(cache.next_position[:, None], hidden.dtype)
+        loop = method == "loop"
+        new_slots = 1 if loop else k + 1  # slots this token adds to each cache
+        cached = cache.slot_is_real.shape[1]
+        cache.slot_is_real = torch.cat(
+            [cache.slot_is_real, cache.slot_is_real.new_ones(len(token_ids), new_slots)], dim=1)
+
+        def attention(step: int, cache_offset: int = 0) -> _Attention:
+            # One new slot sees every cached real slot and itself: without padding, no mask.
+            mask = (cache.slot_is_real[:, None, None, :cached + step + 1] if cache.padded
+                    else None)
+            return _Attention(mask, False, cache, cache_offset)
+
+        if loop:
             layers = self.config.num_hidden_layers
-            for loop in range(k + 1):
-                hidden = decoder.stack(hidden, positions, mask, cache, loop * layers,
-                                       final_norm=loop == k)
-            cache.slot_is_real = torch.cat([cache.slot_is_real, real], dim=1)
+            for index in range(k + 1):
+                hidden = decoder.stack(hidden, rotary, attention(0, index * layers),
+                                       final_norm=index == k)
         else:
             pause = self._pause_slots(hidden, 1) if method == "pause" else None
             for step in range(k + 1):
-                mask = _pass_mask(real, cache.slot_is_real)
                 inputs = pause if step and pause is not None else hidden
-                hidden = decoder.stack(inputs, positions, mask, cache)
-                cache.slot_is_real = torch.cat([cache.slot_is_real, real], dim=1)
+                hidden = decoder.stack(inputs, rotary, attention(step))
         cache.next_position = cache.next_position + 1
         cache.tokens = torch.cat([cache.tokens, token_ids[:, None]], dim=1)
         return hidden[:, 0]

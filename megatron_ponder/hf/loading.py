@@ -13,6 +13,7 @@ is converted in memory. What comes back is the transformers-native ``PonderLM2Fo
 and the reference the native model is tested against.
 """
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -29,7 +30,7 @@ from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf.adapters import check_weights, hf_to_megatron, megatron_to_hf
 from megatron_ponder.hf.config_mapping import DTYPES, model_config_from_hf, \
     native_config_from, ponder_config_from_hf
-from megatron_ponder.hf.native import JACOBI_OVERRIDES, dispatch, native_model
+from megatron_ponder.hf.native import ADAPTIVE, JACOBI_OVERRIDES, dispatch, native_model
 from megatron_ponder.model.build import build_model
 from megatron_ponder.model.gpt_model import PonderGPTModel
 from megatron_ponder.devices import default_device
@@ -293,13 +294,21 @@ def jacobi_overrides(args) -> Dict[str, Any]:
     """The Jacobi flags of ``add_model_arguments`` as ``from_pretrained`` overrides."""
     overrides = {}
     if args.jacobi_iterations is not None:
-        value = args.jacobi_iterations
-        overrides["jacobi_iterations"] = int(value) if str(value).isdigit() else value
+        overrides["jacobi_iterations"] = args.jacobi_iterations
     if args.jacobi_tolerance is not None:
         overrides["jacobi_tolerance"] = args.jacobi_tolerance
     if args.max_jacobi_iterations is not None:
         overrides["max_jacobi_iterations"] = args.max_jacobi_iterations
     return overrides
+
+
+def _jacobi_iterations(value: str):
+    """``--jacobi-iterations``: an int >= 0 or ``adaptive``."""
+    if value == ADAPTIVE:
+        return value
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an int >= 0 or '{ADAPTIVE}', got {value!r}")
+    return int(value)
 
 
 def add_model_arguments(parser) -> None:
@@ -316,7 +325,7 @@ def add_model_arguments(parser) -> None:
                             "checkpoint's / folder's own, else GPT-NeoX-20B)")
     group.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     group.add_argument("--dtype", default=None, choices=sorted(DTYPES))
-    group.add_argument("--jacobi-iterations", default=None,
+    group.add_argument("--jacobi-iterations", default=None, type=_jacobi_iterations,
                        help="Jacobi passes (prefill / scoring): an int, or 'adaptive' "
                             "(default: the config's J)")
     group.add_argument("--jacobi-tolerance", type=float, default=None,

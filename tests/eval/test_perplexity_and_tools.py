@@ -179,3 +179,15 @@ def test_text_perplexity_scores_plain_text_with_the_models_tokenizer(folder_and_
         list(text_documents([str(tmp_path / "bad.jsonl")], tokenizer))
     with pytest.raises(FileNotFoundError, match="--perplexity-text .*missing.txt"):
         list(text_documents([str(tmp_path / "missing.txt")], tokenizer))
+
+
+@pytest.mark.parametrize("tool", ["generate", "evaluate"])
+def test_tools_refuse_a_malformed_jacobi_flag(tool, capsys):
+    base = ["--hf", "unused", "--prompt", "a"] if tool == "generate" else ["--hf", "unused"]
+    with pytest.raises(SystemExit):
+        _tool(tool).parse_args(base + ["--jacobi-iterations", "three"])
+    assert "expected an int >= 0 or 'adaptive', got 'three'" in capsys.readouterr().err
+    args = _tool(tool).parse_args(base + ["--jacobi-iterations", "adaptive",
+                                          "--jacobi-tolerance", "1e-3"])
+    assert (args.jacobi_iterations, args.jacobi_tolerance) == ("adaptive", 1e-3)
+    assert _tool(tool).parse_args(base + ["--jacobi-iterations", "2"]).jacobi_iterations == 2

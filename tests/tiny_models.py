@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from megatron_ponder.hf.prompts import left_pad
+
 VOCAB = 97
 
 
@@ -84,10 +86,4 @@ def prompt(length: int, seed: int) -> torch.Tensor:
 
 def left_padded(prompts, pad_id: int = 0):
     """1-D prompt tensors -> (ids [B, T], attention_mask [B, T]) padded on the left."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = p
-        mask[row, width - len(p):] = 1
-    return ids, mask
+    return left_pad([p.tolist() for p in prompts], pad_id)

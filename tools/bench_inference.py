@@ -59,6 +59,7 @@ from megatron_ponder import mcore
 from megatron_ponder.mcore import cpu
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf import from_pretrained, load_training_model, save_pretrained
+from megatron_ponder.hf.prompts import left_pad
 from megatron_ponder.model import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,12 +122,12 @@ def make_inputs(args, vocab_size: int):
     return prompts, torch.ones_like(prompts), scored
 
 
-def training_greedy(reference, row, new_tokens: int):
+def training_greedy(reference, row, new_tokens: int, **jacobi):
     """Greedy decoding of one unpadded prompt by repeated full forwards of the training
-    model."""
+    model (``jacobi``: its forward's ``jacobi_iterations``)."""
     ids = list(row)
     for _ in range(new_tokens):
-        ids.append(int(reference(torch.tensor([ids]))[0, -1].argmax()))
+        ids.append(int(reference(torch.tensor([ids]), **jacobi)[0, -1].argmax()))
     return ids[len(row):]
 
 
@@ -137,12 +138,8 @@ def check_model(native, folder: str, thoughts: int, prompts, scored, atol: float
     rows = [prompts[i, :max(1, CHECK_PROMPT_LENGTH - i)].tolist()
             for i in range(prompts.shape[0])]
     exact = thoughts * (CHECK_PROMPT_LENGTH + CHECK_NEW_TOKENS) + 1
-    width = max(len(row) for row in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
+    ids, mask = left_pad(rows, 0)
+    width = ids.shape[1]
     logits, loss = native.score(scored)
     jacobi = {"jacobi_iterations": exact} if thoughts else {}  # vanilla: no Jacobi passes
     generated = native.generate(ids, mask, CHECK_NEW_TOKENS, **jacobi)
@@ -151,8 +148,7 @@ def check_model(native, folder: str, thoughts: int, prompts, scored, atol: float
         reference_logits = reference(scored)
         reference_loss = F.cross_entropy(reference_logits[:, :-1].flatten(0, 1),
                                          scored[:, 1:].flatten())
-        exact_reference = load_training_model(folder, **jacobi) if thoughts else reference
-        expected = [training_greedy(exact_reference, row, CHECK_NEW_TOKENS) for row in rows]
+        expected = [training_greedy(reference, row, CHECK_NEW_TOKENS, **jacobi) for row in rows]
     logit_diff = float((logits - reference_logits).abs().max())
     loss_diff = float((loss - reference_loss).abs())
     check = {

@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    jacobi = jacobi_overrides(args)
+    jacobi = jacobi_overrides(vars(args))
     model, tokenizer = load_model_and_tokenizer(
         args.hf or args.load, args.tokenizer, device=args.device, dtype=args.dtype, **jacobi)
     rows, report = [], {"model": os.path.abspath(args.hf or args.load), "jacobi": jacobi,

@@ -22,12 +22,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
-from typing import List, Sequence
+from typing import List
 
 import torch
 
 from megatron_ponder.hf.loading import add_model_arguments, jacobi_overrides, \
     load_model_and_tokenizer
+from megatron_ponder.hf.prompts import left_pad
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,18 +57,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device=None):
-    """Token lists -> (ids [B, T], attention mask [B, T]) padded on the left."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
-            mask[i, width - len(row):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def generation_config(args, eod: int):
     """transformers' ``GenerationConfig`` for the flags (built whole, so that a folder's
     generation_config.json cannot turn sampling or the end-of-text stop back on)."""
@@ -84,7 +73,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     model, tokenizer = load_model_and_tokenizer(
         args.hf or args.load, args.tokenizer, device=args.device, dtype=args.dtype,
-        **jacobi_overrides(args))
+        **jacobi_overrides(vars(args)))
     device = next(model.parameters()).device
     encoded = [tokenizer.tokenize(p) or [tokenizer.eod] for p in args.prompt]
     ids, mask = left_pad(encoded, tokenizer.eod, device)

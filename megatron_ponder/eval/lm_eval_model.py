@@ -23,22 +23,10 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from megatron_ponder.hf.loading import from_pretrained, load_tokenizer
+from megatron_ponder.hf.loading import from_pretrained, jacobi_overrides, load_tokenizer
+from megatron_ponder.hf.native import JACOBI_OVERRIDES
 
 MODEL_NAME = "megatron_ponder"
-_JACOBI_OPTIONS = ("jacobi_iterations", "jacobi_tolerance", "max_jacobi_iterations")
-
-
-def _jacobi_overrides(options: dict) -> dict:
-    """lm-eval's ``--model_args`` arrive as strings: J as an int unless ``"adaptive"``."""
-    overrides = {name: options[name] for name in _JACOBI_OPTIONS if options.get(name) is not None}
-    if "jacobi_iterations" in overrides and str(overrides["jacobi_iterations"]).isdigit():
-        overrides["jacobi_iterations"] = int(overrides["jacobi_iterations"])
-    if "jacobi_tolerance" in overrides:
-        overrides["jacobi_tolerance"] = float(overrides["jacobi_tolerance"])
-    if "max_jacobi_iterations" in overrides:
-        overrides["max_jacobi_iterations"] = int(overrides["max_jacobi_iterations"])
-    return overrides
 
 
 @register_model(MODEL_NAME)
@@ -53,8 +41,8 @@ class PonderHFLM(HFLM):
         transformers tokenizer, a ``TextTokenizer``, or a tokenizer.json / folder / hub name
         for ``load_tokenizer`` (default: the source's own). ``max_length``: the token context
         (Pythia: 2048)."""
-        overrides = _jacobi_overrides(kwargs)
-        for name in _JACOBI_OPTIONS:
+        overrides = jacobi_overrides(kwargs)  # lm-eval's --model_args arrive as strings
+        for name in JACOBI_OVERRIDES:
             kwargs.pop(name, None)
         source = pretrained if isinstance(pretrained, str) else None
         if source is not None:

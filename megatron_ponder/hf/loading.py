@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 from types import SimpleNamespace
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
@@ -220,32 +220,25 @@ def _native_from_training_model(model: PonderGPTModel, requested_dtype, device, 
     state = {name: tensor for name, tensor in model.state_dict().items()
              if not name.endswith("_extra_state")}  # TE's non-tensor entries
     hf_config = native_config_from(model.model_config, model.ponder_config)
-    return _place(native_model(hf_config, megatron_to_hf(model.model_config, state),
-                               resolve_dtype(requested_dtype, hf_config), _device(device,
-                                                                                  device_map),
-                               overrides), device_map)
+    return _placed_native_model(hf_config, megatron_to_hf(model.model_config, state),
+                                requested_dtype, device, device_map, overrides)
 
 
-def _device(device, device_map) -> torch.device:
-    """Where the weights are loaded: the one device asked for (the CPU before accelerate
-    spreads them over several)."""
+def _placed_native_model(hf_config: dict, hf_state: Dict[str, torch.Tensor], requested_dtype,
+                         device, device_map, overrides: Dict[str, Any]):
+    """The native model in the requested dtype, in eval mode: on the one device asked for, or
+    loaded on the CPU and spread by accelerate when ``device_map`` names several devices."""
     target = None if device_map is None else resolve_device_map(device_map)
-    return target if isinstance(target, torch.device) else torch.device(device or "cpu")
-
-
-def _place(model, device_map):
-    """``model`` in eval mode, spread by accelerate when ``device_map`` names several
-    devices."""
-    target = None if device_map is None else resolve_device_map(device_map)
+    place = target if isinstance(target, torch.device) else torch.device(device or "cpu")
+    model = native_model(hf_config, hf_state, resolve_dtype(requested_dtype, hf_config), place,
+                         overrides)
     return (dispatch(model, target) if isinstance(target, dict) else model).eval()
 
 
 def _native_from_folder(path: str, hf_config: dict, requested_dtype, device, device_map,
                         overrides: Dict[str, Any]):
-    model = native_model(hf_config, load_hf_state_dict(path),
-                         resolve_dtype(requested_dtype, hf_config), _device(device, device_map),
-                         overrides)
-    model = _place(model, device_map)
+    model = _placed_native_model(hf_config, load_hf_state_dict(path), requested_dtype, device,
+                                 device_map, overrides)
     generation_file = os.path.join(path, "generation_config.json")
     if os.path.isfile(generation_file):
         from transformers import GenerationConfig
@@ -290,25 +283,33 @@ def load_model_and_tokenizer(source: str, tokenizer: Optional[str] = None,
     return model, load_tokenizer(source, tokenizer)
 
 
-def jacobi_overrides(args) -> Dict[str, Any]:
-    """The Jacobi flags of ``add_model_arguments`` as ``from_pretrained`` overrides."""
-    overrides = {}
-    if args.jacobi_iterations is not None:
-        overrides["jacobi_iterations"] = args.jacobi_iterations
-    if args.jacobi_tolerance is not None:
-        overrides["jacobi_tolerance"] = args.jacobi_tolerance
-    if args.max_jacobi_iterations is not None:
-        overrides["max_jacobi_iterations"] = args.max_jacobi_iterations
-    return overrides
-
-
-def _jacobi_iterations(value: str):
-    """``--jacobi-iterations``: an int >= 0 or ``adaptive``."""
-    if value == ADAPTIVE:
+def parse_jacobi_iterations(value: Union[int, str]) -> Union[int, str]:
+    """J as given on a command line or in lm-eval's ``--model_args``: an int >= 0 or
+    ``"adaptive"``; ValueError otherwise."""
+    if value == ADAPTIVE or (isinstance(value, int) and value >= 0):
         return value
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"expected an int >= 0 or '{ADAPTIVE}', got {value!r}")
+    if not str(value).isdigit():
+        raise ValueError(f"expected an int >= 0 or '{ADAPTIVE}', got {value!r}")
     return int(value)
+
+
+_JACOBI_PARSERS = {"jacobi_iterations": parse_jacobi_iterations, "jacobi_tolerance": float,
+                   "max_jacobi_iterations": int}
+
+
+def jacobi_overrides(options: Mapping[str, Any]) -> Dict[str, Any]:
+    """The Jacobi options set in ``options`` (the flags of ``add_model_arguments`` as
+    ``vars(args)``, or lm-eval's string ``--model_args``), parsed, as ``from_pretrained``
+    overrides."""
+    return {name: parse(options[name]) for name, parse in _JACOBI_PARSERS.items()
+            if options.get(name) is not None}
+
+
+def _jacobi_iterations_flag(value: str):
+    try:
+        return parse_jacobi_iterations(value)
+    except ValueError as error:  # argparse prints an ArgumentTypeError's message as it is
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_model_arguments(parser) -> None:
@@ -325,7 +326,7 @@ def add_model_arguments(parser) -> None:
                             "checkpoint's / folder's own, else GPT-NeoX-20B)")
     group.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     group.add_argument("--dtype", default=None, choices=sorted(DTYPES))
-    group.add_argument("--jacobi-iterations", default=None, type=_jacobi_iterations,
+    group.add_argument("--jacobi-iterations", default=None, type=_jacobi_iterations_flag,
                        help="Jacobi passes (prefill / scoring): an int, or 'adaptive' "
                             "(default: the config's J)")
     group.add_argument("--jacobi-tolerance", type=float, default=None,

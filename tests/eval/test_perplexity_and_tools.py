@@ -100,7 +100,9 @@ def _tool(name):
 
 
 def test_left_pad():
-    ids, mask = _tool("generate").left_pad([[5, 6, 7], [8], []], pad_id=0)
+    from megatron_ponder.hf.prompts import left_pad
+
+    ids, mask = left_pad([[5, 6, 7], [8], []], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
 

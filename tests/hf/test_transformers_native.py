@@ -21,6 +21,7 @@ from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf import from_pretrained, load_training_model
 from megatron_ponder.hf.export import save_pretrained
 from megatron_ponder.model import build_model
+from tests.tiny_models import left_padded
 
 transformers = pytest.importorskip("transformers")
 pytestmark = [pytest.mark.usefixtures("single_process"),
@@ -252,12 +253,8 @@ def test_padded_batch_generate_equals_one_by_one(exported, arch, k):
     _, folder = exported(arch, k)
     hf = _load(folder)
     prompts = [_ids(1, 6, seed=3)[0], _ids(1, 3, seed=4)[0], _ids(1, 5, seed=5)[0]]
-    width = max(len(p) for p in prompts)
-    batch = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    for row, p in enumerate(prompts):
-        batch[row, width - len(p):] = p
-        mask[row, width - len(p):] = 1
+    batch, mask = left_padded(prompts)
+    width = batch.shape[1]
     together = hf.generate(batch, attention_mask=mask, max_new_tokens=5, do_sample=False,
                            pad_token_id=0, **_converged(k))
     for row, p in enumerate(prompts):

@@ -87,3 +87,20 @@ def prompt(length: int, seed: int) -> torch.Tensor:
 def left_padded(prompts, pad_id: int = 0):
     """1-D prompt tensors -> (ids [B, T], attention_mask [B, T]) padded on the left."""
     return left_pad([p.tolist() for p in prompts], pad_id)
+
+
+def exact_logits(training_model, ids: torch.Tensor) -> torch.Tensor:
+    """The training forward as the exact sequential computation: K*L + 1 Jacobi passes always
+    reach the fixed point."""
+    k = training_model.ponder_config.thoughts
+    with torch.no_grad():
+        return training_model(ids, jacobi_iterations=k * ids.shape[1] + 1)
+
+
+def greedy_recomputation(training_model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """``ids`` followed by a greedy continuation, every token chosen by the exact training
+    forward of the whole sequence so far (what cached decoding must reproduce)."""
+    for _ in range(new_tokens):
+        next_ids = exact_logits(training_model, ids)[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, next_ids], dim=1)
+    return ids

@@ -21,7 +21,7 @@ from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf import from_pretrained, load_training_model
 from megatron_ponder.hf.export import save_pretrained
 from megatron_ponder.model import build_model
-from tests.tiny_models import left_padded
+from tests.tiny_models import greedy_recomputation, left_padded
 
 transformers = pytest.importorskip("transformers")
 pytestmark = [pytest.mark.usefixtures("single_process"),
@@ -54,18 +54,6 @@ def _converged(k, length=12):
     """Adaptive Jacobi to the exact fixed point: cached decoding is then exact."""
     return dict(jacobi_iterations="adaptive", jacobi_tolerance=0.0,
                 max_jacobi_iterations=k * length + 1)
-
-
-def _greedy_recomputation(training_model, prompt, new_tokens):
-    """Greedy continuation by the training forward of the whole sequence for every token, with
-    enough Jacobi passes (K*L + 1) to be the exact sequential computation."""
-    k = training_model.ponder_config.thoughts
-    sequence = prompt
-    with torch.no_grad():
-        for _ in range(new_tokens):
-            logits = training_model(sequence, jacobi_iterations=k * sequence.shape[1] + 1)
-            sequence = torch.cat([sequence, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return sequence
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +190,7 @@ def test_cached_generate_equals_uncached_and_the_training_model(exported, arch, 
     cached = hf.generate(ids, max_new_tokens=6, do_sample=False, **settings)
     uncached = hf.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False, **settings)
     assert torch.equal(cached, uncached)
-    assert torch.equal(cached, _greedy_recomputation(model, ids, 6))
+    assert torch.equal(cached, greedy_recomputation(model, ids, 6))
     assert len(set(cached[0, 5:].tolist())) > 1  # not a degenerate model
 
 
@@ -316,7 +304,7 @@ def test_baselines(exported, method):
     cached = hf.generate(prompt, max_new_tokens=5, do_sample=False)
     assert torch.equal(cached, hf.generate(prompt, max_new_tokens=5, do_sample=False,
                                            use_cache=False))
-    assert torch.equal(cached, _greedy_recomputation(model, prompt, 5))
+    assert torch.equal(cached, greedy_recomputation(model, prompt, 5))
 
 
 def test_dtype_and_tokenizer_files(tmp_path):

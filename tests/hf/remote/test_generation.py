@@ -11,7 +11,8 @@ import torch
 from megatron_ponder.config import ModelConfig, PonderConfig
 from megatron_ponder.hf import from_pretrained, load_training_model, save_pretrained
 from megatron_ponder.model import build_model
-from tests.tiny_models import VOCAB, left_padded, prompt, save_tiny_hf, save_tiny_ponder
+from tests.tiny_models import VOCAB, exact_logits, greedy_recomputation, left_padded, prompt, \
+    save_tiny_hf, save_tiny_ponder
 
 pytestmark = [pytest.mark.usefixtures("single_process"), pytest.mark.filterwarnings("ignore")]
 
@@ -27,25 +28,12 @@ def ponder(request, tmp_path_factory):
     return from_pretrained(folder), load_training_model(folder), k
 
 
-def _exact(training, ids):
-    """The sequential computation: K*L + 1 Jacobi passes always reach the fixed point."""
-    k = training.ponder_config.thoughts
-    with torch.no_grad():
-        return training(ids, jacobi_iterations=k * ids.shape[1] + 1)
-
-
-def _greedy_recomputation(training, ids, new_tokens):
-    for _ in range(new_tokens):
-        ids = torch.cat([ids, _exact(training, ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
-
-
 def test_decode_logits_equal_the_sequential_computation(ponder):
     """Teacher-forced: the prefill converged (tolerance 0), then K+1 cached steps per token,
     give the exact logits of every position (stronger than comparing argmax tokens)."""
     native, training, k = ponder
     full = prompt(PROMPT_LENGTH + NEW_TOKENS, seed=12)[None]
-    expected = _exact(training, full)[0, PROMPT_LENGTH - 1:]
+    expected = exact_logits(training, full)[0, PROMPT_LENGTH - 1:]
     with torch.no_grad():
         out = native(full[:, :PROMPT_LENGTH], use_cache=True, jacobi_iterations="adaptive",
                      jacobi_tolerance=0.0, max_jacobi_iterations=k * PROMPT_LENGTH + 1)
@@ -66,7 +54,7 @@ def test_unconverged_prefill_differs_from_the_exact_logits(ponder):
     with torch.no_grad():
         out = native(ids, use_cache=True, jacobi_iterations=0)
     assert out.jacobi_iterations == 0
-    assert (out.logits[0, -1] - _exact(training, ids)[0, -1]).abs().max() > 1e-3
+    assert (out.logits[0, -1] - exact_logits(training, ids)[0, -1]).abs().max() > 1e-3
 
 
 def test_converged_greedy_generation_equals_recomputation(ponder):
@@ -76,7 +64,7 @@ def test_converged_greedy_generation_equals_recomputation(ponder):
                                 jacobi_iterations="adaptive", jacobi_tolerance=0.0,
                                 max_jacobi_iterations=k * PROMPT_LENGTH + 1)
     assert generated.shape == (1, PROMPT_LENGTH + NEW_TOKENS)
-    assert torch.equal(generated, _greedy_recomputation(training, ids, NEW_TOKENS))
+    assert torch.equal(generated, greedy_recomputation(training, ids, NEW_TOKENS))
     assert len(set(generated[0, PROMPT_LENGTH:].tolist())) > 1  # not a degenerate model
 
 
@@ -112,7 +100,7 @@ def test_baseline_generation_equals_recomputation_by_the_training_model(tmp_path
     native = from_pretrained(save_pretrained(training, str(tmp_path)))
     ids = prompt(PROMPT_LENGTH, seed=2)[None]
     generated = native.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
-    assert torch.equal(generated, _greedy_recomputation(training, ids, NEW_TOKENS))
+    assert torch.equal(generated, greedy_recomputation(training, ids, NEW_TOKENS))
     assert len(set(generated[0, PROMPT_LENGTH:].tolist())) > 1
 
 
